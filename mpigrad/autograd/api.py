@@ -1,0 +1,126 @@
+"""``backward`` and ``grad``: reverse mode on one rank, with torch.autograd's semantics."""
+
+import numpy as np
+
+from ..engine import GraphTask, accumulate_grad
+from ..graph import gradient_edge
+from ..tensor import Tensor
+
+__all__ = ["backward", "grad"]
+
+
+def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, inputs=None):
+    """Accumulate the gradient of ``sum_i <grad_tensors[i], tensors[i]>`` into ``.grad``.
+
+    Scalar tensors may omit their entry of ``grad_tensors`` (it is 1).  Without ``inputs`` every
+    leaf reached gets its gradient added to ``.grad``; with ``inputs`` only those tensors (leaves or
+    not) do.  ``retain_graph`` defaults to ``create_graph``; without it the graph's saved tensors
+    are freed.  ``create_graph=True`` records the backward pass so gradients can be differentiated.
+    """
+    tensors = _as_tuple(tensors, "tensors")
+    grads = _seed_grads(tensors, grad_tensors, "grad_tensors")
+    if retain_graph is None:
+        retain_graph = create_graph
+    capture = None
+    if inputs is not None:
+        inputs = _as_tuple(inputs, "inputs")
+        if not inputs:
+            raise RuntimeError("backward: inputs= was given but is empty")
+        capture = [_input_edge(t, i, "backward") for i, t in enumerate(inputs)]
+    task = GraphTask(
+        [_root_edge(t, i) for i, t in enumerate(tensors)], grads,
+        keep_graph=retain_graph, create_graph=create_graph, capture=capture,
+    )
+    task.execute()
+    if inputs is not None:
+        for t, g in zip(inputs, task.captured):
+            if g is not None:
+                accumulate_grad(t, g, create_graph)
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False,
+         allow_unused=False):
+    """Return the gradients of ``sum_i <grad_outputs[i], outputs[i]>`` w.r.t. ``inputs``.
+
+    ``.grad`` is left untouched.  An input the outputs do not depend on raises, naming it, unless
+    ``allow_unused=True`` (then its gradient is None).  Other parameters as in ``backward``.
+    """
+    outputs = _as_tuple(outputs, "outputs")
+    single = isinstance(inputs, Tensor)
+    inputs = _as_tuple(inputs, "inputs")
+    if not inputs:
+        raise RuntimeError("grad: inputs is empty")
+    grads = _seed_grads(outputs, grad_outputs, "grad_outputs")
+    if retain_graph is None:
+        retain_graph = create_graph
+    task = GraphTask(
+        [_root_edge(t, i) for i, t in enumerate(outputs)], grads,
+        keep_graph=retain_graph, create_graph=create_graph,
+        capture=[_input_edge(t, i, "grad") for i, t in enumerate(inputs)], retain_grads=False,
+    )
+    task.execute()
+    result = task.captured
+    if not allow_unused:
+        for i, g in enumerate(result):
+            if g is None:
+                raise RuntimeError(
+                    f"grad: input {i} (shape {inputs[i].shape}) was not used in the graph of the "
+                    "outputs; pass allow_unused=True to get None for it"
+                )
+    return result[0] if single else tuple(result)
+
+
+def _as_tuple(value, what):
+    if isinstance(value, Tensor):
+        return (value,)
+    value = tuple(value)
+    for i, t in enumerate(value):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{what}[{i}] is a {type(t).__name__}, expected a Tensor")
+    return value
+
+
+def _root_edge(tensor, i):
+    if not tensor.requires_grad:
+        raise RuntimeError(
+            f"element {i} of tensors does not require grad and does not have a grad_fn"
+        )
+    return gradient_edge(tensor)
+
+
+def _input_edge(tensor, i, what):
+    if not tensor.requires_grad:
+        raise RuntimeError(f"{what}: inputs[{i}] does not require grad")
+    return gradient_edge(tensor)
+
+
+def _seed_grads(tensors, given, what):
+    """The seed gradient of each output: given, or ones for scalars."""
+    if given is None:
+        given = [None] * len(tensors)
+    elif isinstance(given, (Tensor, np.ndarray)):
+        given = [given]
+    else:
+        given = list(given)
+    if len(given) != len(tensors):
+        raise RuntimeError(
+            f"{what} has {len(given)} entries but there are {len(tensors)} outputs"
+        )
+    seeds = []
+    for i, (t, g) in enumerate(zip(tensors, given)):
+        if g is None:
+            if t.size != 1:
+                raise RuntimeError(
+                    f"grad can be implicitly created only for scalar outputs: output {i} has "
+                    f"shape {t.shape}; pass its gradient in {what}"
+                )
+            g = Tensor._make(np.ones(t.shape, t.dtype))
+        else:
+            g = g if isinstance(g, Tensor) else Tensor._make(np.asarray(g, t.dtype))
+            if g.shape != t.shape:
+                raise RuntimeError(
+                    f"Mismatch in shape: {what}[{i}] has shape {g.shape} but output {i} has "
+                    f"shape {t.shape}"
+                )
+        seeds.append(g)
+    return seeds

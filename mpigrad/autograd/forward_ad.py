@@ -1,0 +1,84 @@
+"""Forward-mode AD with nested dual levels (torch allows one level; mpigrad nests them).
+
+Inside ``with dual_level():`` a tensor made by ``make_dual(primal, tangent)`` carries ``tangent``
+at that level, and every op computes its output's tangent (the Jacobian-vector product).
+A tangent is a Tensor and can carry a tangent of an inner level, so forward-over-forward gives
+second derivatives (see Note [nested tangents] in mpigrad/dual.py)::
+
+    with dual_level() as outer, dual_level() as inner:
+        x = make_dual(make_dual(x0, v, level=inner), u, level=outer)
+        d1 = unpack_dual(f(x), level=outer).tangent       # f'(x0) u
+        d2 = unpack_dual(d1, level=inner).tangent         # f''(x0) u v
+
+Levels are exited innermost-first; exiting a level removes its tangents from every tensor.
+"""
+
+import contextlib
+from typing import NamedTuple
+
+from .. import dual
+from ..function import alias_keeping_levels
+from ..tensor import Tensor, is_differentiable
+
+__all__ = [
+    "enter_dual_level", "exit_dual_level", "dual_level", "make_dual", "unpack_dual",
+    "UnpackedDualTensor",
+]
+
+
+class UnpackedDualTensor(NamedTuple):
+    primal: Tensor
+    tangent: Tensor | None
+
+
+def enter_dual_level():
+    """Open a new (inner) dual level and return its id."""
+    return dual.enter()
+
+
+def exit_dual_level(level=None):
+    """Close ``level`` (default: the innermost); it must be the innermost open level."""
+    dual.exit(dual.resolve(level, "exit_dual_level") if level is None else level)
+
+
+@contextlib.contextmanager
+def dual_level():
+    """A dual level for the ``with`` block; yields its id."""
+    level = dual.enter()
+    try:
+        yield level
+    finally:
+        dual.exit(level)
+
+
+def make_dual(primal, tangent, level=None):
+    """A tensor equal to ``primal`` (differentiable w.r.t. it) carrying ``tangent`` at ``level``
+    (default: the innermost open level).  It keeps primal's tangents at other levels."""
+    level = dual.resolve(level, "make_dual")
+    if not isinstance(primal, Tensor):
+        raise TypeError(f"make_dual: primal must be a Tensor, got {type(primal).__name__}")
+    tangent = tangent if isinstance(tangent, Tensor) else Tensor(tangent)
+    if not is_differentiable(primal.dtype):
+        raise ValueError(f"make_dual: primal must be floating point, got dtype {primal.dtype}")
+    if tangent.shape != primal.shape:
+        raise ValueError(
+            f"make_dual: tangent shape {tangent.shape} does not match primal shape {primal.shape}"
+        )
+    if tangent.dtype != primal.dtype:
+        raise ValueError(
+            f"make_dual: tangent dtype {tangent.dtype} does not match primal dtype {primal.dtype}"
+        )
+    out = alias_keeping_levels(primal, lambda k: k != level)
+    dual.set_tangent(out, level, tangent)
+    return out
+
+
+def unpack_dual(tensor, level=None):
+    """``(primal, tangent)`` of ``tensor`` at ``level`` (default: innermost); tangent may be None.
+
+    The primal is a view without the tangent at ``level`` but with those of other levels."""
+    level = dual.resolve(level, "unpack_dual")
+    fw = tensor._fw or {}
+    if level not in fw:
+        return UnpackedDualTensor(tensor, None)
+    return UnpackedDualTensor(alias_keeping_levels(tensor, lambda k: k != level), fw[level])

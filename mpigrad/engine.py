@@ -1,0 +1,245 @@
+"""The rank-local backward engine.
+
+A ``GraphTask`` is one backward pass.  Before it runs, it walks the graph from its roots (without
+recursion) and counts every node's incoming edges; a node runs exactly once, when all of them have
+delivered, with their gradients summed.  Ready nodes are taken newest-first (by sequence number).
+
+The task is built for the distributed layer without knowing about it:
+
+- ``extra_roots`` are nodes whose incoming gradient arrives from outside, later, through
+  ``supply(node, grad)`` (a send function gets its gradient from the receiving rank);
+- any node's ``apply`` may hand its gradient to the outside (a recv function sends it back), and
+  runs even when no gradient reached it (it gets None);
+- ``accumulate(leaf, grad)`` decides where leaf gradients go: ``.grad`` by default, a
+  per-context dict for distributed autograd; ``capture`` instead returns the gradients that reach
+  given edges and runs only the nodes needed for them (``autograd.grad``, ``inputs=``).
+
+Note [broadcasting is undone at the edge]: a rule may return the gradient of an input in the
+output's (broadcast) shape, or in a promoted dtype.  The engine, not the rule, sums it back to the
+input's shape and casts it to the input's dtype, using differentiable ops so that
+``create_graph=True`` sees them.
+"""
+
+import heapq
+
+import numpy as np
+
+from .grad_mode import set_grad_enabled
+from .graph import AccumulateGrad, GraphRoot
+from .kernels import accumulate as accumulate_into
+from .kernels import sum_into
+from .tensor import Tensor
+
+__all__ = ["GraphTask", "BackwardError", "accumulate_grad"]
+
+
+class BackwardError(RuntimeError):
+    """An exception raised inside a node's rule or a hook during backward; names the node."""
+
+
+def accumulate_grad(tensor, grad, create_graph=False):
+    """``tensor.grad += grad``.  The first gradient is stored by reference (read-only, as it may
+    be shared), a second allocates, later ones add in place; differentiably under create_graph."""
+    old = tensor.grad
+    if old is None:
+        if not create_graph and grad.data.flags.writeable:
+            view = grad.data.view()
+            view.flags.writeable = False
+            grad = Tensor._make(view)
+        tensor.grad = grad
+    elif create_graph or old.grad_fn is not None:
+        tensor.grad = old + grad
+    elif old.data.flags.writeable:
+        accumulate_into(old.data, grad.data)
+    else:
+        tensor.grad = Tensor._make(np.add(old.data, grad.data))
+
+
+class GraphTask:
+    """One backward pass from ``roots`` (edges) seeded with ``grads`` (Tensors)."""
+
+    def __init__(self, roots, grads, *, extra_roots=(), keep_graph=False, create_graph=False,
+                 capture=None, accumulate=None, retain_grads=True):
+        self.keep_graph = keep_graph
+        self.create_graph = create_graph
+        self.retain_grads = retain_grads
+        self.accumulate = accumulate or (lambda t, g: accumulate_grad(t, g, create_graph))
+        root = GraphRoot(roots, grads)
+        starts = [root, *extra_roots]
+        self.dependencies, parents = _count_dependencies(starts)
+        for node in extra_roots:
+            self.dependencies[node] = self.dependencies.get(node, 0) + 1  # the outside input
+        self.buffers = {}
+        self.ready = [(-root.sequence_nr, root)]
+        self.captured = None
+        self.capture_slots = {}
+        self.needed = None
+        if capture is not None:
+            self.captured = [None] * len(capture)
+            for index, (node, nr) in enumerate(capture):
+                self.capture_slots.setdefault(node, []).append((nr, index))
+            self.needed = _needed_for(self.capture_slots, parents)
+
+    def supply(self, node, grad):
+        """Deliver the gradient of an extra root, received from outside (None: no gradient)."""
+        if grad is not None:
+            self._buffer(node, 0, grad)
+        self._arrive(node)
+
+    def execute(self):
+        """Run every node that is ready, until none is.  Runs with grad mode = create_graph."""
+        with set_grad_enabled(self.create_graph):
+            while self.ready:
+                node = heapq.heappop(self.ready)[1]
+                self._run(node)
+
+    def _run(self, node):
+        grads = self._take_buffer(node)
+        if node.pre_hooks or node.retained or node in self.capture_slots or (
+            type(node) is AccumulateGrad and node.variable._hooks
+        ):
+            grads = self._hooks_and_capture(node, grads)
+        if self.needed is not None and node not in self.needed:
+            return
+        if type(node) is AccumulateGrad:
+            if grads[0] is not None:
+                self.accumulate(node.variable, grads[0])
+            return
+        try:
+            outs = node.apply(grads)
+        except BackwardError:
+            raise
+        except Exception as exc:
+            raise BackwardError(f"{node.name()} raised {type(exc).__name__}: {exc}") from exc
+        if not self.keep_graph:
+            node.release()
+        meta = node.input_meta
+        for i, (nxt, nr) in enumerate(node.next_functions):
+            if nxt is None:
+                continue
+            grad = outs[i]
+            if grad is not None:
+                self._buffer(nxt, nr, grad if not meta else _fit(node, i, grad, meta[i]))
+            self._arrive(nxt)
+
+    def _arrive(self, node):
+        left = self.dependencies[node] - 1
+        self.dependencies[node] = left
+        if left == 0:
+            heapq.heappush(self.ready, (-node.sequence_nr, node))
+
+    def _buffer(self, node, nr, grad):
+        slots = self.buffers.get(node)
+        if slots is None:
+            slots = self.buffers[node] = {}
+        pending = slots.get(nr)
+        if pending is None:
+            slots[nr] = [grad]
+        else:
+            pending.append(grad)
+
+    def _take_buffer(self, node):
+        slots = self.buffers.pop(node, None)
+        count = len(getattr(node, "output_meta", ())) or 1
+        if not slots:
+            return [None] * count
+        return [_sum(slots[nr], self.create_graph) if nr in slots else None for nr in range(count)]
+
+    def _hooks_and_capture(self, node, grads):
+        hooks = node.pre_hooks or {}
+        if type(node) is AccumulateGrad and node.variable._hooks:
+            hooks = {0: node.variable._hooks}
+        for nr, fns in hooks.items():
+            for fn in list(fns):
+                if grads[nr] is None:
+                    break
+                try:
+                    replaced = fn(grads[nr])
+                except Exception as exc:
+                    raise BackwardError(
+                        f"hook {getattr(fn, '__name__', fn)!s} on {node.name()} output {nr} raised "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                if replaced is not None:
+                    grads[nr] = replaced if isinstance(replaced, Tensor) else Tensor(replaced)
+        if node.retained and self.retain_grads:
+            for nr, ref in node.retained.items():
+                tensor = ref()
+                if tensor is not None and grads[nr] is not None:
+                    accumulate_grad(tensor, grads[nr], self.create_graph)
+        for nr, index in self.capture_slots.get(node, ()):
+            self.captured[index] = grads[nr]
+        return grads
+
+
+def _count_dependencies(starts):
+    """Incoming-edge count of every node reachable from ``starts``, and each node's parents."""
+    dependencies, parents = {}, {}
+    seen = set(starts)
+    stack = list(starts)
+    while stack:
+        node = stack.pop()
+        for nxt, _ in node.next_functions:
+            if nxt is None:
+                continue
+            dependencies[nxt] = dependencies.get(nxt, 0) + 1
+            parents.setdefault(nxt, []).append(node)
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return dependencies, parents
+
+
+def _needed_for(capture_slots, parents):
+    """Nodes that lie on a path to a captured edge: only these run when capturing."""
+    needed = set()
+    stack = [p for node in capture_slots for p in parents.get(node, ())]
+    while stack:
+        node = stack.pop()
+        if node not in needed:
+            needed.add(node)
+            stack.extend(parents.get(node, ()))
+    return needed
+
+
+def _sum(grads, create_graph):
+    """The sum of the gradients that reached one input: the first by reference, a second
+    allocates, the rest are added in place in one pass (kernels.sum_into)."""
+    if len(grads) == 1:
+        return grads[0]
+    if create_graph:
+        total = grads[0]
+        for g in grads[1:]:
+            total = total + g
+        return total
+    dst = np.add(grads[0].data, grads[1].data)
+    if len(grads) > 2:
+        sum_into(dst, [g.data for g in grads[2:]])
+    return Tensor._make(dst)
+
+
+def _fit(node, i, grad, meta):
+    """See Note [broadcasting is undone at the edge]."""
+    if not isinstance(grad, Tensor):
+        if not isinstance(grad, np.ndarray):
+            raise BackwardError(
+                f"{node.name()} returned {type(grad).__name__} as the gradient of input {i}; "
+                "expected a Tensor or None"
+            )
+        grad = Tensor._make(grad)
+    shape, dtype = meta
+    if grad.data.shape != shape:
+        from .ops.reduce import sum_to
+
+        try:
+            grad = sum_to(grad, shape)
+        except ValueError:
+            raise BackwardError(
+                f"{node.name()} returned a gradient of shape {grad.data.shape} for input {i}, "
+                f"which has shape {shape}"
+            ) from None
+    if grad.data.dtype != dtype:
+        from .ops.elementwise import cast
+
+        grad = cast(grad, dtype)
+    return grad

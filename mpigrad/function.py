@@ -1,0 +1,255 @@
+"""``Function``: how every op, built-in or user-defined, is defined and recorded.
+
+An op is a ``Function`` subclass with static ``forward(ctx, *args)``, ``backward(ctx, *grads)`` and
+``jvp(ctx, *tangents)``.  ``forward`` runs with recording and tangents switched off and returns
+ndarrays or Tensors; ``backward`` and ``jvp`` are written with mpigrad's own ops, so they are
+differentiable themselves (``create_graph=True``, nested dual levels).
+
+``Function.apply`` wraps the outputs in Tensors and, when a graph is recorded, makes the ``ctx`` the
+graph node: its class is ``<Op>Backward``, its ``next_functions`` are the inputs' gradient edges.
+Gradients a rule returns may have the broadcast shape of the output: the engine sums them back
+(see Note [broadcasting is undone at the edge] in engine.py); tangents likewise are broadcast to
+the output's shape here.
+"""
+
+import numpy as np
+
+from .dual import open_levels, set_tangent
+from .graph import Node, gradient_edge
+from .grad_mode import _State
+from .tensor import Tensor, is_differentiable
+
+__all__ = ["Function", "FunctionCtx", "BackwardNode"]
+
+RETAIN_GRAPH_HINT = (
+    "Trying to backward through the graph a second time (or to read saved tensors after they "
+    "were freed). Saved tensors are freed after backward; pass retain_graph=True to the first "
+    "backward (or grad) call if you need to backward through the graph again."
+)
+
+
+class FunctionCtx:
+    """The ``ctx`` of a Function call that records no graph."""
+
+    needs_input_grad = ()
+    materialize_grads = True
+
+    def save_for_backward(self, *tensors):
+        """Keep tensors (inputs or outputs of forward) for ``backward``."""
+        self.to_save = tensors
+
+    @property
+    def saved_tensors(self):
+        return self.to_save
+
+    def mark_non_differentiable(self, *outputs):
+        """Outputs of forward that never require grad (indices, masks)."""
+        self.non_differentiable = outputs
+
+    def set_materialize_grads(self, value):
+        """When True (the default) backward gets zeros, not None, for outputs without gradient."""
+        self.materialize_grads = bool(value)
+
+
+class BackwardNode(FunctionCtx, Node):
+    """The ctx of a recorded Function call, and its node in the backward graph."""
+
+    _forward_cls = None
+
+    def __init__(self):
+        Node.__init__(self)
+        self._saved = None
+        self.released = False
+
+    def _pack(self, outputs):
+        # Outputs are stored without the Tensor (which points back here) to avoid a cycle;
+        # saved_tensors rebuilds them with this node as grad_fn.
+        packed = []
+        for t in getattr(self, "to_save", ()):
+            nr = next((i for i, o in enumerate(outputs) if o is t), None)
+            packed.append(t if nr is None else (t.data, nr, t._requires_grad))
+        self._saved = packed
+        self.to_save = None
+
+    @property
+    def saved_tensors(self):
+        if self.released:
+            raise RuntimeError(f"{self.name()}: {RETAIN_GRAPH_HINT}")
+        out = []
+        for s in self._saved:
+            if type(s) is tuple:
+                data, nr, requires_grad = s
+                s = Tensor._make(data, self if requires_grad else None, nr)
+            out.append(s)
+        return tuple(out)
+
+    def release(self):
+        self._saved = None
+        self.released = True
+
+    def apply(self, grads):
+        if self.released:
+            raise RuntimeError(RETAIN_GRAPH_HINT)
+        if all(g is None for g in grads):
+            return (None,) * len(self.next_functions)
+        if self.materialize_grads:
+            grads = [
+                Tensor._make(np.zeros(shape, dtype)) if g is None else g
+                for g, (shape, dtype) in zip(grads, self.output_meta)
+            ]
+        result = self._forward_cls.backward(self, *grads)
+        if not isinstance(result, tuple):
+            result = (result,)
+        n = len(self.next_functions)
+        if len(result) != n and not (len(result) > n and all(r is None for r in result[n:])):
+            raise RuntimeError(
+                f"{self.name()} returned {len(result)} gradients, expected {n} "
+                "(one per argument of forward)"
+            )
+        return result[:n]
+
+
+class Function:
+    """Base of every op.  Subclass it and call ``YourFunction.apply(*args)``.
+
+    - ``forward(ctx, *args)``: compute the outputs (ndarrays or Tensors; a tuple for several).
+      Use ``ctx.save_for_backward``, ``ctx.mark_non_differentiable`` and plain ctx attributes.
+    - ``backward(ctx, *grads)``: one gradient per output in, one per argument of forward out
+      (None for non-tensor arguments or where ``ctx.needs_input_grad[i]`` is False).
+    - ``jvp(ctx, *tangents)``: one tangent per argument in (None where it has none), one per output
+      out.  ``ctx.inputs`` and ``ctx.outputs`` hold the primals (see Note [nested tangents]).
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._backward_cls = type(f"{cls.__name__}Backward", (BackwardNode,), {"_forward_cls": cls})
+
+    @staticmethod
+    def forward(ctx, *args):
+        raise NotImplementedError("Function subclasses must define forward")
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            f"{ctx._forward_cls.__name__} does not define backward (no reverse-mode rule)"
+        )
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        name = ctx._forward_cls.__name__ if ctx._forward_cls else "this Function"
+        raise NotImplementedError(f"{name} does not define jvp (no forward-mode rule)")
+
+    @classmethod
+    def apply(cls, *args):
+        record = _State.grad_enabled and any(
+            isinstance(a, Tensor) and a._requires_grad for a in args
+        )
+        levels = _tangent_levels(args) if _State.forward_ad_enabled and open_levels() else None
+        if record:
+            ctx = cls._backward_cls()
+            ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a._requires_grad for a in args)
+        else:
+            ctx = FunctionCtx()
+            ctx._forward_cls = cls
+        prev_grad, prev_fw = _State.grad_enabled, _State.forward_ad_enabled
+        _State.grad_enabled = _State.forward_ad_enabled = False
+        try:
+            raw = cls.forward(ctx, *args)
+        finally:
+            _State.grad_enabled, _State.forward_ad_enabled = prev_grad, prev_fw
+        multiple = isinstance(raw, tuple)
+        outputs = tuple(_as_output(r, args) for r in raw) if multiple else (_as_output(raw, args),)
+        if record:
+            _record(ctx, args, outputs)
+        if levels:
+            _push_tangents(cls, ctx, args, outputs, levels)
+        return outputs if multiple else outputs[0]
+
+
+def _as_output(value, args):
+    if isinstance(value, Tensor):
+        if any(value is a for a in args):  # forward returned an input: give the output its own Tensor
+            return Tensor._make(value.data)
+        return value
+    return Tensor._make(np.asarray(value))
+
+
+def _record(ctx, args, outputs):
+    edges, meta = [], []
+    for a in args:
+        if isinstance(a, Tensor) and a._requires_grad:
+            edges.append(gradient_edge(a))
+            meta.append((a.data.shape, a.data.dtype))
+        else:
+            edges.append((None, 0))
+            meta.append(None)
+    ctx.next_functions = tuple(edges)
+    ctx.input_meta = tuple(meta)
+    ctx.output_meta = tuple((o.data.shape, o.data.dtype) for o in outputs)
+    frozen = getattr(ctx, "non_differentiable", ())
+    for nr, out in enumerate(outputs):
+        if is_differentiable(out.data.dtype) and not any(out is f for f in frozen):
+            out.grad_fn = ctx
+            out._output_nr = nr
+            out._requires_grad = True
+    ctx._pack(outputs)
+
+
+def _tangent_levels(args):
+    levels = set()
+    for a in args:
+        if isinstance(a, Tensor) and a._fw:
+            levels.update(a._fw)
+    return sorted(levels, reverse=True)  # innermost first: see Note [nested tangents]
+
+
+def _push_tangents(cls, ctx, args, outputs, levels):
+    from .ops.elementwise import cast
+    from .ops.movement import broadcast_to
+
+    for level in levels:
+        tangents = [a._fw.get(level) if isinstance(a, Tensor) and a._fw else None for a in args]
+        if all(t is None for t in tangents):
+            continue
+        ctx.inputs = tuple(_strip_levels(a, level) for a in args)
+        ctx.outputs = outputs  # they carry only inner levels yet: rules run innermost first
+        result = cls.jvp(ctx, *tangents)
+        if not isinstance(result, tuple):
+            result = (result,)
+        if len(result) != len(outputs):
+            raise RuntimeError(
+                f"{cls.__name__}.jvp returned {len(result)} tangents for {len(outputs)} outputs"
+            )
+        for out, tangent in zip(outputs, result):
+            if tangent is None or not is_differentiable(out.data.dtype):
+                continue
+            tangent = tangent if isinstance(tangent, Tensor) else Tensor._make(np.asarray(tangent))
+            if tangent.data.shape != out.data.shape:
+                tangent = broadcast_to(tangent, out.data.shape)
+            if tangent.data.dtype != out.data.dtype:
+                tangent = cast(tangent, out.data.dtype)
+            set_tangent(out, level, tangent)
+    ctx.inputs = ctx.outputs = None
+
+
+def _strip_levels(value, level):
+    """``value`` without its tangents at ``level`` and outer levels."""
+    if not isinstance(value, Tensor) or not value._fw or all(k > level for k in value._fw):
+        return value
+    return alias_keeping_levels(value, lambda k: k > level)
+
+
+def alias_keeping_levels(value, keep):
+    """A differentiable alias of ``value`` carrying its tangents at the levels where ``keep``."""
+    from .ops.movement import alias
+
+    prev = _State.forward_ad_enabled
+    _State.forward_ad_enabled = False
+    try:
+        out = alias(value)
+    finally:
+        _State.forward_ad_enabled = prev
+    for k, t in (value._fw or {}).items():
+        if keep(k):
+            set_tangent(out, k, t)
+    return out

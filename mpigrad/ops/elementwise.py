@@ -1,0 +1,497 @@
+"""Elementwise ops, with numpy broadcasting (the engine sums broadcast gradients back)."""
+
+import numpy as np
+
+from ..function import Function
+from ..tensor import Tensor
+from ._util import constant, data, plus
+
+__all__ = [
+    "add", "sub", "mul", "div", "pow", "neg", "exp", "log", "sqrt", "abs", "sin", "cos", "tanh",
+    "sigmoid", "relu", "maximum", "minimum", "where", "clamp", "astype",
+]
+
+
+class Add(Function):
+    """out = x + y; grad_x = grad; grad_y = grad"""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        return np.add(data(x), data(y))
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, grad
+
+    @staticmethod
+    def jvp(ctx, tx, ty):
+        return plus(tx, ty)
+
+
+class Sub(Function):
+    """out = x - y; grad_x = grad; grad_y = -grad"""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        return np.subtract(data(x), data(y))
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, (-grad if ctx.needs_input_grad[1] else None)
+
+    @staticmethod
+    def jvp(ctx, tx, ty):
+        return plus(tx, None if ty is None else -ty)
+
+
+class Mul(Function):
+    """out = x * y; grad_x = grad * y; grad_y = grad * x"""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        ctx.save_for_backward(x, y)
+        return np.multiply(data(x), data(y))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y = ctx.saved_tensors
+        need_x, need_y = ctx.needs_input_grad
+        return (grad * y if need_x else None), (grad * x if need_y else None)
+
+    @staticmethod
+    def jvp(ctx, tx, ty):
+        x, y = ctx.inputs
+        return plus(None if tx is None else tx * y, None if ty is None else x * ty)
+
+
+class Div(Function):
+    """out = x / y; grad_x = grad / y; grad_y = -grad * x / y**2"""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        ctx.save_for_backward(x, y)
+        return np.divide(data(x), data(y))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y = ctx.saved_tensors
+        need_x, need_y = ctx.needs_input_grad
+        return (grad / y if need_x else None), (-grad * x / (y * y) if need_y else None)
+
+    @staticmethod
+    def jvp(ctx, tx, ty):
+        x, y = ctx.inputs
+        return plus(None if tx is None else tx / y, None if ty is None else -ty * x / (y * y))
+
+
+class Pow(Function):
+    """out = x ** y; grad_x = grad * y * x ** (y - 1); grad_y = grad * out * log(x)"""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        out = Tensor._make(np.asarray(np.power(data(x), data(y))))
+        ctx.save_for_backward(x, y, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y, out = ctx.saved_tensors
+        need_x, need_y = ctx.needs_input_grad
+        grad_x = grad * y * x ** (y - 1) if need_x else None
+        grad_y = grad * out * log(x) if need_y else None
+        return grad_x, grad_y
+
+    @staticmethod
+    def jvp(ctx, tx, ty):
+        x, y = ctx.inputs
+        (out,) = ctx.outputs
+        return plus(
+            None if tx is None else tx * y * x ** (y - 1),
+            None if ty is None else ty * out * log(x),
+        )
+
+
+class Neg(Function):
+    """out = -x; grad_x = -grad"""
+
+    @staticmethod
+    def forward(ctx, x):
+        return np.negative(x.data)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -grad
+
+    @staticmethod
+    def jvp(ctx, t):
+        return -t
+
+
+class Exp(Function):
+    """out = exp(x); grad_x = grad * out"""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = Tensor._make(np.asarray(np.exp(x.data)))
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return grad * out
+
+    @staticmethod
+    def jvp(ctx, t):
+        return t * ctx.outputs[0]
+
+
+class Log(Function):
+    """out = log(x); grad_x = grad / x"""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return np.log(x.data)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad / x
+
+    @staticmethod
+    def jvp(ctx, t):
+        return t / ctx.inputs[0]
+
+
+class Sqrt(Function):
+    """out = sqrt(x); grad_x = grad / (2 * out)"""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = Tensor._make(np.asarray(np.sqrt(x.data)))
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return grad / (out * 2)
+
+    @staticmethod
+    def jvp(ctx, t):
+        return t / (ctx.outputs[0] * 2)
+
+
+class Abs(Function):
+    """out = |x|; grad_x = grad * sign(x)"""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return np.abs(x.data)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * constant(np.sign(x.data))
+
+    @staticmethod
+    def jvp(ctx, t):
+        return t * constant(np.sign(ctx.inputs[0].data))
+
+
+class Sin(Function):
+    """out = sin(x); grad_x = grad * cos(x)"""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return np.sin(x.data)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * cos(x)
+
+    @staticmethod
+    def jvp(ctx, t):
+        return t * cos(ctx.inputs[0])
+
+
+class Cos(Function):
+    """out = cos(x); grad_x = -grad * sin(x)"""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return np.cos(x.data)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return -grad * sin(x)
+
+    @staticmethod
+    def jvp(ctx, t):
+        return -t * sin(ctx.inputs[0])
+
+
+class Tanh(Function):
+    """out = tanh(x); grad_x = grad * (1 - out**2)"""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = Tensor._make(np.asarray(np.tanh(x.data)))
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return grad * (1 - out * out)
+
+    @staticmethod
+    def jvp(ctx, t):
+        out = ctx.outputs[0]
+        return t * (1 - out * out)
+
+
+class Sigmoid(Function):
+    """out = 1 / (1 + exp(-x)); grad_x = grad * out * (1 - out)"""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = Tensor._make(np.asarray(np.exp(-np.logaddexp(0, -x.data))))
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return grad * out * (1 - out)
+
+    @staticmethod
+    def jvp(ctx, t):
+        out = ctx.outputs[0]
+        return t * out * (1 - out)
+
+
+class Relu(Function):
+    """out = max(x, 0); grad_x = grad * (x > 0)"""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return np.maximum(x.data, 0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * constant(x.data > 0)
+
+    @staticmethod
+    def jvp(ctx, t):
+        return t * constant(ctx.inputs[0].data > 0)
+
+
+def _selection_weights(x, y, larger):
+    """Where x wins 1, where y wins 0, ties 0.5 (the gradient of a tie is split, as in torch)."""
+    xd, yd = data(x), data(y)
+    wins = np.greater(xd, yd) if larger else np.less(xd, yd)
+    dtype = np.result_type(xd, yd)
+    return constant(np.where(wins, 1.0, np.where(np.equal(xd, yd), 0.5, 0.0)).astype(dtype))
+
+
+class _Select(Function):
+    """out = maximum or minimum(x, y); grad_x = grad * w; grad_y = grad * (1 - w)"""
+
+    larger = True
+
+    @classmethod
+    def forward(cls, ctx, x, y):
+        ctx.save_for_backward(x, y)
+        return (np.maximum if cls.larger else np.minimum)(data(x), data(y))
+
+    @classmethod
+    def backward(cls, ctx, grad):
+        x, y = ctx.saved_tensors
+        w = _selection_weights(x, y, cls.larger)
+        return grad * w, grad * (1 - w)
+
+    @classmethod
+    def jvp(cls, ctx, tx, ty):
+        x, y = ctx.inputs
+        w = _selection_weights(x, y, cls.larger)
+        return plus(None if tx is None else tx * w, None if ty is None else ty * (1 - w))
+
+
+class Maximum(_Select):
+    larger = True
+
+
+class Minimum(_Select):
+    larger = False
+
+
+class Where(Function):
+    """out = x where cond else y; grad_x = grad where cond; grad_y = grad where not cond"""
+
+    @staticmethod
+    def forward(ctx, cond, x, y):
+        ctx.cond = np.asarray(data(cond), dtype=bool)
+        return np.where(ctx.cond, data(x), data(y))
+
+    @staticmethod
+    def backward(ctx, grad):
+        _, need_x, need_y = ctx.needs_input_grad
+        zero = np.zeros((), grad.dtype)
+        return (
+            None,
+            where(ctx.cond, grad, zero) if need_x else None,
+            where(ctx.cond, zero, grad) if need_y else None,
+        )
+
+    @staticmethod
+    def jvp(ctx, _, tx, ty):
+        zero = np.zeros((), ctx.outputs[0].dtype)
+        return where(ctx.cond, zero if tx is None else tx, zero if ty is None else ty)
+
+
+class Clamp(Function):
+    """out = min(max(x, lo), hi); grad_x = grad where lo <= x <= hi"""
+
+    @staticmethod
+    def forward(ctx, x, lo, hi):
+        ctx.save_for_backward(x)
+        ctx.bounds = lo, hi
+        return np.clip(x.data, lo, hi)
+
+    @staticmethod
+    def _inside(ctx, x):
+        lo, hi = ctx.bounds
+        inside = np.ones(x.shape, bool)
+        if lo is not None:
+            inside &= x.data >= lo
+        if hi is not None:
+            inside &= x.data <= hi
+        return constant(inside)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * Clamp._inside(ctx, x), None, None
+
+    @staticmethod
+    def jvp(ctx, t, _lo, _hi):
+        return t * Clamp._inside(ctx, ctx.inputs[0])
+
+
+class Cast(Function):
+    """out = x as dtype; grad_x = grad as x's dtype"""
+
+    @staticmethod
+    def forward(ctx, x, dtype):
+        ctx.source = x.data.dtype
+        return x.data.astype(dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return cast(grad, ctx.source), None
+
+    @staticmethod
+    def jvp(ctx, t, _):
+        return cast(t, ctx.outputs[0].dtype)
+
+
+def add(x, y):
+    return Add.apply(x, y)
+
+
+def sub(x, y):
+    return Sub.apply(x, y)
+
+
+def mul(x, y):
+    return Mul.apply(x, y)
+
+
+def div(x, y):
+    return Div.apply(x, y)
+
+
+def pow(x, y):
+    return Pow.apply(x, y)
+
+
+def neg(x):
+    return Neg.apply(x)
+
+
+def exp(x):
+    return Exp.apply(x)
+
+
+def log(x):
+    return Log.apply(x)
+
+
+def sqrt(x):
+    return Sqrt.apply(x)
+
+
+def abs(x):
+    return Abs.apply(x)
+
+
+def sin(x):
+    return Sin.apply(x)
+
+
+def cos(x):
+    return Cos.apply(x)
+
+
+def tanh(x):
+    return Tanh.apply(x)
+
+
+def sigmoid(x):
+    return Sigmoid.apply(x)
+
+
+def relu(x):
+    return Relu.apply(x)
+
+
+def maximum(x, y):
+    """Elementwise maximum; a tie sends half of the gradient to each side."""
+    return Maximum.apply(x, y)
+
+
+def minimum(x, y):
+    """Elementwise minimum; a tie sends half of the gradient to each side."""
+    return Minimum.apply(x, y)
+
+
+def where(cond, x, y):
+    """``x`` where ``cond`` (a bool array or Tensor, never differentiated) else ``y``."""
+    return Where.apply(cond, x, y)
+
+
+def clamp(x, min=None, max=None):
+    """Clip ``x`` to [min, max]; bounds are scalars, or Tensors (then maximum/minimum)."""
+    if min is None and max is None:
+        raise ValueError("clamp: at least one of min and max must be given")
+    if isinstance(min, Tensor) or isinstance(max, Tensor):
+        out = x if min is None else maximum(x, min)
+        return out if max is None else minimum(out, max)
+    return Clamp.apply(x, min, max)
+
+
+def cast(x, dtype):
+    """``x`` converted to ``dtype`` (differentiable between floating types)."""
+    return Cast.apply(x, np.dtype(dtype))
+
+
+astype = cast

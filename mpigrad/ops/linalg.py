@@ -1,0 +1,70 @@
+"""Matrix products."""
+
+import numpy as np
+
+from ..function import Function
+from ..tensor import Tensor
+from ._util import data, plus
+from .movement import reshape, unsqueeze
+
+__all__ = ["matmul"]
+
+
+def _mT(x):
+    axes = list(range(x.ndim))
+    axes[-1], axes[-2] = axes[-2], axes[-1]
+    return x.permute(*axes)
+
+
+class MatMul(Function):
+    """out = x @ y (numpy semantics, batched and 1-D); grad_x = grad @ y^T; grad_y = x^T @ grad"""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        ctx.save_for_backward(x, y)
+        return np.matmul(data(x), data(y))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y = ctx.saved_tensors
+        need_x, need_y = ctx.needs_input_grad
+        # Lift 1-D operands to matrices so one formula covers every case; the engine sums
+        # broadcast batch axes back (see Note [broadcasting is undone at the edge]).
+        x2 = unsqueeze(x, 0) if x.ndim == 1 else x
+        y2 = unsqueeze(y, -1) if y.ndim == 1 else y
+        g2 = reshape(grad, _lifted_shape(grad.shape, x.ndim, y.ndim))
+        grad_x = grad_y = None
+        if need_x:
+            grad_x = g2 @ _mT(y2)
+            if x.ndim == 1:
+                grad_x = grad_x[..., 0, :]
+        if need_y:
+            grad_y = _mT(x2) @ g2
+            if y.ndim == 1:
+                grad_y = grad_y[..., 0]
+        return grad_x, grad_y
+
+    @staticmethod
+    def jvp(ctx, tx, ty):
+        x, y = ctx.inputs
+        return plus(None if tx is None else tx @ y, None if ty is None else x @ ty)
+
+
+def _lifted_shape(shape, x_ndim, y_ndim):
+    shape = list(shape)
+    if x_ndim == 1:
+        shape.insert(len(shape) - (0 if y_ndim == 1 else 1), 1)
+    if y_ndim == 1:
+        shape.append(1)
+    return tuple(shape)
+
+
+def matmul(x, y):
+    """``x @ y`` with numpy's rules: batched over leading axes, 1-D operands as vectors."""
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    y = y if isinstance(y, Tensor) else Tensor(y)
+    if x.ndim == 0 or y.ndim == 0:
+        raise ValueError(
+            f"matmul: both operands need at least one dimension, got shapes {x.shape} and {y.shape}"
+        )
+    return MatMul.apply(x, y)

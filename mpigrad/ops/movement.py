@@ -1,0 +1,286 @@
+"""Ops that move or select elements: reshape, permute, broadcast, indexing, cat, split."""
+
+import numpy as np
+
+from .. import kernels
+from ..function import Function
+from ..tensor import Tensor
+from ._util import data
+
+__all__ = [
+    "reshape", "permute", "transpose", "broadcast_to", "squeeze", "unsqueeze", "getitem",
+    "index_select", "cat", "stack", "split", "alias",
+]
+
+
+class Alias(Function):
+    """out = x (a new Tensor over the same data); grad_x = grad"""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.data
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+    @staticmethod
+    def jvp(ctx, t):
+        return t
+
+
+class Reshape(Function):
+    """out = x.reshape(shape); grad_x = grad.reshape(x.shape)"""
+
+    @staticmethod
+    def forward(ctx, x, shape):
+        ctx.shape = x.data.shape
+        return x.data.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return reshape(grad, ctx.shape), None
+
+    @staticmethod
+    def jvp(ctx, t, _):
+        return reshape(t, ctx.outputs[0].shape)
+
+
+class Permute(Function):
+    """out = x with axes reordered; grad_x = grad with the inverse order"""
+
+    @staticmethod
+    def forward(ctx, x, axes):
+        ctx.axes = axes
+        return np.transpose(x.data, axes)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return Permute.apply(grad, tuple(np.argsort(ctx.axes))), None
+
+    @staticmethod
+    def jvp(ctx, t, _):
+        return Permute.apply(t, ctx.axes)
+
+
+class BroadcastTo(Function):
+    """out = x broadcast to shape (a read-only view); grad_x = grad summed back to x.shape"""
+
+    @staticmethod
+    def forward(ctx, x, shape):
+        ctx.shape = x.data.shape
+        return np.broadcast_to(x.data, shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from .reduce import sum_to
+
+        return sum_to(grad, ctx.shape), None
+
+    @staticmethod
+    def jvp(ctx, t, shape):
+        return broadcast_to(t, ctx.outputs[0].shape)
+
+
+class GetItem(Function):
+    """out = x[index]; grad_x = zeros(x.shape) with grad added at index (repeats accumulate)"""
+
+    @staticmethod
+    def forward(ctx, x, index):
+        ctx.shape, ctx.index = x.data.shape, index
+        return x.data[index]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return IndexAdd.apply(grad, ctx.shape, ctx.index), None
+
+    @staticmethod
+    def jvp(ctx, t, _):
+        return GetItem.apply(t, ctx.index)
+
+
+class IndexAdd(Function):
+    """out = zeros(shape) with src added at index; grad_src = grad[index]"""
+
+    @staticmethod
+    def forward(ctx, src, shape, index):
+        ctx.index = index
+        out = np.zeros(shape, src.data.dtype)
+        if _is_basic(index):
+            out[index] = src.data  # basic indexing selects each element at most once
+        elif isinstance(index, np.ndarray) and index.ndim == 1 and out.ndim >= 1:
+            rows = np.broadcast_to(src.data, (len(index), *shape[1:]))
+            kernels.scatter_add(out, index, np.ascontiguousarray(rows))
+        else:
+            np.add.at(out, index, src.data)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return GetItem.apply(grad, ctx.index), None, None
+
+    @staticmethod
+    def jvp(ctx, t, *_):
+        return IndexAdd.apply(t, ctx.outputs[0].shape, ctx.index)
+
+
+class Cat(Function):
+    """out = concatenate(xs, axis); grad_xs = the matching slices of grad"""
+
+    @staticmethod
+    def forward(ctx, axis, *xs):
+        ctx.axis = axis
+        ctx.sizes = [x.data.shape[axis] for x in xs]
+        return np.concatenate([x.data for x in xs], axis=axis)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None, *split(grad, ctx.sizes, ctx.axis))
+
+    @staticmethod
+    def jvp(ctx, _, *tangents):
+        parts = [
+            Tensor._make(np.zeros_like(x.data)) if t is None else t
+            for x, t in zip(ctx.inputs[1:], tangents)
+        ]
+        return Cat.apply(ctx.axis, *parts)
+
+
+def _is_basic(index):
+    items = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(i, (slice, int, np.integer)) or i is None or i is Ellipsis for i in items)
+
+
+def _normalize_index(index):
+    """Tensors and lists inside an index become ndarrays; bool masks become integer arrays."""
+    items = index if isinstance(index, tuple) else (index,)
+    out = []
+    for item in items:
+        item = data(item)
+        if isinstance(item, (list, np.ndarray)):
+            item = np.asarray(item)
+            if item.dtype == bool:
+                out.extend(np.nonzero(item))
+                continue
+            if item.dtype.kind not in "iu":
+                raise IndexError(f"indices must be integers or bool, got dtype {item.dtype}")
+        out.append(item)
+    return out[0] if len(out) == 1 and not isinstance(index, tuple) else tuple(out)
+
+
+def alias(x):
+    """A new Tensor over the same data, differentiable (used by forward AD)."""
+    return Alias.apply(x)
+
+
+def reshape(x, *shape):
+    """``x`` with a new shape (one entry may be -1); ``reshape(x, 2, 3)`` or ``(x, (2, 3))``."""
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = shape[0]
+    shape = tuple(int(n) for n in shape)
+    if shape == x.shape:
+        return x
+    return Reshape.apply(x, shape)
+
+
+def permute(x, *axes):
+    """Reorder the axes: ``out.shape[i] == x.shape[axes[i]]`` (torch's ``permute``)."""
+    if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+        axes = axes[0]
+    if sorted(int(a) % max(x.ndim, 1) for a in axes) != list(range(x.ndim)):
+        raise ValueError(f"permute: {tuple(axes)} is not a permutation of {x.ndim} axes")
+    return Permute.apply(x, tuple(int(a) % x.ndim for a in axes))
+
+
+def transpose(x, axis0, axis1):
+    """Swap two axes (torch's ``transpose``)."""
+    axes = list(range(x.ndim))
+    axes[axis0], axes[axis1] = axes[axis1], axes[axis0]
+    return Permute.apply(x, tuple(axes))
+
+
+def broadcast_to(x, shape):
+    """``x`` broadcast to ``shape`` by numpy's rules."""
+    shape = tuple(shape)
+    if x.shape == shape:
+        return x
+    return BroadcastTo.apply(x, shape)
+
+
+def squeeze(x, axis=None):
+    """Drop axes of size 1 (all, or the given ones; an axis of another size is kept, as in
+    torch)."""
+    if axis is None:
+        keep = [n for n in x.shape if n != 1]
+    else:
+        axes = {a % x.ndim for a in ((axis,) if isinstance(axis, int) else axis)}
+        keep = [n for i, n in enumerate(x.shape) if not (i in axes and n == 1)]
+    return reshape(x, keep)
+
+
+def unsqueeze(x, axis):
+    """Insert an axis of size 1 at position ``axis`` (negative counts from the new end)."""
+    ndim = x.ndim + 1
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"unsqueeze: axis {axis} is out of range for {ndim} dimensions")
+    shape = list(x.shape)
+    shape.insert(axis % ndim, 1)
+    return reshape(x, shape)
+
+
+def getitem(x, index):
+    """``x[index]``: basic slicing and integer-array (or bool-mask) indexing, as numpy."""
+    return GetItem.apply(x, _normalize_index(index))
+
+
+def index_select(x, axis, index):
+    """The entries of ``x`` at the 1-D integer ``index`` along ``axis`` (torch's order)."""
+    index = np.asarray(data(index))
+    if index.ndim != 1 or index.dtype.kind not in "iu":
+        raise ValueError(
+            f"index_select: index must be a 1-D integer array, got shape {index.shape} "
+            f"and dtype {index.dtype}"
+        )
+    axis = axis % x.ndim
+    return GetItem.apply(x, (slice(None),) * axis + (index,) if axis else index)
+
+
+def cat(tensors, axis=0):
+    """Concatenate along an existing axis."""
+    tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
+    if not tensors:
+        raise ValueError("cat: expected a non-empty list of tensors")
+    return Cat.apply(axis % tensors[0].ndim, *tensors)
+
+
+def stack(tensors, axis=0):
+    """Stack equal-shaped tensors along a new axis."""
+    tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
+    shapes = {t.shape for t in tensors}
+    if len(shapes) != 1:
+        raise ValueError(f"stack: all tensors must have the same shape, got {sorted(shapes)}")
+    return cat([unsqueeze(t, axis) for t in tensors], axis=axis)
+
+
+def split(x, split_size_or_sections, axis=0):
+    """Pieces of ``x`` along ``axis``: of size ``split_size_or_sections`` (the last may be
+    smaller) or of the listed sizes, which must add up to the axis length (torch's ``split``)."""
+    axis = axis % x.ndim
+    length = x.shape[axis]
+    if isinstance(split_size_or_sections, (int, np.integer)):
+        step = int(split_size_or_sections)
+        if step <= 0:
+            raise ValueError(f"split: split size must be positive, got {step}")
+        sizes = [min(step, length - start) for start in range(0, length, step)] or [0]
+    else:
+        sizes = [int(s) for s in split_size_or_sections]
+        if sum(sizes) != length:
+            raise ValueError(
+                f"split: sizes {sizes} add up to {sum(sizes)}, but axis {axis} has length {length}"
+            )
+    pieces, start = [], 0
+    for size in sizes:
+        index = (slice(None),) * axis + (slice(start, start + size),)
+        pieces.append(GetItem.apply(x, index))
+        start += size
+    return tuple(pieces)

@@ -1,0 +1,145 @@
+"""Neural-network ops: softmax family and losses."""
+
+import numpy as np
+
+from ..function import Function
+from ..tensor import Tensor
+from ._util import data, keepdims_shape, normalize_axis
+from .elementwise import exp
+from .movement import getitem, reshape
+from .reduce import mean, sum
+
+__all__ = ["softmax", "log_softmax", "logsumexp", "cross_entropy", "mse_loss"]
+
+
+def _stable_logsumexp(x, axes):
+    """log(sum(exp(x))) over ``axes`` with keepdims, shifted by the max for stability."""
+    shift = np.max(x, axis=axes, keepdims=True) if x.size else np.zeros(keepdims_shape(x.shape, axes))
+    shift = np.where(np.isfinite(shift), shift, 0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.sum(np.exp(x - shift), axis=axes, keepdims=True)) + shift
+
+
+class LogSumExp(Function):
+    """out = log(sum(exp(x), axes)); grad_x = grad * exp(x - out)"""
+
+    @staticmethod
+    def forward(ctx, x, axes, keepdims):
+        ctx.axes, ctx.shape = axes, x.data.shape
+        ctx.save_for_backward(x)
+        out = _stable_logsumexp(x.data, axes)
+        return out if keepdims else np.squeeze(out, axis=axes)
+
+    @staticmethod
+    def _weights(ctx, x, out):
+        return exp(x - reshape(out, keepdims_shape(ctx.shape, ctx.axes)))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        out = LogSumExp.apply(x, ctx.axes, True)
+        grad = reshape(grad, keepdims_shape(ctx.shape, ctx.axes))
+        return grad * LogSumExp._weights(ctx, x, out), None, None
+
+    @staticmethod
+    def jvp(ctx, t, *_):
+        x, _, keepdims = ctx.inputs
+        w = LogSumExp._weights(ctx, x, ctx.outputs[0])
+        return sum(t * w, ctx.axes, keepdims)
+
+
+class Softmax(Function):
+    """out = exp(x) / sum(exp(x), axis); grad_x = out * (grad - sum(grad * out, axis))"""
+
+    @staticmethod
+    def forward(ctx, x, axis):
+        ctx.axis = axis
+        out = Tensor._make(np.exp(x.data - _stable_logsumexp(x.data, axis)))
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return out * (grad - sum(grad * out, ctx.axis, keepdims=True)), None
+
+    @staticmethod
+    def jvp(ctx, t, _):
+        out = ctx.outputs[0]
+        return out * (t - sum(t * out, ctx.axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    """out = x - logsumexp(x, axis); grad_x = grad - exp(out) * sum(grad, axis)"""
+
+    @staticmethod
+    def forward(ctx, x, axis):
+        ctx.axis = axis
+        out = Tensor._make(x.data - _stable_logsumexp(x.data, axis))
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return grad - exp(out) * sum(grad, ctx.axis, keepdims=True), None
+
+    @staticmethod
+    def jvp(ctx, t, _):
+        return t - sum(exp(ctx.outputs[0]) * t, ctx.axis, keepdims=True)
+
+
+def logsumexp(x, axis=None, keepdims=False):
+    """``log(sum(exp(x), axis))``, computed stably."""
+    return LogSumExp.apply(x, normalize_axis(axis, x.ndim, "logsumexp"), bool(keepdims))
+
+
+def softmax(x, axis=-1):
+    """Softmax along ``axis``."""
+    return Softmax.apply(x, normalize_axis(axis, x.ndim, "softmax"))
+
+
+def log_softmax(x, axis=-1):
+    """Log of the softmax along ``axis``, computed stably."""
+    return LogSoftmax.apply(x, normalize_axis(axis, x.ndim, "log_softmax"))
+
+
+def cross_entropy(logits, targets):
+    """Mean over the batch of ``-log softmax(logits)[target]``.
+
+    ``logits`` has shape (N, C).  ``targets`` is either N class indices in [0, C) or an (N, C)
+    array of class probabilities (never differentiated).  As torch's default (mean reduction).
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"cross_entropy: logits must have shape (N, C), got {logits.shape}")
+    n, c = logits.shape
+    logp = log_softmax(logits, axis=1)
+    targets = data(targets)
+    targets = np.asarray(targets)
+    if targets.dtype.kind in "iu":
+        if targets.shape != (n,):
+            raise ValueError(
+                f"cross_entropy: class-index targets must have shape ({n},), got {targets.shape}"
+            )
+        bad = (targets < 0) | (targets >= c)
+        if bad.any():
+            raise IndexError(
+                f"cross_entropy: target {targets[bad][0]} is out of range for {c} classes"
+            )
+        return -mean(getitem(logp, (np.arange(n), targets)))
+    if targets.shape != (n, c):
+        raise ValueError(
+            f"cross_entropy: probability targets must have shape ({n}, {c}), got {targets.shape}"
+        )
+    return -sum(logp * Tensor._make(targets)) / np.asarray(n, logp.dtype)
+
+
+def mse_loss(input, target):
+    """Mean over all elements of ``(input - target) ** 2``; shapes must match."""
+    if data(input).shape != data(target).shape:
+        raise ValueError(
+            f"mse_loss: input shape {data(input).shape} and target shape {data(target).shape} "
+            "differ"
+        )
+    diff = input - target
+    return mean(diff * diff)

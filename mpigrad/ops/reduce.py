@@ -1,0 +1,121 @@
+"""Reductions: sum, mean, max, min over ``axis`` (int, tuple or None) with ``keepdims``; and
+``sum_to``, which the engine uses to undo broadcasting."""
+
+import numpy as np
+
+from ..function import Function
+from ._util import constant, keepdims_shape, normalize_axis
+from .movement import broadcast_to, reshape
+
+__all__ = ["sum", "mean", "max", "min", "sum_to"]
+
+
+class Sum(Function):
+    """out = sum(x, axes); grad_x = grad broadcast back to x's shape"""
+
+    @staticmethod
+    def forward(ctx, x, axes, keepdims):
+        ctx.shape, ctx.axes = x.data.shape, axes
+        return np.sum(x.data, axis=axes, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = reshape(grad, keepdims_shape(ctx.shape, ctx.axes))
+        return broadcast_to(grad, ctx.shape), None, None
+
+    @staticmethod
+    def jvp(ctx, t, *_):
+        return Sum.apply(t, ctx.axes, ctx.inputs[2])
+
+
+class _Extreme(Function):
+    """out = max or min(x, axes); grad_x = grad split evenly among the elements that attain it"""
+
+    reduce = None
+
+    @classmethod
+    def forward(cls, ctx, x, axes, keepdims):
+        ctx.save_for_backward(x)
+        ctx.axes = axes
+        return cls.reduce(x.data, axis=axes, keepdims=keepdims)
+
+    @classmethod
+    def _weights(cls, x, axes):
+        hits = x.data == cls.reduce(x.data, axis=axes, keepdims=True)
+        return constant(hits / np.sum(hits, axis=axes, keepdims=True, dtype=x.dtype))
+
+    @classmethod
+    def backward(cls, ctx, grad):
+        (x,) = ctx.saved_tensors
+        grad = reshape(grad, keepdims_shape(x.shape, ctx.axes))
+        return grad * cls._weights(x, ctx.axes), None, None
+
+    @classmethod
+    def jvp(cls, ctx, t, *_):
+        return Sum.apply(t * cls._weights(ctx.inputs[0], ctx.axes), ctx.axes, ctx.inputs[2])
+
+
+class Max(_Extreme):
+    reduce = staticmethod(np.max)
+
+
+class Min(_Extreme):
+    reduce = staticmethod(np.min)
+
+
+class SumTo(Function):
+    """out = x summed over its broadcast axes to ``shape``; grad_x = broadcast_to(grad, x.shape)"""
+
+    @staticmethod
+    def forward(ctx, x, shape):
+        ctx.shape = x.data.shape
+        lead = x.data.ndim - len(shape)
+        if lead < 0:
+            raise ValueError(f"cannot sum shape {x.data.shape} to shape {shape}")
+        axes = list(range(lead))
+        for i, n in enumerate(shape):
+            m = x.data.shape[lead + i]
+            if n == 1 and m != 1:
+                axes.append(lead + i)
+            elif n != m:
+                raise ValueError(f"cannot sum shape {x.data.shape} to shape {shape}")
+        out = np.sum(x.data, axis=tuple(axes), keepdims=True) if axes else x.data
+        return out.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return broadcast_to(grad, ctx.shape), None
+
+    @staticmethod
+    def jvp(ctx, t, shape):
+        return sum_to(t, shape)
+
+
+def sum(x, axis=None, keepdims=False):
+    """Sum over ``axis`` (None: all)."""
+    return Sum.apply(x, normalize_axis(axis, x.ndim, "sum"), bool(keepdims))
+
+
+def mean(x, axis=None, keepdims=False):
+    """Mean over ``axis`` (None: all)."""
+    axes = normalize_axis(axis, x.ndim, "mean")
+    count = x.size if axes is None else int(np.prod([x.shape[a] for a in axes]))
+    return Sum.apply(x, axes, bool(keepdims)) / np.asarray(count, x.dtype)
+
+
+def max(x, axis=None, keepdims=False):
+    """Largest values over ``axis`` (values only, as numpy's ``max``); ties share the gradient."""
+    return Max.apply(x, normalize_axis(axis, x.ndim, "max"), bool(keepdims))
+
+
+def min(x, axis=None, keepdims=False):
+    """Smallest values over ``axis`` (values only); ties share the gradient."""
+    return Min.apply(x, normalize_axis(axis, x.ndim, "min"), bool(keepdims))
+
+
+def sum_to(x, shape):
+    """Sum ``x`` over the axes along which ``shape`` was broadcast to ``x.shape``."""
+    shape = tuple(shape)
+    if x.shape == shape:
+        return x
+    return SumTo.apply(x, shape)

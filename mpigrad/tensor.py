@@ -1,0 +1,219 @@
+"""``Tensor``: an ndarray with the autograd state of one rank's engine.
+
+A Tensor holds ``data`` (a numpy array), ``requires_grad``, ``grad`` and ``grad_fn``.  Operators and
+methods delegate to the functions in ``mpigrad.ops``.  Only floating-point tensors can require
+grad; integer and bool tensors are data (indices, masks).  Tensors hash by identity, so they can
+key dicts (``dist_autograd.get_gradients``); ``==`` compares elementwise, as in torch.
+"""
+
+import numpy as np
+
+__all__ = ["Tensor", "is_differentiable"]
+
+
+def is_differentiable(dtype):
+    return dtype.kind == "f"
+
+
+class Tensor:
+    __slots__ = (
+        "data", "_requires_grad", "grad", "grad_fn", "_output_nr", "_fw", "_accumulator",
+        "_hooks", "__weakref__",
+    )
+    __array_priority__ = 1000  # ndarray (op) Tensor defers to the Tensor's reflected operator
+
+    def __init__(self, data, requires_grad=False):
+        self.data = np.asarray(data.data if isinstance(data, Tensor) else data)
+        self._init_state()
+        if requires_grad:
+            self.requires_grad_()
+
+    def _init_state(self, grad_fn=None, output_nr=0):
+        self._requires_grad = grad_fn is not None
+        self.grad = None
+        self.grad_fn = grad_fn
+        self._output_nr = output_nr
+        self._fw = None
+        self._accumulator = None
+        self._hooks = None
+
+    @classmethod
+    def _make(cls, data, grad_fn=None, output_nr=0):
+        """Wrap an ndarray without copying or checking (the engine's constructor)."""
+        t = object.__new__(cls)
+        t.data = data
+        t._init_state(grad_fn, output_nr)
+        return t
+
+    # --- attributes ---------------------------------------------------------------------------
+    shape = property(lambda self: self.data.shape)
+    ndim = property(lambda self: self.data.ndim)
+    dtype = property(lambda self: self.data.dtype)
+    size = property(lambda self: self.data.size)
+    is_leaf = property(lambda self: self.grad_fn is None)
+
+    @property
+    def requires_grad(self):
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        self.requires_grad_(value)
+
+    def requires_grad_(self, requires_grad=True):
+        """Make a leaf record operations on it (or stop).  Returns self."""
+        if self.grad_fn is not None:
+            if not requires_grad:
+                raise RuntimeError(
+                    f"requires_grad_(False) on a non-leaf tensor (grad_fn={self.grad_fn.name()}); "
+                    "use .detach()"
+                )
+            return self
+        if requires_grad and not is_differentiable(self.data.dtype):
+            raise RuntimeError(
+                f"only floating-point tensors can require gradients, got dtype {self.data.dtype}"
+            )
+        self._requires_grad = bool(requires_grad)
+        return self
+
+    def detach(self):
+        """A new leaf sharing ``data``, cut from the graph (and from forward-mode tangents)."""
+        return Tensor._make(self.data)
+
+    def numpy(self):
+        return self.data
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+        return self.data.item()
+
+    def __array__(self, dtype=None, copy=None):
+        if dtype is not None and dtype != self.data.dtype:
+            return self.data.astype(dtype)
+        return self.data.copy() if copy else self.data
+
+    def __len__(self):
+        if self.data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return len(self.data)
+
+    def __bool__(self):
+        return bool(self.data)
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    __hash__ = object.__hash__
+
+    def __repr__(self):
+        body = np.array2string(self.data, separator=", ", prefix="tensor(")
+        extra = ""
+        if self.grad_fn is not None:
+            extra = f", grad_fn=<{self.grad_fn.name()}>"
+        elif self._requires_grad:
+            extra = ", requires_grad=True"
+        return f"tensor({body}, dtype={self.data.dtype}{extra})"
+
+    # --- autograd -----------------------------------------------------------------------------
+    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+        """Accumulate d(self)/d(leaf) into ``.grad`` of the leaves; see ``autograd.backward``."""
+        from .autograd.api import backward
+
+        backward(self, None if gradient is None else [gradient], retain_graph, create_graph,
+                 inputs)
+
+    def register_hook(self, hook):
+        """Call ``hook(grad)`` when this tensor's gradient is computed; a non-None return replaces
+        the gradient.  Returns a handle with ``.remove()``."""
+        if not self._requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that does not require grad")
+        if self.grad_fn is None:
+            if self._hooks is None:
+                self._hooks = []
+            hooks = self._hooks
+        else:
+            self.grad_fn.add_pre_hook(self._output_nr, hook)
+            hooks = self.grad_fn.pre_hooks[self._output_nr]
+        if hook not in hooks:
+            hooks.append(hook)
+        return _HookHandle(hooks, hook)
+
+    def retain_grad(self):
+        """Keep the gradient of this non-leaf in ``.grad`` after ``backward`` (no-op on leaves)."""
+        if not self._requires_grad:
+            raise RuntimeError("retain_grad() on a tensor that does not require grad")
+        if self.grad_fn is not None:
+            import weakref
+
+            node = self.grad_fn
+            if node.retained is None:
+                node.retained = {}
+            node.retained[self._output_nr] = weakref.ref(self)
+
+    @property
+    def retains_grad(self):
+        node = self.grad_fn
+        return bool(node is not None and node.retained and self._output_nr in node.retained)
+
+    def zero_(self):
+        """Fill with zeros in place.  A read-only array (a gradient the engine stored by
+        reference) is replaced by fresh zeros rather than written."""
+        if self.data.flags.writeable:
+            self.data[...] = 0
+        else:
+            self.data = np.zeros_like(self.data)
+        return self
+
+
+class _HookHandle:
+    def __init__(self, hooks, hook):
+        self.hooks, self.hook = hooks, hook
+
+    def remove(self):
+        if self.hook in self.hooks:
+            self.hooks.remove(self.hook)
+
+
+def _reflected(fn):
+    def method(self, other):
+        return fn(other, self)
+
+    method.__name__ = f"__r{fn.__name__}__"
+    return method
+
+
+def _compare(ufunc):
+    def method(self, other):
+        return Tensor._make(ufunc(self.data, other.data if isinstance(other, Tensor) else other))
+
+    return method
+
+
+from . import ops  # noqa: E402  (ops import Tensor, so they come after it)
+
+for _name in (
+    "exp", "log", "sqrt", "abs", "sin", "cos", "tanh", "sigmoid", "relu", "clamp", "maximum",
+    "minimum", "sum", "mean", "max", "min", "reshape", "transpose", "permute", "broadcast_to",
+    "squeeze", "unsqueeze", "split", "index_select", "softmax", "log_softmax", "logsumexp",
+    "matmul", "astype", "neg",
+):
+    setattr(Tensor, _name, getattr(ops, _name))
+for _dunder, _fn in (
+    ("add", ops.add), ("sub", ops.sub), ("mul", ops.mul), ("truediv", ops.div), ("pow", ops.pow),
+    ("matmul", ops.matmul),
+):
+    setattr(Tensor, f"__{_dunder}__", _fn)
+    setattr(Tensor, f"__r{_dunder}__", _reflected(_fn))
+Tensor.__neg__ = ops.neg
+Tensor.__abs__ = ops.abs
+Tensor.__getitem__ = ops.getitem
+Tensor.T = property(lambda self: ops.permute(self, *reversed(range(self.data.ndim))))
+for _dunder, _ufunc in (
+    ("lt", np.less), ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal),
+    ("eq", np.equal), ("ne", np.not_equal),
+):
+    setattr(Tensor, f"__{_dunder}__", _compare(_ufunc))

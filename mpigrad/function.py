@@ -63,11 +63,11 @@ class BackwardNode(FunctionCtx, Node):
 
     def _pack(self, outputs):
         # Outputs are stored without the Tensor (which points back here) to avoid a cycle;
-        # saved_tensors rebuilds them with this node as grad_fn.
+        # saved_tensors rebuilds them with this node as grad_fn and the output's tangents.
         packed = []
         for t in getattr(self, "to_save", ()):
             nr = next((i for i, o in enumerate(outputs) if o is t), None)
-            packed.append(t if nr is None else (t.data, nr, t._requires_grad))
+            packed.append(t if nr is None else (t.data, nr, t._requires_grad, t._fw))
         self._saved = packed
         self.to_save = None
 
@@ -78,8 +78,9 @@ class BackwardNode(FunctionCtx, Node):
         out = []
         for s in self._saved:
             if type(s) is tuple:
-                data, nr, requires_grad = s
+                data, nr, requires_grad, fw = s
                 s = Tensor._make(data, self if requires_grad else None, nr)
+                s._fw = fw  # the output's tangents, shared: forward-over-reverse needs them
             out.append(s)
         return tuple(out)
 
@@ -163,6 +164,8 @@ class Function:
             _record(ctx, args, outputs)
         if levels:
             _push_tangents(cls, ctx, args, outputs, levels)
+        if record:
+            ctx._pack(outputs)
         return outputs if multiple else outputs[0]
 
 
@@ -192,7 +195,6 @@ def _record(ctx, args, outputs):
             out.grad_fn = ctx
             out._output_nr = nr
             out._requires_grad = True
-    ctx._pack(outputs)
 
 
 def _tangent_levels(args):
@@ -200,6 +202,7 @@ def _tangent_levels(args):
     for a in args:
         if isinstance(a, Tensor) and a._fw:
             levels.update(a._fw)
+    levels.intersection_update(open_levels())
     return sorted(levels, reverse=True)  # innermost first: see Note [nested tangents]
 
 

@@ -78,7 +78,7 @@ class BroadcastTo(Function):
         return sum_to(grad, ctx.shape), None
 
     @staticmethod
-    def jvp(ctx, t, shape):
+    def jvp(ctx, t, _):
         return broadcast_to(t, ctx.outputs[0].shape)
 
 

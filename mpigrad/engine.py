@@ -131,8 +131,8 @@ class GraphTask:
     def _buffer(self, node, nr, grad):
         slots = self.buffers.get(node)
         if slots is None:
-            slots = self.buffers[node] = {}
-        pending = slots.get(nr)
+            slots = self.buffers[node] = [None] * len(node.output_meta)
+        pending = slots[nr]
         if pending is None:
             slots[nr] = [grad]
         else:
@@ -140,10 +140,10 @@ class GraphTask:
 
     def _take_buffer(self, node):
         slots = self.buffers.pop(node, None)
-        count = len(getattr(node, "output_meta", ())) or 1
-        if not slots:
-            return [None] * count
-        return [_sum(slots[nr], self.create_graph) if nr in slots else None for nr in range(count)]
+        if slots is None:
+            return [None] * len(node.output_meta)
+        return [None if s is None else s[0] if len(s) == 1 else _sum(s, self.create_graph)
+                for s in slots]
 
     def _hooks_and_capture(self, node, grads):
         hooks = node.pre_hooks or {}
@@ -203,10 +203,8 @@ def _needed_for(capture_slots, parents):
 
 
 def _sum(grads, create_graph):
-    """The sum of the gradients that reached one input: the first by reference, a second
-    allocates, the rest are added in place in one pass (kernels.sum_into)."""
-    if len(grads) == 1:
-        return grads[0]
+    """The sum of two or more gradients that reached one input: the first was kept by reference,
+    the second allocates, the rest are added in place in one pass (kernels.sum_into)."""
     if create_graph:
         total = grads[0]
         for g in grads[1:]:

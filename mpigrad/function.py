@@ -14,7 +14,7 @@ the output's shape here.
 
 import numpy as np
 
-from .dual import open_levels, set_tangent
+from .dual import _levels, set_tangent
 from .graph import Node, gradient_edge
 from .grad_mode import _State
 from .tensor import Tensor, is_differentiable
@@ -33,6 +33,8 @@ class FunctionCtx:
 
     needs_input_grad = ()
     materialize_grads = True
+    non_differentiable = ()
+    to_save = ()
 
     def save_for_backward(self, *tensors):
         """Keep tensors (inputs or outputs of forward) for ``backward``."""
@@ -55,21 +57,21 @@ class BackwardNode(FunctionCtx, Node):
     """The ctx of a recorded Function call, and its node in the backward graph."""
 
     _forward_cls = None
-
-    def __init__(self):
-        Node.__init__(self)
-        self._saved = None
-        self.released = False
+    _saved = None
+    released = False
 
     def _pack(self, outputs):
         # Outputs are stored without the Tensor (which points back here) to avoid a cycle;
         # saved_tensors rebuilds them with this node as grad_fn and the output's tangents.
         packed = []
-        for t in getattr(self, "to_save", ()):
-            nr = next((i for i, o in enumerate(outputs) if o is t), None)
-            packed.append(t if nr is None else (t.data, nr, t._requires_grad, t._fw))
+        for t in self.to_save:
+            for nr, o in enumerate(outputs):
+                if o is t:
+                    t = (t.data, nr, t._requires_grad, t._fw)
+                    break
+            packed.append(t)
         self._saved = packed
-        self.to_save = None
+        self.to_save = ()
 
     @property
     def saved_tensors(self):
@@ -91,9 +93,12 @@ class BackwardNode(FunctionCtx, Node):
     def apply(self, grads):
         if self.released:
             raise RuntimeError(RETAIN_GRAPH_HINT)
-        if all(g is None for g in grads):
+        if len(grads) == 1:
+            if grads[0] is None:
+                return (None,) * len(self.next_functions)
+        elif all(g is None for g in grads):
             return (None,) * len(self.next_functions)
-        if self.materialize_grads:
+        elif self.materialize_grads:
             grads = [
                 Tensor._make(np.zeros(shape, dtype)) if g is None else g
                 for g, (shape, dtype) in zip(grads, self.output_meta)
@@ -137,21 +142,20 @@ class Function:
 
     @staticmethod
     def jvp(ctx, *tangents):
-        name = ctx._forward_cls.__name__ if ctx._forward_cls else "this Function"
-        raise NotImplementedError(f"{name} does not define jvp (no forward-mode rule)")
+        raise NotImplementedError
 
     @classmethod
     def apply(cls, *args):
-        record = _State.grad_enabled and any(
-            isinstance(a, Tensor) and a._requires_grad for a in args
-        )
-        levels = _tangent_levels(args) if _State.forward_ad_enabled and open_levels() else None
+        record = False
+        if _State.grad_enabled:
+            needs = tuple([isinstance(a, Tensor) and a._requires_grad for a in args])
+            record = True in needs
+        levels = _tangent_levels(args) if _levels and _State.forward_ad_enabled else None
         if record:
             ctx = cls._backward_cls()
-            ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a._requires_grad for a in args)
+            ctx.needs_input_grad = needs
         else:
             ctx = FunctionCtx()
-            ctx._forward_cls = cls
         prev_grad, prev_fw = _State.grad_enabled, _State.forward_ad_enabled
         _State.grad_enabled = _State.forward_ad_enabled = False
         try:
@@ -159,7 +163,12 @@ class Function:
         finally:
             _State.grad_enabled, _State.forward_ad_enabled = prev_grad, prev_fw
         multiple = isinstance(raw, tuple)
-        outputs = tuple(_as_output(r, args) for r in raw) if multiple else (_as_output(raw, args),)
+        if type(raw) is np.ndarray:
+            outputs = (Tensor._make(raw),)
+        elif multiple:
+            outputs = tuple([_as_output(r, args) for r in raw])
+        else:
+            outputs = (_as_output(raw, args),)
         if record:
             _record(ctx, args, outputs)
         if levels:
@@ -177,21 +186,26 @@ def _as_output(value, args):
     return Tensor._make(np.asarray(value))
 
 
+_NO_EDGE = (None, 0)
+
+
 def _record(ctx, args, outputs):
     edges, meta = [], []
-    for a in args:
-        if isinstance(a, Tensor) and a._requires_grad:
-            edges.append(gradient_edge(a))
-            meta.append((a.data.shape, a.data.dtype))
+    for a, need in zip(args, ctx.needs_input_grad):
+        if need:
+            fn = a.grad_fn
+            edges.append((fn, a._output_nr) if fn is not None else gradient_edge(a))
+            d = a.data
+            meta.append((d.shape, d.dtype))
         else:
-            edges.append((None, 0))
+            edges.append(_NO_EDGE)
             meta.append(None)
     ctx.next_functions = tuple(edges)
     ctx.input_meta = tuple(meta)
-    ctx.output_meta = tuple((o.data.shape, o.data.dtype) for o in outputs)
-    frozen = getattr(ctx, "non_differentiable", ())
+    ctx.output_meta = tuple([(o.data.shape, o.data.dtype) for o in outputs])
+    frozen = ctx.non_differentiable
     for nr, out in enumerate(outputs):
-        if is_differentiable(out.data.dtype) and not any(out is f for f in frozen):
+        if out.data.dtype.kind == "f" and not (frozen and any(out is f for f in frozen)):
             out.grad_fn = ctx
             out._output_nr = nr
             out._requires_grad = True
@@ -202,7 +216,7 @@ def _tangent_levels(args):
     for a in args:
         if isinstance(a, Tensor) and a._fw:
             levels.update(a._fw)
-    levels.intersection_update(open_levels())
+    levels.intersection_update(_levels)
     return sorted(levels, reverse=True)  # innermost first: see Note [nested tangents]
 
 
@@ -216,6 +230,8 @@ def _push_tangents(cls, ctx, args, outputs, levels):
             continue
         ctx.inputs = tuple(_strip_levels(a, level) for a in args)
         ctx.outputs = outputs  # they carry only inner levels yet: rules run innermost first
+        if cls.jvp is Function.jvp:
+            raise NotImplementedError(f"{cls.__name__} does not define jvp (no forward-mode rule)")
         result = cls.jvp(ctx, *tangents)
         if not isinstance(result, tuple):
             result = (result,)

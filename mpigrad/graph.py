@@ -25,11 +25,12 @@ class Node:
 
     next_functions = ()
     input_meta = ()
+    output_meta = ((None, None),)  # (shape, dtype) per output; the engine needs only their count
+    pre_hooks = None  # {output_nr: [hook, ...]}, from Tensor.register_hook
+    retained = None  # {output_nr: weakref to a non-leaf Tensor that called retain_grad}
 
     def __init__(self):
         self.sequence_nr = next(_sequence)
-        self.pre_hooks = None  # {output_nr: [hook, ...]}, from Tensor.register_hook
-        self.retained = None  # {output_nr: weakref to a non-leaf Tensor that called retain_grad}
 
     def name(self):
         return type(self).__name__

@@ -16,33 +16,31 @@ def is_differentiable(dtype):
 
 
 class Tensor:
-    __slots__ = (
-        "data", "_requires_grad", "grad", "grad_fn", "_output_nr", "_fw", "_accumulator",
-        "_hooks", "__weakref__",
-    )
     __array_priority__ = 1000  # ndarray (op) Tensor defers to the Tensor's reflected operator
+
+    # Defaults live on the class, so making a Tensor sets only what differs (ops make many).
+    _requires_grad = False
+    grad = None
+    grad_fn = None
+    _output_nr = 0
+    _fw = None  # {dual level: tangent Tensor}, see mpigrad/dual.py
+    _accumulator = None  # weakref to this leaf's AccumulateGrad node
+    _hooks = None  # hooks of a leaf (a non-leaf's live on its grad_fn)
 
     def __init__(self, data, requires_grad=False):
         self.data = np.asarray(data.data if isinstance(data, Tensor) else data)
-        self._init_state()
         if requires_grad:
             self.requires_grad_()
-
-    def _init_state(self, grad_fn=None, output_nr=0):
-        self._requires_grad = grad_fn is not None
-        self.grad = None
-        self.grad_fn = grad_fn
-        self._output_nr = output_nr
-        self._fw = None
-        self._accumulator = None
-        self._hooks = None
 
     @classmethod
     def _make(cls, data, grad_fn=None, output_nr=0):
         """Wrap an ndarray without copying or checking (the engine's constructor)."""
         t = object.__new__(cls)
         t.data = data
-        t._init_state(grad_fn, output_nr)
+        if grad_fn is not None:
+            t.grad_fn = grad_fn
+            t._output_nr = output_nr
+            t._requires_grad = True
         return t
 
     # --- attributes ---------------------------------------------------------------------------

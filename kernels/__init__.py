@@ -1,0 +1,201 @@
+"""Array kernels that sum gradients, in place, for NumPy and CUDA device arrays.
+
+Semantics, the same on every path and bit for bit the sequential Python loop, whatever the
+thread count (see Note [deterministic chunks] in ``cpu.py``)::
+
+    accumulate(dst, src)          dst += src
+    sum_into(dst, srcs)           for s in srcs: dst += s    # element: ((dst + s0) + s1) + ...
+    scatter_add(dst, index, src)  for i in range(len(index)): dst[index[i]] += src[i]
+
+Each returns ``dst``. Arrays are neither broadcast nor cast; a call that raises leaves ``dst``
+unchanged.
+
+Dispatch (``backend`` names the path a call takes):
+
+- ``"cuda"``: the call's arrays are device arrays (Numba's, or any with
+  ``__cuda_array_interface__``): numba.cuda kernels, see ``cuda.py``. Mixing host and device
+  arrays raises ValueError.
+- ``"numba-parallel"`` / ``"numba-serial"``: plain ``numpy.ndarray`` arguments of one dtype
+  Numba handles (integers, float32/64, complex64/128), all C- or all F-contiguous, ``dst``
+  sharing memory with none of the others. Parallel per Note [kernel threads] in ``threads.py``.
+- ``"numpy"``: every other host call (strided views, mixed layouts, overlap, subclasses, other
+  dtypes), and all host calls when Numba is missing or ``MPIGRAD_KERNELS=numpy``: NumPy ufuncs,
+  no copies.
+
+Environment, read on first use: ``MPIGRAD_KERNELS`` is ``auto`` (default) or ``numpy`` (host
+arrays always take NumPy); ``MPIGRAD_NUM_THREADS`` sets the CPU thread count.
+
+This package imports nothing from mpigrad, and only NumPy at import: Numba loads on the first host
+call, numba.cuda with the first device array, and kernels compile on first use (cached on disk).
+"""
+
+import functools
+import os
+
+import numpy as np
+
+from . import checks, reference, threads
+from .threads import get_num_threads, set_num_threads
+
+__all__ = [
+    "BACKENDS",
+    "accumulate",
+    "backend",
+    "get_num_threads",
+    "scatter_add",
+    "set_num_threads",
+    "sum_into",
+]
+
+BACKENDS = ("cuda", "numba-parallel", "numba-serial", "numpy")
+"""The values ``backend`` returns."""
+
+_NUMBA_DTYPES = frozenset(
+    np.dtype(name)
+    for name in (
+        "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+        "float32", "float64", "complex64", "complex128",
+    )
+)  # fmt: skip
+
+
+def accumulate(dst, src):
+    """``dst += src`` in place; returns ``dst``.
+
+    Raises ValueError when shapes or dtypes differ (naming both), or ``dst`` is read-only.
+    """
+    path = _route("accumulate", (dst, src))
+    checks.check_addend("accumulate", dst, src)
+    _sum_into(path, "accumulate", dst, (src,))
+    return dst
+
+
+def sum_into(dst, srcs):
+    """``for s in srcs: dst += s`` fused, in place; returns ``dst``.
+
+    Each element is ``((dst + s0) + s1) + ...``, read and written once per four sources rather
+    than once per source. Raises ValueError when a source's shape or dtype differs from ``dst``
+    (naming ``srcs[i]``), or ``dst`` is read-only.
+    """
+    srcs = tuple(srcs)
+    path = _route("sum_into", (dst, *srcs))
+    for i, src in enumerate(srcs):
+        checks.check_addend("sum_into", dst, src, f"srcs[{i}]")
+    _sum_into(path, "sum_into", dst, srcs)
+    return dst
+
+
+def scatter_add(dst, index, src):
+    """``dst[index[i]] += src[i]`` for i in order, in place; returns ``dst``.
+
+    ``dst`` has shape ``(N, *rest)``, ``index`` is 1-D of integers in ``[-N, N)`` (negative ones
+    count from the end, as in NumPy), ``src`` has shape ``(len(index), *rest)``. Repeated indices
+    accumulate, unlike ``dst[index] += src``. Raises TypeError for a non-integer index,
+    ValueError for a bad shape or dtype, and IndexError naming the first out-of-range index
+    value and N (before any write).
+    """
+    path = _route("scatter_add", (dst, index, src))
+    checks.check_scatter(dst, index, src)
+    if path == "cuda":
+        bad = _cuda().scatter_add(dst, index, src)
+    elif path == "numpy":
+        bad = reference.scatter_add(dst, index, src)
+    else:
+        bad = _numba().scatter_add(dst, index, src, _threads(path))
+    if bad >= 0:
+        raise checks.out_of_range(int(index[bad]), bad, dst.shape[0])
+    return dst
+
+
+def backend(dst, *others):
+    """The path (one of ``BACKENDS``) a kernel call on these arrays takes.
+
+    Pass the call's arrays in order: ``backend(dst, src)``, ``backend(dst, *srcs)``,
+    ``backend(dst, index, src)``. Raises as the call would for arrays of the wrong kind.
+    """
+    return _route("backend", (dst, *others))
+
+
+def _sum_into(path, op, dst, srcs):
+    if path == "cuda":
+        _cuda().sum_into(op, dst, srcs)
+    elif path == "numpy":
+        reference.sum_into(dst, srcs)
+    else:
+        _numba().sum_into(dst, srcs, _threads(path))
+
+
+def _route(op, arrays):
+    """Pick the path for ``arrays`` (``dst`` first); see the module docstring.
+
+    Plain loops, no generators: this runs on every call, and on small arrays the whole call
+    takes a few microseconds.
+    """
+    plain = True
+    for a in arrays:
+        if type(a) is not np.ndarray:
+            if not isinstance(a, np.ndarray):
+                return _route_device(op, arrays)
+            plain = False
+    if not arrays[0].flags.writeable:
+        raise ValueError(f"{op}: dst is read-only")
+    if not plain or _numba() is None or not _numba_takes(arrays):
+        return "numpy"
+    if get_num_threads() > 1 and max(a.size for a in arrays) >= threads.PARALLEL_MIN_SIZE:
+        return "numba-parallel"
+    return "numba-serial"
+
+
+def _route_device(op, arrays):
+    """``"cuda"`` if every array is on the device; raise for a host/device mix or a non-array."""
+    on_device = [
+        getattr(a, "__cuda_ndarray__", False) or hasattr(a, "__cuda_array_interface__")
+        for a in arrays
+    ]
+    if all(on_device):
+        return "cuda"
+    for i, a in enumerate(arrays):
+        if not on_device[i] and not isinstance(a, np.ndarray):
+            raise TypeError(f"{op}: expected NumPy or CUDA device arrays, argument {i} is {a!r}")
+    raise ValueError(
+        f"{op}: cannot mix host and device arrays (on device: argument positions "
+        f"{[i for i, d in enumerate(on_device) if d]} of {len(arrays)})"
+    )
+
+
+def _numba_takes(arrays):
+    """Whether the Numba kernels take these plain ndarrays; see the module docstring."""
+    dst = arrays[0]
+    c_order = f_order = True
+    for a in arrays:
+        if a.dtype not in _NUMBA_DTYPES or (a is not dst and np.may_share_memory(dst, a)):
+            return False
+        flags = a.flags
+        c_order = c_order and flags.c_contiguous
+        f_order = f_order and flags.f_contiguous
+    return c_order or f_order
+
+
+def _threads(path):
+    return get_num_threads() if path == "numba-parallel" else 1
+
+
+@functools.cache
+def _numba():
+    """The Numba CPU kernels module, or None when Numba is missing or MPIGRAD_KERNELS=numpy."""
+    mode = os.environ.get("MPIGRAD_KERNELS", "auto")
+    if mode not in ("auto", "numpy"):
+        raise ValueError(f"MPIGRAD_KERNELS must be 'auto' or 'numpy', got {mode!r}")
+    if mode == "numpy":
+        return None
+    try:
+        from . import cpu
+    except ImportError:
+        return None
+    return cpu
+
+
+def _cuda():
+    from . import cuda
+
+    return cuda

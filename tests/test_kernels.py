@@ -1,0 +1,373 @@
+"""mpigrad.kernels on the host: results against NumPy and the sequential loop, bit for bit, on
+every path (Numba serial, Numba parallel, NumPy); dispatch; error texts; the thread policy.
+
+The CUDA kernels are tested in test_kernels_cuda.py."""
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import hypothesis.extra.numpy as hnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mpigrad import kernels
+from mpigrad.kernels import threads
+
+PATHS = ("numba-serial", "numba-parallel", "numpy")
+DTYPES = (np.float32, np.float64)
+IMPORT_ROOT = str(Path(kernels.__file__).parent.parent.parent)  # holds this run's mpigrad
+
+
+@contextlib.contextmanager
+def forced(path):
+    """Make host calls take ``path``: no Numba for NumPy, else 1 or 2 threads from size 0 up."""
+    with pytest.MonkeyPatch.context() as mp:
+        if path == "numpy":
+            mp.setattr(kernels, "_numba", lambda: None)
+        else:
+            mp.setattr(threads, "PARALLEL_MIN_SIZE", 0)
+        kernels.set_num_threads(2 if path == "numba-parallel" else 1)
+        try:
+            yield
+        finally:
+            kernels.set_num_threads(None)
+
+
+def assert_bits_equal(actual, expected):
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    assert actual.tobytes() == expected.tobytes()
+
+
+def spread(rng, shape, dtype=np.float32):
+    """Values over six decades, so that float32 sums depend on the order of the terms."""
+    return (rng.standard_normal(shape) * 10.0 ** rng.integers(-3, 4, shape)).astype(dtype)
+
+
+def run_python(code, **env):
+    """Run ``code`` in a fresh interpreter that imports this run's mpigrad."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": IMPORT_ROOT, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def floats(dtype):
+    return st.floats(-1e6, 1e6, width=np.dtype(dtype).itemsize * 8)
+
+
+@st.composite
+def addends(draw, count):
+    """(dst, [src, ...]): ``count`` sources of one shape (0-d to 4-D, empty included) and dtype."""
+    dtype = draw(st.sampled_from(DTYPES))
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5))
+    arrays = [draw(hnp.arrays(dtype, shape, elements=floats(dtype))) for _ in range(count + 1)]
+    return arrays[0], arrays[1:]
+
+
+@st.composite
+def scatters(draw):
+    """(dst, index, src) with duplicate and negative indices, index dtype int32 or int64."""
+    dtype = draw(st.sampled_from(DTYPES))
+    rows = draw(st.integers(1, 6))
+    rest = draw(hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=4))
+    size = draw(st.integers(0, 20))
+    index_dtype = st.sampled_from((np.int32, np.int64))
+    index = draw(hnp.arrays(index_dtype, size, elements=st.integers(-rows, rows - 1)))
+    dst = draw(hnp.arrays(dtype, (rows, *rest), elements=floats(dtype)))
+    return dst, index, draw(hnp.arrays(dtype, (size, *rest), elements=floats(dtype)))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@given(case=addends(1))
+def test_accumulate_matches_numpy(path, case):
+    dst, (src,) = case
+    expected = dst + src
+    with forced(path):
+        assert kernels.backend(dst, src) == path
+        assert kernels.accumulate(dst, src) is dst
+    assert_bits_equal(dst, expected)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@given(case=st.integers(0, 9).flatmap(addends))
+def test_sum_into_matches_sequential_loop(path, case):
+    dst, srcs = case
+    expected = dst.copy()
+    for src in srcs:
+        expected += src
+    with forced(path):
+        assert kernels.sum_into(dst, iter(srcs)) is dst
+    assert_bits_equal(dst, expected)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@given(case=scatters())
+def test_scatter_add_matches_add_at(path, case):
+    dst, index, src = case
+    expected = dst.copy()
+    np.add.at(expected, index, src)
+    with forced(path):
+        assert kernels.backend(dst, index, src) == path
+        assert kernels.scatter_add(dst, index, src) is dst
+    assert_bits_equal(dst, expected)
+
+
+@pytest.fixture(scope="module")
+def ordered_sum():
+    """float32 (dst, srcs, loop result) above PARALLEL_MIN_SIZE, whose sum depends on the order."""
+    rng = np.random.default_rng(7)
+    dst, *srcs = (spread(rng, (1 << 20) + 3) for _ in range(7))  # + 3: uneven chunks
+    forward, backward = dst.copy(), dst.copy()
+    for src in srcs:
+        forward += src
+    for src in reversed(srcs):
+        backward += src
+    assert not np.array_equal(forward, backward)
+    return dst, srcs, forward
+
+
+@pytest.fixture(scope="module")
+def ordered_scatter():
+    """float32 (dst, index, src, loop result): 50 000 rows into 1000, duplicates in any order."""
+    rng = np.random.default_rng(8)
+    index = rng.integers(-1000, 1000, 50_000)
+    src = spread(rng, (index.size, 16))
+    dst = spread(rng, (1000, 16))
+    forward, backward = dst.copy(), dst.copy()
+    for i, j in enumerate(index):
+        forward[j] += src[i]
+    for i, j in reversed(list(enumerate(index))):
+        backward[j] += src[i]
+    assert not np.array_equal(forward, backward)
+    return dst, index, src, forward
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_sum_into_keeps_float32_order_bit_for_bit(path, ordered_sum):
+    dst, srcs, expected = ordered_sum
+    dst = dst.copy()
+    with forced(path):
+        kernels.sum_into(dst, srcs)
+    assert_bits_equal(dst, expected)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_scatter_add_keeps_float32_order_bit_for_bit(path, ordered_scatter):
+    dst, index, src, expected = ordered_scatter
+    dst = dst.copy()
+    with forced(path):
+        kernels.scatter_add(dst, index, src)
+    assert_bits_equal(dst, expected)
+
+
+def test_threads_and_size_choose_parallel():
+    small, large = np.zeros(threads.PARALLEL_MIN_SIZE - 1), np.zeros(threads.PARALLEL_MIN_SIZE)
+    try:
+        kernels.set_num_threads(2)
+        assert kernels.backend(small, small.copy()) == "numba-serial"
+        assert kernels.backend(large, large.copy()) == "numba-parallel"
+        index = np.zeros(large.size // 4, np.int64)  # scatter: the largest array counts
+        assert kernels.backend(small[:40].reshape(10, 4), index, large.reshape(-1, 4)) == (
+            "numba-parallel"
+        )
+        kernels.set_num_threads(1)
+        assert kernels.backend(large, large.copy()) == "numba-serial"
+    finally:
+        kernels.set_num_threads(None)
+
+
+def test_layouts_numba_does_not_take_fall_back_to_numpy():
+    rng = np.random.default_rng(1)
+    grid = spread(rng, (6, 8), np.float64)
+    line = grid.ravel()
+    cases = {
+        "strided": (grid[:, ::2].copy(), grid[:, 1::2]),
+        "mixed C and F": (grid.copy(), np.asfortranarray(grid)),
+        "overlapping": (line[:10], line[5:15]),
+        "float16": (grid.astype(np.float16), grid.astype(np.float16)),
+        "byte-swapped": (grid.astype(">f8"), grid.astype(">f8")),
+        "subclass": (grid.copy().view(type("Sub", (np.ndarray,), {})), grid.copy()),
+    }
+    for name, (dst, src) in cases.items():
+        expected = np.asarray(dst + src).astype(dst.dtype)
+        assert kernels.backend(dst, src) == "numpy", name
+        kernels.accumulate(dst, src)
+        assert_bits_equal(np.asarray(dst), expected)
+
+    dst, src = np.asfortranarray(grid), np.asfortranarray(grid[::-1])
+    expected = dst + src
+    assert kernels.backend(dst, src) == "numba-serial"
+    assert_bits_equal(kernels.accumulate(dst, src), expected)
+
+    dst, index, src = np.zeros((4, 3)), np.array([0, 3, 3, -1, 1, 2]), grid[:, :3]
+    expected = dst.copy()
+    np.add.at(expected, index, src)
+    assert kernels.backend(dst, index, src) == "numpy"
+    assert_bits_equal(kernels.scatter_add(dst, index, src), expected)
+
+
+@pytest.mark.parametrize("path", ("numba-serial", "numpy"))
+@pytest.mark.parametrize(
+    "index, message",
+    [
+        ([0, 3, 4, 5], "index 4 at position 2 is out of range for dst with 4 rows"),
+        ([-4, -5], "index -5 at position 1 is out of range for dst with 4 rows"),
+        (np.array([2**64 - 1], np.uint64), f"index {2**64 - 1} at position 0 is out of range"),
+    ],
+)
+def test_scatter_add_rejects_out_of_range_index_before_writing(path, index, message):
+    dst = np.zeros((4, 2), np.float32)
+    index = np.asarray(index)
+    with forced(path), pytest.raises(IndexError, match=f"^scatter_add: {message}"):
+        kernels.scatter_add(dst, index, np.ones((index.size, 2), np.float32))
+    assert not dst.any()
+
+
+def read_only(array):
+    array.flags.writeable = False
+    return array
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: kernels.accumulate(np.zeros((2, 3)), np.zeros((3, 2))), ValueError,
+         r"accumulate: shape mismatch: dst \(2, 3\) vs src \(3, 2\)"),
+        (lambda: kernels.accumulate(np.zeros(3), np.zeros(3, np.float32)), ValueError,
+         "accumulate: dtype mismatch: dst float64 vs src float32"),
+        (lambda: kernels.accumulate(read_only(np.zeros(3)), np.ones(3)), ValueError,
+         "accumulate: dst is read-only"),
+        (lambda: kernels.accumulate(np.zeros(1), [1.0]), TypeError,
+         r"accumulate: expected NumPy or CUDA device arrays, argument 1 is \[1.0\]"),
+        (lambda: kernels.sum_into(np.zeros(3), [np.zeros(3), np.zeros(4)]), ValueError,
+         r"sum_into: shape mismatch: dst \(3,\) vs srcs\[1\] \(4,\)"),
+        (lambda: kernels.sum_into(np.zeros(3), [np.zeros(3, np.int64)]), ValueError,
+         r"sum_into: dtype mismatch: dst float64 vs srcs\[0\] int64"),
+        (lambda: kernels.scatter_add(np.zeros((3, 2)), np.array([0.0]), np.zeros((1, 2))),
+         TypeError, "scatter_add: index must have an integer dtype, got float64"),
+        (lambda: kernels.scatter_add(np.zeros((3, 2)), np.array([True]), np.zeros((1, 2))),
+         TypeError, "scatter_add: index must have an integer dtype, got bool"),
+        (lambda: kernels.scatter_add(np.zeros((3, 2)), np.zeros((1, 1), int), np.zeros((1, 2))),
+         ValueError, r"scatter_add: index must be 1-D, got shape \(1, 1\)"),
+        (lambda: kernels.scatter_add(np.zeros(()), np.zeros(1, int), np.zeros(1)), ValueError,
+         r"scatter_add: dst must have at least 1 dimension, got shape \(\)"),
+        (lambda: kernels.scatter_add(np.zeros((3, 2)), np.zeros(2, int), np.zeros((2, 3))),
+         ValueError, r"scatter_add: shape mismatch: src \(2, 3\) vs \(len\(index\), "
+                     r"\*dst.shape\[1:\]\) \(2, 2\) for dst \(3, 2\)"),
+        (lambda: kernels.scatter_add(np.zeros((3, 2)), np.zeros(1, int), np.zeros((1, 2), int)),
+         ValueError, "scatter_add: dtype mismatch: dst float64 vs src int64"),
+    ],
+)  # fmt: skip
+def test_error_messages(call, error, message):
+    with pytest.raises(error, match=f"^{message}$"):
+        call()
+
+
+@pytest.mark.parametrize(
+    "environ, ranks",
+    [
+        ({}, 1),
+        ({"MPI_LOCALNRANKS": "2", "PMI_SIZE": "8"}, 2),  # MPICH hydra sets both
+        ({"OMPI_COMM_WORLD_LOCAL_SIZE": "3"}, 3),
+        ({"SLURM_NTASKS_PER_NODE": "4", "SLURM_STEP_TASKS_PER_NODE": "9"}, 4),
+        ({"SLURM_STEP_TASKS_PER_NODE": "2(x3),5"}, 5),
+        ({"PMI_SIZE": "6"}, 6),
+        ({"MPI_LOCALNRANKS": "", "OMPI_COMM_WORLD_LOCAL_SIZE": "x", "PMI_SIZE": "2"}, 2),
+        ({"MPI_LOCALNRANKS": "0"}, 1),
+    ],
+)
+def test_local_ranks_from_launcher_variables(environ, ranks):
+    assert threads.local_ranks(environ) == ranks
+
+
+def test_default_num_threads_divides_cores_among_local_ranks():
+    assert threads.default_num_threads({}, cores=8) == 8
+    assert threads.default_num_threads({"MPI_LOCALNRANKS": "2"}, cores=8) == 4
+    assert threads.default_num_threads({"OMPI_COMM_WORLD_LOCAL_SIZE": "3"}, cores=8) == 2
+    assert threads.default_num_threads({"MPI_LOCALNRANKS": "16"}, cores=8) == 1
+    assert threads.default_num_threads({"MPIGRAD_NUM_THREADS": "3", "PMI_SIZE": "8"}, 8) == 3
+    for value in ("0", "-1", "two"):
+        with pytest.raises(
+            ValueError, match=f"^MPIGRAD_NUM_THREADS must be a positive integer, got '{value}'$"
+        ):
+            threads.default_num_threads({"MPIGRAD_NUM_THREADS": value}, cores=8)
+
+
+def test_set_num_threads_overrides_then_returns_to_the_policy(monkeypatch):
+    monkeypatch.setenv("MPIGRAD_NUM_THREADS", "3")
+    try:
+        kernels.set_num_threads(5)
+        assert kernels.get_num_threads() == 5
+        kernels.set_num_threads(None)
+        assert kernels.get_num_threads() == 3
+        for bad in (0, 1.5, True, "2"):
+            with pytest.raises(ValueError, match="^set_num_threads: n must be a positive integer"):
+                kernels.set_num_threads(bad)
+    finally:
+        monkeypatch.undo()
+        kernels.set_num_threads(None)
+
+
+def test_policy_under_mpiexec_gives_two_ranks_half_the_cores_each():
+    """MPICH hydra sets MPI_LOCALNRANKS (and PMI_SIZE); the policy must read it from a launch."""
+    search = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    mpiexec = shutil.which("mpiexec", path=search)
+    assert mpiexec, "mpiexec is neither next to the interpreter nor on PATH"
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in threads.LOCAL_SIZE_VARS + ("MPIGRAD_NUM_THREADS",)
+        and not name.startswith(("PMI_", "HYDRA_"))
+    }
+    code = (
+        "import os; from mpigrad.kernels import threads; "
+        "print(threads.local_ranks(os.environ), threads.default_num_threads(cores=4))"
+    )
+    done = subprocess.run(
+        [mpiexec, "-n", "2", sys.executable, "-c", code],
+        env={**env, "PYTHONPATH": IMPORT_ROOT},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "2", "2", "2"]
+
+
+def test_import_is_cheap_and_mpigrad_kernels_numpy_selects_numpy():
+    done = run_python(
+        "import sys, numpy as np; from mpigrad import kernels; "
+        "print('numba' in sys.modules, kernels.backend(np.zeros(3), np.ones(3)), "
+        "kernels.accumulate(np.zeros(3), np.ones(3)).sum())",
+        MPIGRAD_KERNELS="numpy",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "numpy", "3.0"]
+
+
+def test_without_numba_host_arrays_take_numpy():
+    done = run_python(
+        "import sys, numpy as np; sys.modules['numba'] = None; from mpigrad import kernels; "
+        "d = np.zeros(4); kernels.scatter_add(d, np.array([1, 1, -1]), np.ones(3)); "
+        "print(kernels.backend(d, np.ones(4)), d.tolist())"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "numpy [0.0, 2.0, 0.0, 1.0]\n"
+
+
+def test_unknown_mpigrad_kernels_value_is_rejected():
+    done = run_python(
+        "import numpy as np; from mpigrad import kernels; kernels.backend(np.zeros(3))",
+        MPIGRAD_KERNELS="gpu",
+    )
+    assert done.returncode != 0
+    assert "ValueError: MPIGRAD_KERNELS must be 'auto' or 'numpy', got 'gpu'" in done.stderr

@@ -46,7 +46,8 @@ pytest = echo "== pytest $(1)"; status=0; $(BIN)/pytest $(1) || status=$$?; \
 # Reinstall when a source file, a source folder (a file added or removed) or the packaging
 # changes. find does not follow mpigrad/kernels, so kernels/ is listed itself.
 SOURCES := setup.cfg pyproject.toml README.md LICENSE \
-	$(shell find mpigrad/ kernels/ -name __pycache__ -prune -o \( -type d -o -name '*.py' \) -print)
+	$(shell find mpigrad/ kernels/ -name __pycache__ -prune -o \( -type d -o -name '*.py' \) -print \
+	  2>/dev/null)
 STAMP := $(VENV)/.mpigrad-installed
 
 .PHONY: help venv test test-serial test-mpi demo lint bench torch clean
@@ -103,6 +104,7 @@ lint: venv
 	$(BIN)/ruff check .
 
 $(VENV)/.bench-installed: $(STAMP)
+	rm -rf build
 	$(PY) -m pip install ".[$(EXTRAS),bench]"
 	touch $@
 

@@ -4,7 +4,7 @@ Run with the venv's python from any directory (`make venv` does). It fails when:
 - `mpigrad` resolves into the source tree (tests would then exercise the tree, not the wheel);
 - a module of the tree is missing from the installed package (a folder without an
   __init__.py is silently left out by `packages = find:`; mpigrad/kernels is a symlink
-  to ../kernels and must ship as mpigrad.kernels).
+  to ../kernels and must ship as mpigrad.kernels), or a symlink in the tree is broken.
 
 It locates the package with importlib.util.find_spec, which does not run mpigrad's code.
 """
@@ -40,6 +40,13 @@ def main():
             f"check_install: mpigrad resolves into the source tree ({installed}), "
             "not the installed wheel"
         )
+    broken = sorted(
+        str(path.relative_to(TREE.parent))
+        for path in TREE.rglob("*")
+        if path.is_symlink() and not path.exists()
+    )
+    if broken:
+        sys.exit(f"check_install: broken symlink(s) in the tree: {', '.join(broken)}")
     missing = sorted(modules(TREE) - modules(installed))
     if missing:
         sys.exit(

@@ -20,7 +20,9 @@ Dispatch (``backend`` names the path a call takes):
   sharing memory with none of the others. Parallel per Note [kernel threads] in ``threads.py``.
 - ``"numpy"``: every other host call (strided views, mixed layouts, overlap, subclasses, other
   dtypes), and all host calls when Numba is missing or ``MPIGRAD_KERNELS=numpy``: NumPy ufuncs,
-  no copies.
+  no copies. Also a single addend on one thread (``accumulate``, ``sum_into`` of one source,
+  serial): ``np.add(dst, src, out=dst)`` is as fast as a serial loop there, fuses nothing, and
+  costs no Numba dispatch or overlap check.
 
 Environment, read on first use: ``MPIGRAD_KERNELS`` is ``auto`` (default) or ``numpy`` (host
 arrays always take NumPy); ``MPIGRAD_NUM_THREADS`` sets the CPU thread count.
@@ -139,11 +141,15 @@ def _route(op, arrays):
             plain = False
     if not arrays[0].flags.writeable:
         raise ValueError(f"{op}: dst is read-only")
-    if not plain or _numba() is None or not _numba_takes(arrays):
+    parallel = get_num_threads() > 1 and max(a.size for a in arrays) >= threads.PARALLEL_MIN_SIZE
+    if (
+        not plain
+        or (len(arrays) == 2 and not parallel)
+        or _numba() is None
+        or not _numba_takes(arrays)
+    ):
         return "numpy"
-    if get_num_threads() > 1 and max(a.size for a in arrays) >= threads.PARALLEL_MIN_SIZE:
-        return "numba-parallel"
-    return "numba-serial"
+    return "numba-parallel" if parallel else "numba-serial"
 
 
 def _route_device(op, arrays):

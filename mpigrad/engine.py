@@ -24,6 +24,7 @@ import heapq
 
 import numpy as np
 
+from .dual import set_tangent
 from .grad_mode import set_grad_enabled
 from .graph import AccumulateGrad, GraphRoot
 from .kernels import accumulate as accumulate_into
@@ -45,9 +46,12 @@ def accumulate_grad(tensor, grad, create_graph=False):
         if not create_graph and grad.data.flags.writeable:
             view = grad.data.view()
             view.flags.writeable = False
+            tangents = grad._fw
             grad = Tensor._make(view)
+            for level, tangent in (tangents or {}).items():  # forward-over-reverse
+                set_tangent(grad, level, tangent)
         tensor.grad = grad
-    elif create_graph or old.grad_fn is not None:
+    elif create_graph or old.grad_fn is not None or old._fw or grad._fw:
         tensor.grad = old + grad
     elif old.data.flags.writeable:
         accumulate_into(old.data, grad.data)
@@ -205,7 +209,9 @@ def _needed_for(capture_slots, parents):
 def _sum(grads, create_graph):
     """The sum of two or more gradients that reached one input: the first was kept by reference,
     the second allocates, the rest are added in place in one pass (kernels.sum_into)."""
-    if create_graph:
+    if create_graph or any(g._fw for g in grads):
+        # With ops, so that the sum is recorded and carries the gradients' tangents (a jvp of a
+        # gradient: forward-over-reverse).
         total = grads[0]
         for g in grads[1:]:
             total = total + g

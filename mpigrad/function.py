@@ -15,8 +15,8 @@ the output's shape here.
 import numpy as np
 
 from .dual import _levels, set_tangent
-from .graph import Node, gradient_edge
 from .grad_mode import _State
+from .graph import Node, gradient_edge
 from .tensor import Tensor, is_differentiable
 
 __all__ = ["Function", "FunctionCtx", "BackwardNode"]
@@ -180,7 +180,7 @@ class Function:
 
 def _as_output(value, args):
     if isinstance(value, Tensor):
-        if any(value is a for a in args):  # forward returned an input: give the output its own Tensor
+        if any(value is a for a in args):  # forward returned an input: the output gets its own
             return Tensor._make(value.data)
         return value
     return Tensor._make(np.asarray(value))

@@ -1,4 +1,4 @@
-"""torch.autograd's API on one rank: ``backward``, ``grad``, ``Function``, ``forward_ad``, grad mode."""
+"""torch.autograd's API on one rank: backward, grad, Function, forward_ad and the grad mode."""
 
 from ..engine import BackwardError
 from ..function import Function, FunctionCtx

@@ -98,7 +98,7 @@ class Pow(Function):
         x, y, out = ctx.saved_tensors
         need_x, need_y = ctx.needs_input_grad
         grad_x = grad * y * x ** (y - 1) if need_x else None
-        grad_y = grad * out * log(x) if need_y else None
+        grad_y = grad * out * _log_base(x) if need_y else None
         return grad_x, grad_y
 
     @staticmethod
@@ -107,8 +107,13 @@ class Pow(Function):
         (out,) = ctx.outputs
         return plus(
             None if tx is None else tx * y * x ** (y - 1),
-            None if ty is None else ty * out * log(x),
+            None if ty is None else ty * out * _log_base(x),
         )
+
+
+def _log_base(x):
+    """log of a power's base, which may be a Python number or ndarray (``2 ** t``)."""
+    return log(x) if isinstance(x, Tensor) else constant(np.log(x))
 
 
 class Neg(Function):

@@ -5,7 +5,7 @@ import numpy as np
 from .. import kernels
 from ..function import Function
 from ..tensor import Tensor
-from ._util import data
+from ._util import data, normalize_axis
 
 __all__ = [
     "reshape", "permute", "transpose", "broadcast_to", "squeeze", "unsqueeze", "getitem",
@@ -187,15 +187,18 @@ def permute(x, *axes):
     """Reorder the axes: ``out.shape[i] == x.shape[axes[i]]`` (torch's ``permute``)."""
     if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
         axes = axes[0]
-    if sorted(int(a) % max(x.ndim, 1) for a in axes) != list(range(x.ndim)):
+    in_range = all(-x.ndim <= int(a) < x.ndim for a in axes)
+    if not in_range or sorted(int(a) % x.ndim for a in axes) != list(range(x.ndim)):
         raise ValueError(f"permute: {tuple(axes)} is not a permutation of {x.ndim} axes")
     return Permute.apply(x, tuple(int(a) % x.ndim for a in axes))
 
 
 def transpose(x, axis0, axis1):
     """Swap two axes (torch's ``transpose``)."""
+    (axis0,), (axis1,) = (normalize_axis(a, x.ndim, "transpose") for a in (axis0, axis1))
     axes = list(range(x.ndim))
-    axes[axis0], axes[axis1] = axes[axis1], axes[axis0]
+    if axes:  # a 0-d tensor has only axis 0 (or -1), as in torch
+        axes[axis0], axes[axis1] = axes[axis1], axes[axis0]
     return Permute.apply(x, tuple(axes))
 
 
@@ -213,7 +216,7 @@ def squeeze(x, axis=None):
     if axis is None:
         keep = [n for n in x.shape if n != 1]
     else:
-        axes = {a % x.ndim for a in ((axis,) if isinstance(axis, int) else axis)}
+        axes = normalize_axis(axis, x.ndim, "squeeze")
         keep = [n for i, n in enumerate(x.shape) if not (i in axes and n == 1)]
     return reshape(x, keep)
 

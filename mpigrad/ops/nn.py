@@ -14,7 +14,9 @@ __all__ = ["softmax", "log_softmax", "logsumexp", "cross_entropy", "mse_loss"]
 
 def _stable_logsumexp(x, axes):
     """log(sum(exp(x))) over ``axes`` with keepdims, shifted by the max for stability."""
-    shift = np.max(x, axis=axes, keepdims=True) if x.size else np.zeros(keepdims_shape(x.shape, axes))
+    if x.size == 0:
+        return np.full(keepdims_shape(x.shape, axes), -np.inf, x.dtype)
+    shift = np.max(x, axis=axes, keepdims=True)
     shift = np.where(np.isfinite(shift), shift, 0)
     with np.errstate(divide="ignore"):
         return np.log(np.sum(np.exp(x - shift), axis=axes, keepdims=True)) + shift

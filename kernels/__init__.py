@@ -133,15 +133,17 @@ def _route(op, arrays):
     Plain loops, no generators: this runs on every call, and on small arrays the whole call
     takes a few microseconds.
     """
-    plain = True
+    plain, largest = True, 0
     for a in arrays:
         if type(a) is not np.ndarray:
             if not isinstance(a, np.ndarray):
                 return _route_device(op, arrays)
             plain = False
+        elif a.size > largest:
+            largest = a.size
     if not arrays[0].flags.writeable:
         raise ValueError(f"{op}: dst is read-only")
-    parallel = get_num_threads() > 1 and max(a.size for a in arrays) >= threads.PARALLEL_MIN_SIZE
+    parallel = largest >= threads.PARALLEL_MIN_SIZE and get_num_threads() > 1
     if (
         not plain
         or (len(arrays) == 2 and not parallel)

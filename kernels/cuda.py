@@ -36,6 +36,7 @@ _SCATTER_THREADS = 32 if _SIMULATOR else 1 << 16  # threads wanted per scatter l
 @cuda.jit
 def _sum_kernel(dst, a, b, c, d, k):
     """``dst = (((dst + a) + b) + c) + d`` over the first ``k`` (1 to 4) of a, b, c, d."""
+    # See Note [sum order] in cpu.py.
     for i in range(cuda.grid(1), dst.size, cuda.gridsize(1)):
         acc = dst[i] + a[i]
         if k > 1:

@@ -3,12 +3,14 @@
 Levels nest.  A level opened later is *inner*.  ``Tensor._fw`` maps level -> tangent Tensor; the
 tangent is itself a Tensor, so it can carry tangents of inner levels (forward-over-forward).
 
-Note [nested tangents]: the tangent at level L is computed by an op's jvp rule from primals that
-carry only the levels inner to L, and from tangents at L.  Rules run innermost level first, so
-when level L's rule runs, the op's output already carries its inner tangents.  This is the usual
-nesting of dual numbers, x = (a + d_inner * b) + d_L * (c + d_inner * e); it keeps levels apart
-(no perturbation confusion) and makes unpack_dual(unpack_dual(y, outer).tangent, inner) a
-second derivative.
+Note [nested tangents]: with levels e and d, a tensor stands for the truncated Taylor series
+x = a + e*b + d*c + e*d*m.  Its tangent at e is the Tensor b + d*m (it carries m as its own
+tangent at d) and its tangent at d is c + e*m: every tangent carries the tangents of the other
+levels, so the order in which levels were opened or are unpacked does not matter, and a function
+that differentiates with a level of its own can itself be differentiated from an enclosing level.
+An op's rule for level L runs on the inputs stripped of L (in themselves and in their tangents),
+so a level never sees its own perturbation (no perturbation confusion).  Where the inputs carry
+several levels, the outputs the rule reads are recomputed from those stripped inputs.
 """
 
 import itertools

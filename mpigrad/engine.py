@@ -56,7 +56,7 @@ def accumulate_grad(tensor, grad, create_graph=False):
     elif old.data.flags.writeable:
         accumulate_into(old.data, grad.data)
     else:
-        tensor.grad = Tensor._make(np.add(old.data, grad.data))
+        tensor.grad = Tensor._make(np.asarray(np.add(old.data, grad.data)))
 
 
 class GraphTask:
@@ -216,7 +216,7 @@ def _sum(grads, create_graph):
         for g in grads[1:]:
             total = total + g
         return total
-    dst = np.add(grads[0].data, grads[1].data)
+    dst = np.asarray(np.add(grads[0].data, grads[1].data))  # 0-d inputs give a numpy scalar
     if len(grads) > 2:
         sum_into(dst, [g.data for g in grads[2:]])
     return Tensor._make(dst)

@@ -217,21 +217,28 @@ def _tangent_levels(args):
         if isinstance(a, Tensor) and a._fw:
             levels.update(a._fw)
     levels.intersection_update(_levels)
-    return sorted(levels, reverse=True)  # innermost first: see Note [nested tangents]
+    return sorted(levels)
 
 
 def _push_tangents(cls, ctx, args, outputs, levels):
+    """Set each output's tangent at every level the inputs carry; see Note [nested tangents]."""
     from .ops.elementwise import cast
     from .ops.movement import broadcast_to
 
+    if cls.jvp is Function.jvp:
+        raise NotImplementedError(f"{cls.__name__} does not define jvp (no forward-mode rule)")
     for level in levels:
         tangents = [a._fw.get(level) if isinstance(a, Tensor) and a._fw else None for a in args]
         if all(t is None for t in tangents):
             continue
-        ctx.inputs = tuple(_strip_levels(a, level) for a in args)
-        ctx.outputs = outputs  # they carry only inner levels yet: rules run innermost first
-        if cls.jvp is Function.jvp:
-            raise NotImplementedError(f"{cls.__name__} does not define jvp (no forward-mode rule)")
+        ctx.inputs = tuple(strip_level(a, level) for a in args)
+        if len(levels) == 1:
+            ctx.outputs = outputs  # no other level: the outputs carry no tangent yet
+        else:
+            # The rule needs the outputs with every level but this one: recompute them from
+            # the stripped inputs (fewer levels, so the recursion ends).
+            again = cls.apply(*ctx.inputs)
+            ctx.outputs = again if isinstance(again, tuple) else (again,)
         result = cls.jvp(ctx, *tangents)
         if not isinstance(result, tuple):
             result = (result,)
@@ -251,15 +258,13 @@ def _push_tangents(cls, ctx, args, outputs, levels):
     ctx.inputs = ctx.outputs = None
 
 
-def _strip_levels(value, level):
-    """``value`` without its tangents at ``level`` and outer levels."""
-    if not isinstance(value, Tensor) or not value._fw or all(k > level for k in value._fw):
+def strip_level(value, level):
+    """``value`` without its tangent at ``level``, in itself and in the tangents it carries
+    at other levels (a differentiable alias; ``value`` itself when there is nothing to strip)."""
+    if not isinstance(value, Tensor) or not value._fw:
         return value
-    return alias_keeping_levels(value, lambda k: k > level)
-
-
-def alias_keeping_levels(value, keep):
-    """A differentiable alias of ``value`` carrying its tangents at the levels where ``keep``."""
+    if level not in value._fw and not any(t._fw for t in value._fw.values()):
+        return value
     from .ops.movement import alias
 
     prev = _State.forward_ad_enabled
@@ -268,7 +273,7 @@ def alias_keeping_levels(value, keep):
         out = alias(value)
     finally:
         _State.forward_ad_enabled = prev
-    for k, t in (value._fw or {}).items():
-        if keep(k):
-            set_tangent(out, k, t)
+    for k, t in value._fw.items():
+        if k != level:
+            set_tangent(out, k, strip_level(t, level))
     return out

@@ -2,8 +2,10 @@
 
 Inside ``with dual_level():`` a tensor made by ``make_dual(primal, tangent)`` carries ``tangent``
 at that level, and every op computes its output's tangent (the Jacobian-vector product).
-A tangent is a Tensor and can carry a tangent of an inner level, so forward-over-forward gives
-second derivatives (see Note [nested tangents] in mpigrad/dual.py)::
+A tangent is a Tensor and carries the tangents of the other levels, so forward-over-forward gives
+second derivatives, whatever order the levels are unpacked in, and a function that uses a dual
+level of its own can be differentiated from an enclosing one (Note [nested tangents] in
+mpigrad/dual.py)::
 
     with dual_level() as outer, dual_level() as inner:
         x = make_dual(make_dual(x0, v, level=inner), u, level=outer)
@@ -17,7 +19,8 @@ import contextlib
 from typing import NamedTuple
 
 from .. import dual
-from ..function import alias_keeping_levels
+from ..function import strip_level
+from ..ops.movement import alias
 from ..tensor import Tensor, is_differentiable
 
 __all__ = [
@@ -68,7 +71,9 @@ def make_dual(primal, tangent, level=None):
         raise ValueError(
             f"make_dual: tangent dtype {tangent.dtype} does not match primal dtype {primal.dtype}"
         )
-    out = alias_keeping_levels(primal, lambda k: k != level)
+    out = strip_level(primal, level)
+    if out is primal:  # nothing to strip: a plain alias (it keeps primal's tangents)
+        out = alias(primal)
     dual.set_tangent(out, level, tangent)
     return out
 
@@ -81,4 +86,4 @@ def unpack_dual(tensor, level=None):
     fw = tensor._fw or {}
     if level not in fw:
         return UnpackedDualTensor(tensor, None)
-    return UnpackedDualTensor(alias_keeping_levels(tensor, lambda k: k != level), fw[level])
+    return UnpackedDualTensor(strip_level(tensor, level), fw[level])

@@ -14,7 +14,10 @@ Configurations (float32):
 Method, as mpi4py's demo/osu_bw.py: warm-up (which also compiles), a check that kernel and
 baseline computed the same array, then a timed loop (``time.perf_counter``; ``MPI.Wtime`` under
 --mpi) in which they take turns, one call per sample; medians and quartiles. ``speedup`` is
-baseline median / kernel median: above 1, the kernel is faster.
+baseline median / kernel median: above 1, the kernel is faster. ``loadavg`` (1-minute, taken
+after the samples) tells whether other processes shared the node: a parallel call stalls for
+milliseconds when one does (see Note [kernel threads] in kernels/threads.py), so the 2-thread
+figures mean something only on an otherwise idle node.
 
 Output: one JSON line per configuration on stdout, then one per target (``"target"``, measured
 ``value``, ``goal``, ``met``): targets are reported, not asserted. A table goes to stderr.
@@ -129,7 +132,7 @@ def measure(case, samples, clock, **fields):
         **case.fields, **fields, "dtype": "float32", "samples": samples, "unit": "us",
         "median": k2 * 1e6, "q1": k1 * 1e6, "q3": k3 * 1e6,
         "baseline_median": b2 * 1e6, "baseline_q1": b1 * 1e6, "baseline_q3": b3 * 1e6,
-        "speedup": b2 / k2,
+        "speedup": b2 / k2, "loadavg": round(os.getloadavg()[0], 2),
     }  # fmt: skip
 
 

@@ -34,7 +34,7 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
     task.execute()
     if inputs is not None:
         for t, g in zip(inputs, task.captured):
-            if g is not None:
+            if g is not None and not _retained(t):  # the task already accumulated those
                 accumulate_grad(t, g, create_graph)
 
 
@@ -68,6 +68,13 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
                     "outputs; pass allow_unused=True to get None for it"
                 )
     return result[0] if single else tuple(result)
+
+
+def _retained(tensor):
+    """Whether ``tensor`` called retain_grad, so that a backward pass fills its ``.grad``."""
+    node = tensor.grad_fn
+    ref = node.retained.get(tensor._output_nr) if node is not None and node.retained else None
+    return ref is not None and ref() is tensor
 
 
 def _as_tuple(value, what):
@@ -116,7 +123,11 @@ def _seed_grads(tensors, given, what):
                 )
             g = Tensor._make(np.ones(t.shape, t.dtype))
         else:
-            g = g if isinstance(g, Tensor) else Tensor._make(np.asarray(g, t.dtype))
+            if not (isinstance(g, Tensor) and (g.requires_grad or g._fw)):
+                # A copy: a leaf's .grad may keep the seed by reference (engine.accumulate_grad),
+                # and must not change when the caller later writes to its seed.  A seed that is
+                # differentiated (or carries tangents) is used as it is.
+                g = Tensor._make(np.array(g.data if isinstance(g, Tensor) else g, t.dtype))
             if g.shape != t.shape:
                 raise RuntimeError(
                     f"Mismatch in shape: {what}[{i}] has shape {g.shape} but output {i} has "

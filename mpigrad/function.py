@@ -246,8 +246,11 @@ def _push_tangents(cls, ctx, args, outputs, levels):
             raise RuntimeError(
                 f"{cls.__name__}.jvp returned {len(result)} tangents for {len(outputs)} outputs"
             )
+        frozen = ctx.non_differentiable
         for out, tangent in zip(outputs, result):
             if tangent is None or not is_differentiable(out.data.dtype):
+                continue
+            if frozen and any(out is f for f in frozen):
                 continue
             tangent = tangent if isinstance(tangent, Tensor) else Tensor._make(np.asarray(tangent))
             if tangent.data.shape != out.data.shape:

@@ -396,3 +396,21 @@ def test_function_under_no_grad_records_nothing():
     with mg.no_grad():
         y = MyExp.apply(x)
     assert not y.requires_grad and y.grad_fn is None
+
+
+def test_non_differentiable_output_gets_no_tangent():
+    class Pair(mg.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            a, b = mg.Tensor(x.data * 2), mg.Tensor(x.data * 3)
+            ctx.mark_non_differentiable(b)
+            return a, b
+
+        @staticmethod
+        def jvp(ctx, t):
+            return t * 2, t * 3
+
+    with forward_ad.dual_level():
+        a, b = Pair.apply(forward_ad.make_dual(mg.tensor([1.0]), mg.tensor([1.0])))
+        assert forward_ad.unpack_dual(b).tangent is None
+        np.testing.assert_array_equal(forward_ad.unpack_dual(a).tangent.data, [2.0])

@@ -62,9 +62,26 @@ class Case(NamedTuple):
     fields: dict
 
 
+def aligned(values):
+    """A copy of ``values`` whose data starts on a 64-byte boundary.
+
+    Both subjects get arrays aligned alike: measured here, np.add on 64 Ki float32 takes 2.9 to
+    4.0 us depending on the alignment alone.
+    """
+    raw = np.empty(values.nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    out = raw[start : start + values.nbytes].view(values.dtype).reshape(values.shape)
+    out[...] = values
+    return out
+
+
+def zeros(shape):
+    return aligned(np.zeros(shape, np.float32))
+
+
 def accumulate_case(size, rng):
-    src = rng.standard_normal(size, dtype=np.float32)
-    ours, theirs = np.zeros(size, np.float32), np.zeros(size, np.float32)
+    src = aligned(rng.standard_normal(size, dtype=np.float32))
+    ours, theirs = zeros(size), zeros(size)
     return Case(
         lambda: kernels.accumulate(ours, src),
         lambda: np.add(theirs, src, out=theirs),
@@ -76,8 +93,8 @@ def accumulate_case(size, rng):
 
 
 def sum_into_case(size, rng):
-    srcs = [rng.standard_normal(size, dtype=np.float32) for _ in range(4)]
-    ours, theirs = np.zeros(size, np.float32), np.zeros(size, np.float32)
+    srcs = [aligned(rng.standard_normal(size, dtype=np.float32)) for _ in range(4)]
+    ours, theirs = zeros(size), zeros(size)
 
     def numpy_loop():
         for src in srcs:
@@ -95,8 +112,11 @@ def sum_into_case(size, rng):
 
 def scatter_case(rng):
     index = rng.integers(-SCATTER_DST_ROWS, SCATTER_DST_ROWS, SCATTER_ROWS)
-    src = rng.standard_normal((SCATTER_ROWS, SCATTER_COLUMNS), dtype=np.float32)
-    ours, theirs = (np.zeros((SCATTER_DST_ROWS, SCATTER_COLUMNS), np.float32) for _ in range(2))
+    src = aligned(rng.standard_normal((SCATTER_ROWS, SCATTER_COLUMNS), dtype=np.float32))
+    ours, theirs = (
+        zeros((SCATTER_DST_ROWS, SCATTER_COLUMNS)),
+        zeros((SCATTER_DST_ROWS, SCATTER_COLUMNS)),
+    )
     return Case(
         lambda: kernels.scatter_add(ours, index, src),
         lambda: np.add.at(theirs, index, src),

@@ -118,13 +118,22 @@ class GraphTask:
         if not self.keep_graph:
             node.release()
         meta = node.input_meta
+        dependencies = self.dependencies
         for i, (nxt, nr) in enumerate(node.next_functions):
             if nxt is None:
                 continue
             grad = outs[i]
             if grad is not None:
-                self._buffer(nxt, nr, grad if not meta else _fit(node, i, grad, meta[i]))
-            self._arrive(nxt)
+                if meta:
+                    shape, dtype = meta[i]
+                    if not (type(grad) is Tensor and grad.data.shape == shape
+                            and grad.data.dtype == dtype):
+                        grad = _fit(node, i, grad, meta[i])
+                self._buffer(nxt, nr, grad)
+            left = dependencies[nxt] - 1
+            dependencies[nxt] = left
+            if left == 0:
+                heapq.heappush(self.ready, (-nxt.sequence_nr, nxt))
 
     def _arrive(self, node):
         left = self.dependencies[node] - 1

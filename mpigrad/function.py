@@ -146,6 +146,14 @@ class Function:
 
     @classmethod
     def apply(cls, *args):
+        if not _State.grad_enabled and not _levels:
+            # Nothing to record or push (backward rules run here): forward and wrap only.
+            raw = cls.forward(FunctionCtx(), *args)
+            if type(raw) is np.ndarray:
+                return Tensor._make(raw)
+            if isinstance(raw, tuple):
+                return tuple([_as_output(r, args) for r in raw])
+            return _as_output(raw, args)
         record = False
         if _State.grad_enabled:
             needs = tuple([isinstance(a, Tensor) and a._requires_grad for a in args])
@@ -202,7 +210,11 @@ def _record(ctx, args, outputs):
             meta.append(None)
     ctx.next_functions = tuple(edges)
     ctx.input_meta = tuple(meta)
-    ctx.output_meta = tuple([(o.data.shape, o.data.dtype) for o in outputs])
+    if len(outputs) == 1:
+        d = outputs[0].data
+        ctx.output_meta = ((d.shape, d.dtype),)
+    else:
+        ctx.output_meta = tuple([(o.data.shape, o.data.dtype) for o in outputs])
     frozen = ctx.non_differentiable
     for nr, out in enumerate(outputs):
         if out.data.dtype.kind == "f" and not (frozen and any(out is f for f in frozen)):

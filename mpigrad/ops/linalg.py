@@ -5,7 +5,7 @@ import numpy as np
 from ..function import Function
 from ..tensor import Tensor
 from ._util import data, plus
-from .movement import reshape, unsqueeze
+from .movement import Permute, reshape, unsqueeze
 
 __all__ = ["matmul"]
 
@@ -28,6 +28,11 @@ class MatMul(Function):
     def backward(ctx, grad):
         x, y = ctx.saved_tensors
         need_x, need_y = ctx.needs_input_grad
+        if x.ndim == 2 and y.ndim == 2:
+            return (
+                grad @ Permute.apply(y, (1, 0)) if need_x else None,
+                Permute.apply(x, (1, 0)) @ grad if need_y else None,
+            )
         # Lift 1-D operands to matrices so one formula covers every case; the engine sums
         # broadcast batch axes back (see Note [broadcasting is undone at the edge]).
         x2 = unsqueeze(x, 0) if x.ndim == 1 else x

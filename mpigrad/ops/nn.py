@@ -6,7 +6,7 @@ from ..function import Function
 from ..tensor import Tensor
 from ._util import data, keepdims_shape, normalize_axis
 from .elementwise import exp
-from .movement import getitem, reshape
+from .movement import reshape
 from .reduce import mean, sum
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "cross_entropy", "mse_loss"]
@@ -91,6 +91,33 @@ class LogSoftmax(Function):
         return t - sum(exp(ctx.outputs[0]) * t, ctx.axis, keepdims=True)
 
 
+class CrossEntropy(Function):
+    """out = mean_n(-log softmax(x)[n, target_n]); grad_x = (softmax(x) - onehot) * grad / N"""
+
+    @staticmethod
+    def forward(ctx, x, targets):
+        n = x.data.shape[0]
+        ctx.onehot = np.zeros(x.data.shape, x.data.dtype)
+        ctx.onehot[np.arange(n), targets] = 1
+        ctx.save_for_backward(x)
+        logp = x.data - _stable_logsumexp(x.data, (1,))
+        return -np.sum(logp[np.arange(n), targets]) / n
+
+    @staticmethod
+    def _residual(ctx, x):
+        return softmax(x, axis=1) - Tensor._make(ctx.onehot)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return CrossEntropy._residual(ctx, x) * (grad / x.shape[0]), None
+
+    @staticmethod
+    def jvp(ctx, t, _):
+        x = ctx.inputs[0]
+        return sum(CrossEntropy._residual(ctx, x) * t) / np.asarray(x.shape[0], x.dtype)
+
+
 def logsumexp(x, axis=None, keepdims=False):
     """``log(sum(exp(x), axis))``, computed stably."""
     return LogSumExp.apply(x, normalize_axis(axis, x.ndim, "logsumexp"), bool(keepdims))
@@ -115,7 +142,6 @@ def cross_entropy(logits, targets):
     if logits.ndim != 2:
         raise ValueError(f"cross_entropy: logits must have shape (N, C), got {logits.shape}")
     n, c = logits.shape
-    logp = log_softmax(logits, axis=1)
     targets = data(targets)
     targets = np.asarray(targets)
     if targets.dtype.kind in "iu":
@@ -128,11 +154,12 @@ def cross_entropy(logits, targets):
             raise IndexError(
                 f"cross_entropy: target {targets[bad][0]} is out of range for {c} classes"
             )
-        return -mean(getitem(logp, (np.arange(n), targets)))
+        return CrossEntropy.apply(logits, targets)
     if targets.shape != (n, c):
         raise ValueError(
             f"cross_entropy: probability targets must have shape ({n}, {c}), got {targets.shape}"
         )
+    logp = log_softmax(logits, axis=1)
     return -sum(logp * Tensor._make(targets)) / np.asarray(n, logp.dtype)
 
 

@@ -98,7 +98,12 @@ class GraphTask:
                 self._run(node)
 
     def _run(self, node):
-        grads = self._take_buffer(node)
+        slots = self.buffers.pop(node, None)
+        if slots is None:
+            grads = [None] * len(node.output_meta)
+        else:
+            grads = [None if s is None else s[0] if len(s) == 1 else _sum(s, self.create_graph)
+                     for s in slots]
         if node.pre_hooks or node.retained or node in self.capture_slots or (
             type(node) is AccumulateGrad and node.variable._hooks
         ):
@@ -150,13 +155,6 @@ class GraphTask:
             slots[nr] = [grad]
         else:
             pending.append(grad)
-
-    def _take_buffer(self, node):
-        slots = self.buffers.pop(node, None)
-        if slots is None:
-            return [None] * len(node.output_meta)
-        return [None if s is None else s[0] if len(s) == 1 else _sum(s, self.create_graph)
-                for s in slots]
 
     def _hooks_and_capture(self, node, grads):
         hooks = node.pre_hooks or {}

@@ -53,42 +53,57 @@ class FunctionCtx:
         self.materialize_grads = bool(value)
 
 
+class _SavedOutput:
+    """An output saved for backward, kept without its Tensor (see BackwardNode._pack)."""
+
+    __slots__ = ("data", "output_nr", "requires_grad", "fw")
+
+    def __init__(self, tensor, output_nr):
+        self.data, self.output_nr = tensor.data, output_nr
+        self.requires_grad, self.fw = tensor._requires_grad, tensor._fw
+
+    def unpack(self, node):
+        t = Tensor._make(self.data, node if self.requires_grad else None, self.output_nr)
+        t._fw = self.fw  # the output's tangents, shared: forward-over-reverse needs them
+        return t
+
+
 class BackwardNode(FunctionCtx, Node):
     """The ctx of a recorded Function call, and its node in the backward graph."""
 
     _forward_cls = None
-    _saved = None
+    _saved = ()
+    _saved_outputs = False  # whether _saved holds _SavedOutput entries to rebuild
     released = False
 
     def _pack(self, outputs):
         # Outputs are stored without the Tensor (which points back here) to avoid a cycle;
         # saved_tensors rebuilds them with this node as grad_fn and the output's tangents.
-        packed = []
-        for t in self.to_save:
+        to_save = self.to_save
+        if not to_save:
+            return
+        packed = list(to_save)
+        for i, t in enumerate(to_save):
             for nr, o in enumerate(outputs):
                 if o is t:
-                    t = (t.data, nr, t._requires_grad, t._fw)
+                    packed[i] = _SavedOutput(t, nr)
+                    self._saved_outputs = True
                     break
-            packed.append(t)
-        self._saved = packed
+        self._saved = tuple(packed)
         self.to_save = ()
 
     @property
     def saved_tensors(self):
         if self.released:
             raise RuntimeError(f"{self.name()}: {RETAIN_GRAPH_HINT}")
-        out = []
-        for s in self._saved:
-            if type(s) is tuple:
-                data, nr, requires_grad, fw = s
-                s = Tensor._make(data, self if requires_grad else None, nr)
-                s._fw = fw  # the output's tangents, shared: forward-over-reverse needs them
-            out.append(s)
-        return tuple(out)
+        if not self._saved_outputs:
+            return self._saved
+        return tuple([s.unpack(self) if type(s) is _SavedOutput else s for s in self._saved])
 
     def release(self):
-        self._saved = None
+        self._saved = ()
         self.released = True
+
 
     def apply(self, grads):
         if self.released:
@@ -129,6 +144,9 @@ class Function:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls._backward_cls = type(f"{cls.__name__}Backward", (BackwardNode,), {"_forward_cls": cls})
+        # Built-in ops compute on ndarrays only, so their forward needs no switch of the grad
+        # and forward-AD modes; a user's forward may call mpigrad ops and runs with both off.
+        cls._array_forward = cls.__module__.startswith("mpigrad.ops.")
 
     @staticmethod
     def forward(ctx, *args):
@@ -164,12 +182,15 @@ class Function:
             ctx.needs_input_grad = needs
         else:
             ctx = FunctionCtx()
-        prev_grad, prev_fw = _State.grad_enabled, _State.forward_ad_enabled
-        _State.grad_enabled = _State.forward_ad_enabled = False
-        try:
+        if cls._array_forward:
             raw = cls.forward(ctx, *args)
-        finally:
-            _State.grad_enabled, _State.forward_ad_enabled = prev_grad, prev_fw
+        else:
+            prev_grad, prev_fw = _State.grad_enabled, _State.forward_ad_enabled
+            _State.grad_enabled = _State.forward_ad_enabled = False
+            try:
+                raw = cls.forward(ctx, *args)
+            finally:
+                _State.grad_enabled, _State.forward_ad_enabled = prev_grad, prev_fw
         multiple = isinstance(raw, tuple)
         if type(raw) is np.ndarray:
             outputs = (Tensor._make(raw),)

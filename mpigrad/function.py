@@ -231,10 +231,7 @@ def _record(ctx, args, outputs):
             meta.append(None)
     ctx.next_functions = tuple(edges)
     ctx.input_meta = tuple(meta)
-    if len(outputs) == 1:
-        d = outputs[0].data
-        ctx.output_meta = ((d.shape, d.dtype),)
-    else:
+    if len(outputs) > 1:  # one output keeps Node's default: only the count is read then
         ctx.output_meta = tuple([(o.data.shape, o.data.dtype) for o in outputs])
     frozen = ctx.non_differentiable
     for nr, out in enumerate(outputs):

@@ -66,14 +66,7 @@ def accumulate(dst, src):
 
     Raises ValueError when shapes or dtypes differ (naming both), or ``dst`` is read-only.
     """
-    if (
-        type(dst) is np.ndarray
-        and type(src) is np.ndarray
-        and dst.shape == src.shape
-        and dst.dtype == src.dtype
-        and dst.size < threads.PARALLEL_MIN_SIZE
-        and dst.flags.writeable
-    ):
+    if _small_host_addends(dst, (src,)):
         # Below the threading threshold a single addend takes the NumPy path anyway; skipping the
         # general checks keeps a small call as cheap as np.add itself.
         np.add(dst, src, out=dst)
@@ -92,6 +85,12 @@ def sum_into(dst, srcs):
     (naming ``srcs[i]``), or ``dst`` is read-only.
     """
     srcs = tuple(srcs)
+    if _small_host_addends(dst, srcs):
+        # Below the threading threshold one pass buys nothing over NumPy's adds, and the
+        # general checks would cost more than the adds themselves (many tiny gradients).
+        for src in srcs:
+            np.add(dst, src, out=dst)
+        return dst
     path = _route("sum_into", (dst, *srcs))
     for i, src in enumerate(srcs):
         checks.check_addend("sum_into", dst, src, f"srcs[{i}]")
@@ -119,6 +118,20 @@ def scatter_add(dst, index, src):
     if bad >= 0:
         raise checks.out_of_range(int(index[bad]), bad, dst.shape[0])
     return dst
+
+
+def _small_host_addends(dst, srcs):
+    """Whether ``dst`` and ``srcs`` are plain ndarrays of one shape and dtype, too small for
+    threads, with ``dst`` writable: the case where NumPy's own add is the fastest correct path."""
+    if type(dst) is not np.ndarray or dst.size >= threads.PARALLEL_MIN_SIZE:
+        return False
+    if not dst.flags.writeable:
+        return False
+    shape, dtype = dst.shape, dst.dtype
+    for src in srcs:
+        if type(src) is not np.ndarray or src.shape != shape or src.dtype != dtype:
+            return False
+    return True
 
 
 def backend(dst, *others):

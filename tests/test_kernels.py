@@ -332,9 +332,10 @@ def test_policy_under_mpiexec_gives_two_ranks_half_the_cores_each():
         if name not in threads.LOCAL_SIZE_VARS + ("MPIGRAD_NUM_THREADS",)
         and not name.startswith(("PMI_", "HYDRA_"))
     }
-    code = (
+    code = (  # one line per rank, written whole: the two ranks share the pipe
         "import os; from mpigrad.kernels import threads; "
-        "print(threads.local_ranks(os.environ), threads.default_num_threads(cores=4))"
+        "os.write(1, f'{threads.local_ranks(os.environ)} "
+        "{threads.default_num_threads(cores=4)}\\n'.encode())"
     )
     done = subprocess.run(
         [mpiexec, "-n", "2", sys.executable, "-c", code],
@@ -344,7 +345,7 @@ def test_policy_under_mpiexec_gives_two_ranks_half_the_cores_each():
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["2", "2", "2", "2"]
+    assert done.stdout.splitlines() == ["2 2", "2 2"]
 
 
 def test_import_is_cheap_and_mpigrad_kernels_numpy_selects_numpy():

@@ -11,8 +11,9 @@ def data(value):
 
 
 def constant(array):
-    """A Tensor that is never differentiated (a mask, a sign, a weight)."""
-    return Tensor._make(np.asarray(array))
+    """A value that is never differentiated (a mask, a sign, a weight): a plain ndarray, which
+    ops take as a constant whether their other operands are Tensors or arrays."""
+    return np.asarray(array)
 
 
 def plus(a, b):

@@ -121,7 +121,7 @@ class Neg(Function):
 
     @staticmethod
     def forward(ctx, x):
-        return np.negative(x.data)
+        return np.negative(data(x))
 
     @staticmethod
     def backward(ctx, grad):
@@ -137,7 +137,7 @@ class Exp(Function):
 
     @staticmethod
     def forward(ctx, x):
-        out = Tensor._make(np.asarray(np.exp(x.data)))
+        out = Tensor._make(np.asarray(np.exp(data(x))))
         ctx.save_for_backward(out)
         return out
 
@@ -157,7 +157,7 @@ class Log(Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return np.log(x.data)
+        return np.log(data(x))
 
     @staticmethod
     def backward(ctx, grad):
@@ -174,7 +174,7 @@ class Sqrt(Function):
 
     @staticmethod
     def forward(ctx, x):
-        out = Tensor._make(np.asarray(np.sqrt(x.data)))
+        out = Tensor._make(np.asarray(np.sqrt(data(x))))
         ctx.save_for_backward(out)
         return out
 
@@ -194,16 +194,16 @@ class Abs(Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return np.abs(x.data)
+        return np.abs(data(x))
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return grad * constant(np.sign(x.data))
+        return grad * constant(np.sign(data(x)))
 
     @staticmethod
     def jvp(ctx, t):
-        return t * constant(np.sign(ctx.inputs[0].data))
+        return t * constant(np.sign(data(ctx.inputs[0])))
 
 
 class Sin(Function):
@@ -212,7 +212,7 @@ class Sin(Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return np.sin(x.data)
+        return np.sin(data(x))
 
     @staticmethod
     def backward(ctx, grad):
@@ -230,7 +230,7 @@ class Cos(Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return np.cos(x.data)
+        return np.cos(data(x))
 
     @staticmethod
     def backward(ctx, grad):
@@ -247,7 +247,7 @@ class Tanh(Function):
 
     @staticmethod
     def forward(ctx, x):
-        out = Tensor._make(np.asarray(np.tanh(x.data)))
+        out = Tensor._make(np.asarray(np.tanh(data(x))))
         ctx.save_for_backward(out)
         return out
 
@@ -267,7 +267,7 @@ class Sigmoid(Function):
 
     @staticmethod
     def forward(ctx, x):
-        out = Tensor._make(np.asarray(np.exp(-np.logaddexp(0, -x.data))))
+        out = Tensor._make(np.asarray(np.exp(-np.logaddexp(0, -data(x)))))
         ctx.save_for_backward(out)
         return out
 
@@ -288,16 +288,16 @@ class Relu(Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return np.maximum(x.data, 0)
+        return np.maximum(data(x), 0)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return grad * constant(x.data > 0)
+        return grad * constant(data(x) > 0)
 
     @staticmethod
     def jvp(ctx, t):
-        return t * constant(ctx.inputs[0].data > 0)
+        return t * constant(data(ctx.inputs[0]) > 0)
 
 
 def _selection_weights(x, y, larger):
@@ -370,16 +370,16 @@ class Clamp(Function):
     def forward(ctx, x, lo, hi):
         ctx.save_for_backward(x)
         ctx.bounds = lo, hi
-        return np.clip(x.data, lo, hi)
+        return np.clip(data(x), lo, hi)
 
     @staticmethod
     def _inside(ctx, x):
         lo, hi = ctx.bounds
         inside = np.ones(x.shape, bool)
         if lo is not None:
-            inside &= x.data >= lo
+            inside &= data(x) >= lo
         if hi is not None:
-            inside &= x.data <= hi
+            inside &= data(x) <= hi
         return constant(inside)
 
     @staticmethod
@@ -397,8 +397,8 @@ class Cast(Function):
 
     @staticmethod
     def forward(ctx, x, dtype):
-        ctx.source = x.data.dtype
-        return x.data.astype(dtype)
+        ctx.source = data(x).dtype
+        return data(x).astype(dtype)
 
     @staticmethod
     def backward(ctx, grad):

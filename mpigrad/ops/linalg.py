@@ -13,7 +13,7 @@ __all__ = ["matmul"]
 def _mT(x):
     axes = list(range(x.ndim))
     axes[-1], axes[-2] = axes[-2], axes[-1]
-    return x.permute(*axes)
+    return Permute.apply(x, tuple(axes))
 
 
 class MatMul(Function):

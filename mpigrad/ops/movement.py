@@ -18,7 +18,7 @@ class Alias(Function):
 
     @staticmethod
     def forward(ctx, x):
-        return x.data
+        return data(x)
 
     @staticmethod
     def backward(ctx, grad):
@@ -34,8 +34,8 @@ class Reshape(Function):
 
     @staticmethod
     def forward(ctx, x, shape):
-        ctx.shape = x.data.shape
-        return x.data.reshape(shape)
+        ctx.shape = data(x).shape
+        return data(x).reshape(shape)
 
     @staticmethod
     def backward(ctx, grad):
@@ -52,7 +52,7 @@ class Permute(Function):
     @staticmethod
     def forward(ctx, x, axes):
         ctx.axes = axes
-        return np.transpose(x.data, axes)
+        return np.transpose(data(x), axes)
 
     @staticmethod
     def backward(ctx, grad):
@@ -68,8 +68,8 @@ class BroadcastTo(Function):
 
     @staticmethod
     def forward(ctx, x, shape):
-        ctx.shape = x.data.shape
-        return np.broadcast_to(x.data, shape)
+        ctx.shape = data(x).shape
+        return np.broadcast_to(data(x), shape)
 
     @staticmethod
     def backward(ctx, grad):
@@ -87,8 +87,8 @@ class GetItem(Function):
 
     @staticmethod
     def forward(ctx, x, index):
-        ctx.shape, ctx.index = x.data.shape, index
-        return x.data[index]
+        ctx.shape, ctx.index = data(x).shape, index
+        return data(x)[index]
 
     @staticmethod
     def backward(ctx, grad):
@@ -105,14 +105,14 @@ class IndexAdd(Function):
     @staticmethod
     def forward(ctx, src, shape, index):
         ctx.index = index
-        out = np.zeros(shape, src.data.dtype)
+        out = np.zeros(shape, data(src).dtype)
         if _is_basic(index):
-            out[index] = src.data  # basic indexing selects each element at most once
+            out[index] = data(src)  # basic indexing selects each element at most once
         elif isinstance(index, np.ndarray) and index.ndim == 1 and out.ndim >= 1:
-            rows = np.broadcast_to(src.data, (len(index), *shape[1:]))
+            rows = np.broadcast_to(data(src), (len(index), *shape[1:]))
             kernels.scatter_add(out, index, np.ascontiguousarray(rows))
         else:
-            np.add.at(out, index, src.data)
+            np.add.at(out, index, data(src))
         return out
 
     @staticmethod
@@ -130,8 +130,8 @@ class Cat(Function):
     @staticmethod
     def forward(ctx, axis, *xs):
         ctx.axis = axis
-        ctx.sizes = [x.data.shape[axis] for x in xs]
-        return np.concatenate([x.data for x in xs], axis=axis)
+        ctx.sizes = [data(x).shape[axis] for x in xs]
+        return np.concatenate([data(x) for x in xs], axis=axis)
 
     @staticmethod
     def backward(ctx, grad):
@@ -140,7 +140,7 @@ class Cat(Function):
     @staticmethod
     def jvp(ctx, _, *tangents):
         parts = [
-            Tensor._make(np.zeros_like(x.data)) if t is None else t
+            Tensor._make(np.zeros_like(data(x))) if t is None else t
             for x, t in zip(ctx.inputs[1:], tangents)
         ]
         return Cat.apply(ctx.axis, *parts)

@@ -4,7 +4,7 @@ import numpy as np
 
 from ..function import Function
 from ..tensor import Tensor
-from ._util import data, keepdims_shape, normalize_axis
+from ._util import constant, data, keepdims_shape, normalize_axis
 from .elementwise import exp
 from .movement import reshape
 from .reduce import mean, sum
@@ -27,9 +27,9 @@ class LogSumExp(Function):
 
     @staticmethod
     def forward(ctx, x, axes, keepdims):
-        ctx.axes, ctx.shape = axes, x.data.shape
+        ctx.axes, ctx.shape = axes, data(x).shape
         ctx.save_for_backward(x)
-        out = _stable_logsumexp(x.data, axes)
+        out = _stable_logsumexp(data(x), axes)
         return out if keepdims else np.squeeze(out, axis=axes)
 
     @staticmethod
@@ -56,7 +56,7 @@ class Softmax(Function):
     @staticmethod
     def forward(ctx, x, axis):
         ctx.axis = axis
-        out = Tensor._make(np.exp(x.data - _stable_logsumexp(x.data, axis)))
+        out = Tensor._make(np.exp(data(x) - _stable_logsumexp(data(x), axis)))
         ctx.save_for_backward(out)
         return out
 
@@ -77,7 +77,7 @@ class LogSoftmax(Function):
     @staticmethod
     def forward(ctx, x, axis):
         ctx.axis = axis
-        out = Tensor._make(x.data - _stable_logsumexp(x.data, axis))
+        out = Tensor._make(data(x) - _stable_logsumexp(data(x), axis))
         ctx.save_for_backward(out)
         return out
 
@@ -96,16 +96,16 @@ class CrossEntropy(Function):
 
     @staticmethod
     def forward(ctx, x, targets):
-        n = x.data.shape[0]
-        ctx.onehot = np.zeros(x.data.shape, x.data.dtype)
+        n = data(x).shape[0]
+        ctx.onehot = np.zeros(data(x).shape, data(x).dtype)
         ctx.onehot[np.arange(n), targets] = 1
         ctx.save_for_backward(x)
-        logp = x.data - _stable_logsumexp(x.data, (1,))
+        logp = data(x) - _stable_logsumexp(data(x), (1,))
         return -np.sum(logp[np.arange(n), targets]) / n
 
     @staticmethod
     def _residual(ctx, x):
-        return softmax(x, axis=1) - Tensor._make(ctx.onehot)
+        return softmax(x, axis=1) - constant(ctx.onehot)
 
     @staticmethod
     def backward(ctx, grad):

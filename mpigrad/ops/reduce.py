@@ -4,7 +4,7 @@
 import numpy as np
 
 from ..function import Function
-from ._util import constant, keepdims_shape, normalize_axis
+from ._util import constant, data, keepdims_shape, normalize_axis
 from .movement import broadcast_to, reshape
 
 __all__ = ["sum", "mean", "max", "min", "sum_to"]
@@ -15,8 +15,8 @@ class Sum(Function):
 
     @staticmethod
     def forward(ctx, x, axes, keepdims):
-        ctx.shape, ctx.axes = x.data.shape, axes
-        return np.sum(x.data, axis=axes, keepdims=keepdims)
+        ctx.shape, ctx.axes = data(x).shape, axes
+        return np.sum(data(x), axis=axes, keepdims=keepdims)
 
     @staticmethod
     def backward(ctx, grad):
@@ -37,11 +37,11 @@ class _Extreme(Function):
     def forward(cls, ctx, x, axes, keepdims):
         ctx.save_for_backward(x)
         ctx.axes = axes
-        return cls.reduce(x.data, axis=axes, keepdims=keepdims)
+        return cls.reduce(data(x), axis=axes, keepdims=keepdims)
 
     @classmethod
     def _weights(cls, x, axes):
-        hits = x.data == cls.reduce(x.data, axis=axes, keepdims=True)
+        hits = data(x) == cls.reduce(data(x), axis=axes, keepdims=True)
         return constant(hits / np.sum(hits, axis=axes, keepdims=True, dtype=x.dtype))
 
     @classmethod
@@ -68,18 +68,18 @@ class SumTo(Function):
 
     @staticmethod
     def forward(ctx, x, shape):
-        ctx.shape = x.data.shape
-        lead = x.data.ndim - len(shape)
+        ctx.shape = data(x).shape
+        lead = data(x).ndim - len(shape)
         if lead < 0:
-            raise ValueError(f"cannot sum shape {x.data.shape} to shape {shape}")
+            raise ValueError(f"cannot sum shape {data(x).shape} to shape {shape}")
         axes = list(range(lead))
         for i, n in enumerate(shape):
-            m = x.data.shape[lead + i]
+            m = data(x).shape[lead + i]
             if n == 1 and m != 1:
                 axes.append(lead + i)
             elif n != m:
-                raise ValueError(f"cannot sum shape {x.data.shape} to shape {shape}")
-        out = np.sum(x.data, axis=tuple(axes), keepdims=True) if axes else x.data
+                raise ValueError(f"cannot sum shape {data(x).shape} to shape {shape}")
+        out = np.sum(data(x), axis=tuple(axes), keepdims=True) if axes else data(x)
         return out.reshape(shape)
 
     @staticmethod

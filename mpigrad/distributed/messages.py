@@ -1,0 +1,200 @@
+"""The wire format of mpigrad's messages: a fixed-size int64 header, then the raw array bytes.
+
+Pure numpy: this module builds and parses messages; the functions in
+``mpigrad.distributed.functions`` move them with MPI.
+
+Header (``HEADER_WORDS`` int64 words, in this order)::
+
+    version, kind, context_id, message_id, requires_grad, dtype, ndim,
+    shape[0], ..., shape[MAX_NDIM - 1], nbytes, payload_tag
+
+- ``version`` is ``FORMAT_VERSION``; a receiver rejects any other.
+- ``kind`` is a ``Kind``: TENSOR (forward data), GRADIENT, NO_GRADIENT (the marker a recv
+  function sends when it has no gradient), ERROR.
+- ``context_id`` is ``NO_CONTEXT`` (-1) outside a distributed autograd context, and
+  ``message_id`` is -1 when the message is not recorded in one.
+- ``dtype`` is a code of ``DTYPE_CODES``; unused ``shape`` entries are 0.
+- ``payload_tag`` is -1 when the payload rides inline, else the tag of the separate payload
+  message. See Note [inline payloads].
+"""
+
+from enum import IntEnum
+from typing import NamedTuple
+
+import numpy as np
+
+# Note [inline payloads]
+# ~~~~~~~~~~~~~~~~~~~~~~
+# A payload of at most INLINE_LIMIT bytes rides in the same MPI message as its header, right
+# after it (padded to whole words), so a small tensor costs one message, not two. A larger
+# payload goes as a second message of raw bytes, straight from the (C-contiguous) array, on
+# the payload communicator under the tag the header names in ``payload_tag``. That tag is
+# unique per sender (a counter), so the receiver finds the right payload whatever order its
+# requests complete in, and no user tag can collide with it. The receiver always posts a
+# receive of MESSAGE_WORDS words: MPI lets a message be shorter than its receive buffer.
+
+__all__ = [
+    "FORMAT_VERSION", "MAX_NDIM", "INLINE_LIMIT", "HEADER_WORDS", "MESSAGE_WORDS", "NO_CONTEXT",
+    "Kind", "Header", "DTYPE_CODES", "dtype_code", "encode_header", "decode_header", "pack",
+    "unpack_inline", "empty_message",
+]
+
+FORMAT_VERSION = 1
+MAX_NDIM = 8
+INLINE_LIMIT = 512  # bytes; see Note [inline payloads]
+NO_CONTEXT = -1
+
+# Word offsets in the header.
+_VERSION, _KIND, _CONTEXT, _MESSAGE, _REQUIRES_GRAD, _DTYPE, _NDIM, _SHAPE = range(8)
+_NBYTES = _SHAPE + MAX_NDIM
+_PAYLOAD_TAG = _NBYTES + 1
+HEADER_WORDS = _PAYLOAD_TAG + 1
+MESSAGE_WORDS = HEADER_WORDS + INLINE_LIMIT // 8
+_HEADER_BYTES = HEADER_WORDS * 8
+
+
+class Kind(IntEnum):
+    TENSOR = 0
+    GRADIENT = 1
+    NO_GRADIENT = 2
+    ERROR = 3
+
+
+DTYPE_CODES = {
+    np.dtype(np.float32): 1,
+    np.dtype(np.float64): 2,
+    np.dtype(np.int32): 3,
+    np.dtype(np.int64): 4,
+    np.dtype(np.bool_): 5,
+    np.dtype(np.uint8): 6,
+    np.dtype(np.complex64): 7,
+    np.dtype(np.complex128): 8,
+}
+_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
+_SUPPORTED = ", ".join(str(d) for d in DTYPE_CODES)
+
+
+class Header(NamedTuple):
+    kind: Kind
+    context_id: int
+    message_id: int
+    requires_grad: bool
+    dtype: np.dtype
+    shape: tuple
+    nbytes: int
+    payload_tag: int
+
+    @property
+    def inline(self):
+        return self.payload_tag == -1
+
+
+def dtype_code(dtype):
+    """The wire code of dtype; ValueError naming it if mpigrad cannot send it."""
+    dtype = np.dtype(dtype)
+    try:
+        return DTYPE_CODES[dtype]
+    except KeyError:
+        raise ValueError(
+            f"mpigrad.distributed cannot send arrays of dtype {dtype.str} ({dtype}); "
+            f"supported (native byte order): {_SUPPORTED}"
+        ) from None
+
+
+def encode_header(
+    kind, dtype, shape, *, context_id=NO_CONTEXT, message_id=-1, requires_grad=False,
+    payload_tag=-1, out=None,
+):
+    """Write a header into out (a fresh MESSAGE_WORDS int64 array if None) and return out."""
+    shape = tuple(int(n) for n in shape)
+    if len(shape) > MAX_NDIM:
+        raise ValueError(
+            f"mpigrad.distributed sends at most {MAX_NDIM} dimensions; got {len(shape)} "
+            f"(shape {shape})"
+        )
+    code = dtype_code(dtype)
+    if out is None:
+        out = np.zeros(MESSAGE_WORDS, dtype=np.int64)
+    out[_VERSION] = FORMAT_VERSION
+    out[_KIND] = Kind(kind)
+    out[_CONTEXT] = context_id
+    out[_MESSAGE] = message_id
+    out[_REQUIRES_GRAD] = bool(requires_grad)
+    out[_DTYPE] = code
+    out[_NDIM] = len(shape)
+    out[_SHAPE:_NBYTES] = 0
+    out[_SHAPE:_SHAPE + len(shape)] = shape
+    out[_NBYTES] = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    out[_PAYLOAD_TAG] = payload_tag
+    return out
+
+
+def decode_header(words):
+    """Parse the first HEADER_WORDS of an int64 array; ValueError on a malformed header."""
+    words = [int(w) for w in words[:HEADER_WORDS]]
+    if len(words) < HEADER_WORDS:
+        raise ValueError(f"a message header has {HEADER_WORDS} words; got {len(words)}")
+    if words[_VERSION] != FORMAT_VERSION:
+        raise ValueError(
+            f"message format version {words[_VERSION]} from the peer; this mpigrad speaks "
+            f"version {FORMAT_VERSION} (are all ranks running the same mpigrad?)"
+        )
+    try:
+        kind = Kind(words[_KIND])
+    except ValueError:
+        raise ValueError(f"unknown message kind {words[_KIND]} in a header") from None
+    if words[_DTYPE] not in _DTYPES:
+        raise ValueError(f"unknown dtype code {words[_DTYPE]} in a header")
+    dtype = _DTYPES[words[_DTYPE]]
+    ndim = words[_NDIM]
+    if not 0 <= ndim <= MAX_NDIM:
+        raise ValueError(f"a header gives ndim {ndim}; at most {MAX_NDIM} are allowed")
+    shape = tuple(words[_SHAPE:_SHAPE + ndim])
+    nbytes = words[_NBYTES]
+    if min(shape, default=0) < 0 or nbytes != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+        raise ValueError(f"a header's nbytes {nbytes} does not match shape {shape} of {dtype}")
+    return Header(
+        kind, words[_CONTEXT], words[_MESSAGE], bool(words[_REQUIRES_GRAD]), dtype, shape, nbytes,
+        words[_PAYLOAD_TAG],
+    )
+
+
+def _bytes_of(array):
+    """A flat uint8 view of a C-contiguous array (no copy)."""
+    return array.reshape(-1).view(np.uint8)
+
+
+def pack(array, kind=Kind.TENSOR, *, payload_tag=-1, **header):
+    """The message for array: (header words, payload bytes or None).
+
+    With ``array.nbytes <= INLINE_LIMIT`` the payload is copied behind the header and the
+    words are trimmed to what it needs; otherwise payload_tag must be given (>= 0) and the
+    payload is a uint8 view of the array, copied only if it is not C-contiguous.
+    See Note [inline payloads].
+    """
+    array = np.asarray(array)
+    dtype_code(array.dtype)  # the dtype error before any copying
+    if array.nbytes <= INLINE_LIMIT:
+        words = encode_header(kind, array.dtype, array.shape, **header)
+        nwords = HEADER_WORDS + (array.nbytes + 7) // 8
+        if array.nbytes:
+            data = _bytes_of(np.ascontiguousarray(array))
+            words.view(np.uint8)[_HEADER_BYTES:_HEADER_BYTES + array.nbytes] = data
+        return words[:nwords], None
+    if payload_tag < 0:
+        raise ValueError(f"a payload of {array.nbytes} bytes needs a payload tag")
+    words = encode_header(kind, array.dtype, array.shape, payload_tag=payload_tag, **header)
+    return words[:HEADER_WORDS], _bytes_of(np.ascontiguousarray(array))
+
+
+def unpack_inline(header, words):
+    """The array that rides inline behind header in words (a fresh array)."""
+    out = np.empty(header.shape, dtype=header.dtype)
+    if header.nbytes:
+        _bytes_of(out)[:] = words.view(np.uint8)[_HEADER_BYTES:_HEADER_BYTES + header.nbytes]
+    return out
+
+
+def empty_message():
+    """A receive buffer for any message: MESSAGE_WORDS int64 words."""
+    return np.empty(MESSAGE_WORDS, dtype=np.int64)

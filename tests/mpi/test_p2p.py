@@ -1,0 +1,187 @@
+"""Point-to-point transfers of mpigrad.distributed, at any world size (rank 0 with itself at 1).
+
+Each test runs on its own duplicate of COMM_WORLD (the harness's ``comm``): mpigrad is
+initialized on it before the test and destroyed after it.
+"""
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+import mpigrad as mg
+import mpigrad.distributed as dist
+
+DTYPES = [np.float32, np.float64, np.int64, np.bool_]
+# 0-d, empty, inline-sized and payload-sized (see Note [inline payloads] in messages.py).
+SHAPES = [(), (0,), (3, 0), (1,), (5,), (4, 6), (2, 3, 4), (70,), (33, 17), (2, 3, 5, 7)]
+
+
+@pytest.fixture(autouse=True)
+def initialized(comm):
+    dist.init(comm)
+    yield comm
+    dist.destroy()
+
+
+def _data(dtype, shape, rank):
+    """Values that depend on the sending rank, so a message from the wrong rank shows."""
+    values = np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape) * 1.5 + rank * 1000
+    if np.dtype(dtype) == np.bool_:
+        return (np.arange(int(np.prod(shape))).reshape(shape) + rank) % 3 == 0
+    return values.astype(dtype)
+
+
+def _check(tensor, expected):
+    assert isinstance(tensor, mg.Tensor)
+    assert tensor.dtype == expected.dtype and tensor.shape == expected.shape
+    assert not tensor.requires_grad and tensor.grad_fn is None
+    np.testing.assert_array_equal(tensor.data, expected)
+
+
+def test_rank_and_size(comm):
+    assert (dist.get_rank(), dist.get_world_size()) == (comm.rank, comm.size)
+
+
+def test_init_again_with_the_same_comm_is_a_no_op_and_another_raises(comm):
+    dist.init(comm)
+    with pytest.raises(RuntimeError, match="already initialized on another communicator"):
+        dist.init(MPI.COMM_WORLD)
+
+
+@pytest.mark.min_ranks(2)  # blocking send to oneself may wait forever, as MPI_Send may
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_ring_send_recv(comm, dtype):
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    for shape in SHAPES:
+        if rank == 0:  # rank 0 starts the ring; the others pass it on
+            dist.send(_data(dtype, shape, rank), dest)
+            _check(dist.recv(source), _data(dtype, shape, source))
+        else:
+            received = dist.recv(source)
+            dist.send(mg.tensor(_data(dtype, shape, rank)), dest)
+            _check(received, _data(dtype, shape, source))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_ring_isend_irecv(comm, dtype):
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    receives = [dist.irecv(source, tag=i) for i in range(len(SHAPES))]
+    sends = [dist.isend(_data(dtype, s, rank), dest, tag=i) for i, s in enumerate(SHAPES)]
+    # Waited in reverse order: each receive still gets its own payload.
+    for request, shape in reversed(list(zip(receives, SHAPES))):
+        tensor = request.wait()
+        _check(tensor, _data(dtype, shape, source))
+        assert request.wait() is tensor
+    for request in sends:
+        request.wait()
+        assert request.test()
+
+
+def test_same_tag_messages_arrive_in_order_whatever_the_wait_order(comm):
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    sizes = [1, 100, 3, 1000, 0]
+    receives = [dist.irecv(source) for _ in sizes]
+    sends = [dist.isend(np.full(n, 10.0 * rank + i), dest) for i, n in enumerate(sizes)]
+    for i in (3, 0, 4, 1, 2):
+        _check(receives[i].wait(), np.full(sizes[i], 10.0 * source + i))
+    for request in sends:
+        request.wait()
+
+
+def test_sendrecv_ring(comm):
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    for shape in [(), (0,), (7,), (300, 30)]:
+        out = dist.sendrecv(mg.tensor(_data(np.float64, shape, rank)), dest, source, sendtag=4)
+        _check(out, _data(np.float64, shape, source))
+    # The other way round, with distinct tags.
+    out = dist.sendrecv(_data(np.int64, (50, 3), rank), source, dest, sendtag=1, recvtag=1)
+    _check(out, _data(np.int64, (50, 3), dest))
+
+
+@pytest.mark.min_ranks(2)
+def test_64_mib_round_trip(comm):
+    rank = comm.rank
+    n = 64 * 2**20 // 8
+    if rank == 0:
+        sent = np.arange(n, dtype=np.float64)
+        dist.send(sent, 1, tag=2)
+        back = dist.recv(1, tag=3)
+        assert back.shape == (n,) and back.dtype == np.float64
+        np.testing.assert_array_equal(back.data, sent * 2)
+    elif rank == 1:
+        received = dist.recv(0, tag=2)
+        assert received.shape == (n,) and received.data[-1] == n - 1
+        dist.send(received.data * 2, 0, tag=3)
+
+
+def test_tags_keep_messages_apart(comm):
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    sends = [
+        dist.isend(np.full(3, rank + 0.25), dest, tag=1),
+        dist.isend(np.full(200, rank + 0.5), dest, tag=2),
+    ]
+    _check(dist.recv(source, tag=2), np.full(200, source + 0.5))
+    _check(dist.recv(source, tag=1), np.full(3, source + 0.25))
+    for request in sends:
+        request.wait()
+
+
+def test_user_messages_on_the_same_communicator_do_not_mix(comm):
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    user = comm.Isend(np.full(4, -1.0), dest, tag=0)
+    mine = dist.isend(np.full(4, float(rank)), dest, tag=0)
+    _check(dist.recv(source), np.full(4, float(source)))
+    theirs = np.empty(4)
+    comm.Recv(theirs, source, tag=0)
+    np.testing.assert_array_equal(theirs, -1.0)
+    user.Wait()
+    mine.wait()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda size: dist.send(np.zeros(2), size),
+        lambda size: dist.isend(np.zeros(2), -1),
+        lambda size: dist.recv(size + 3),
+        lambda size: dist.irecv(MPI.ANY_SOURCE),
+        lambda size: dist.sendrecv(np.zeros(2), size, 0),
+        lambda size: dist.sendrecv(np.zeros(2), 0, MPI.PROC_NULL),
+    ],
+    ids=["send", "isend", "recv", "irecv-any-source", "sendrecv-dest", "sendrecv-proc-null"],
+)
+def test_bad_peer_raises(comm, call):
+    size = comm.size
+    with pytest.raises(ValueError) as info:
+        call(size)
+    text = str(info.value)
+    assert "is not a rank of the communicator" in text
+    assert f"ranks are 0 to {size - 1} (world size {size}; this is rank {comm.rank})" in text
+
+
+def test_bad_dtype_and_type_raise_before_sending(comm):
+    with pytest.raises(ValueError, match="cannot send arrays of dtype <f2"):
+        dist.isend(np.zeros(3, dtype=np.float16), comm.rank)
+    with pytest.raises(TypeError, match="send: expected a Tensor or a numpy array, got list"):
+        dist.send([1.0, 2.0], comm.rank)
+
+
+def test_non_contiguous_input_arrives_correctly(comm):
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+
+    def views(r):
+        base = np.arange(60 * 80, dtype=np.float64).reshape(60, 80) + r
+        return [base[:, ::3], base.T, base[::-2, 5:9], base[:4, :5].T, base[7]]
+
+    sends = [dist.isend(v, dest, tag=i) for i, v in enumerate(views(rank))]
+    for i, expected in enumerate(views(source)):
+        _check(dist.recv(source, tag=i), expected)
+    for request in sends:
+        request.wait()

@@ -1,0 +1,125 @@
+"""The wire format of mpigrad.distributed (serial: no message leaves the process)."""
+
+import numpy as np
+import pytest
+
+from mpigrad.distributed import messages
+from mpigrad.distributed.messages import (
+    HEADER_WORDS,
+    INLINE_LIMIT,
+    MAX_NDIM,
+    MESSAGE_WORDS,
+    Kind,
+    decode_header,
+    encode_header,
+    pack,
+    unpack_inline,
+)
+
+DTYPES = [np.float32, np.float64, np.int32, np.int64, np.bool_, np.uint8, np.complex64,
+          np.complex128]
+SHAPES = [(), (0,), (3,), (2, 0, 4), *[tuple(range(1, n + 1)) for n in range(2, MAX_NDIM + 1)]]
+
+
+def _sample(dtype, shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(shape) * 100).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_header_round_trip(dtype, shape):
+    words = encode_header(
+        Kind.GRADIENT, dtype, shape, context_id=7, message_id=12, requires_grad=True,
+        payload_tag=5,
+    )
+    header = decode_header(words)
+    assert header == (
+        Kind.GRADIENT, 7, 12, True, np.dtype(dtype), shape,
+        int(np.prod(shape)) * np.dtype(dtype).itemsize, 5,
+    )
+    assert not header.inline
+
+
+def test_header_defaults_mean_outside_a_context():
+    header = decode_header(encode_header(Kind.TENSOR, np.float64, (2,)))
+    assert (header.context_id, header.message_id, header.requires_grad) == (-1, -1, False)
+    assert header.context_id == messages.NO_CONTEXT and header.inline
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_every_kind_round_trips(kind):
+    assert decode_header(encode_header(kind, np.float32, ())).kind is kind
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", [(), (0,), (5, 3), (2, 3, 4), (64,), (65,), (300, 7)], ids=str)
+def test_pack_and_unpack(dtype, shape):
+    array = _sample(dtype, shape)
+    words, payload = pack(array, payload_tag=9)
+    header = decode_header(words)
+    assert (header.dtype, header.shape, header.nbytes) == (array.dtype, shape, array.nbytes)
+    if array.nbytes <= INLINE_LIMIT:
+        assert payload is None and header.inline
+        assert len(words) == HEADER_WORDS + (array.nbytes + 7) // 8 <= MESSAGE_WORDS
+        received = messages.empty_message()
+        received[: len(words)] = words
+        out = unpack_inline(header, received)
+    else:
+        assert header.payload_tag == 9 and len(words) == HEADER_WORDS
+        assert payload.dtype == np.uint8 and payload.nbytes == array.nbytes
+        out = np.frombuffer(payload.tobytes(), dtype=header.dtype).reshape(header.shape)
+    assert out.dtype == array.dtype and out.shape == array.shape
+    np.testing.assert_array_equal(out, array)
+
+
+def test_a_contiguous_payload_is_not_copied():
+    array = np.arange(1000.0)
+    _, payload = pack(array, payload_tag=0)
+    assert np.shares_memory(payload, array)
+
+
+def test_a_non_contiguous_payload_is_made_contiguous():
+    array = np.arange(2000.0).reshape(40, 50)[:, ::2].T
+    words, payload = pack(array, payload_tag=0)
+    out = np.frombuffer(payload.tobytes(), dtype=np.float64).reshape(decode_header(words).shape)
+    np.testing.assert_array_equal(out, array)
+
+
+def test_a_large_payload_needs_a_tag():
+    with pytest.raises(ValueError, match="needs a payload tag"):
+        pack(np.zeros(INLINE_LIMIT // 8 + 1))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int16, np.uint64, object, ">f8", "U3"])
+def test_unsupported_dtype_is_named(dtype):
+    name = np.dtype(dtype).str
+    with pytest.raises(ValueError, match=f"cannot send arrays of dtype {name}.*supported"):
+        encode_header(Kind.TENSOR, dtype, (2,))
+    with pytest.raises(ValueError, match=f"dtype {name}"):
+        pack(np.zeros(2, dtype=dtype))
+
+
+def test_too_many_dimensions():
+    with pytest.raises(ValueError, match=f"at most {MAX_NDIM} dimensions; got 9"):
+        encode_header(Kind.TENSOR, np.float64, (1,) * 9)
+    with pytest.raises(ValueError, match="at most 8 dimensions"):
+        pack(np.zeros((1,) * 9))
+
+
+def test_malformed_headers():
+    good = encode_header(Kind.TENSOR, np.float64, (2, 3))
+    cases = [
+        (0, 99, "format version 99"),
+        (1, 42, "unknown message kind 42"),
+        (5, 77, "unknown dtype code 77"),
+        (6, 9, "ndim 9"),
+        (HEADER_WORDS - 2, 47, "nbytes 47 does not match shape"),
+    ]
+    for index, value, message in cases:
+        words = good.copy()
+        words[index] = value
+        with pytest.raises(ValueError, match=message):
+            decode_header(words)
+    with pytest.raises(ValueError, match=f"has {HEADER_WORDS} words; got 3"):
+        decode_header(good[:3])

@@ -18,14 +18,21 @@ Note [broadcasting is undone at the edge]: a rule may return the gradient of an 
 output's (broadcast) shape, or in a promoted dtype.  The engine, not the rule, sums it back to the
 input's shape and casts it to the input's dtype, using differentiable ops so that
 ``create_graph=True`` sees them.
+
+Note [array mode]: a pass that records nothing (no ``create_graph``) and carries no tangents (no
+dual level open) runs the built-in rules on plain ndarrays: gradients travel as arrays,
+``saved_tensors`` returns arrays and ``Function.apply`` with recording off returns arrays, so the
+same rule code (``grad * y``, ``cos(x)``) costs what numpy costs.  Whatever the user wrote (hooks,
+the ``accumulate`` sink, a custom Function's backward, a Node without ``takes_arrays``) still gets
+Tensors, and runs with array mode off.
 """
 
 import heapq
 
 import numpy as np
 
-from .dual import set_tangent
-from .grad_mode import set_grad_enabled
+from .dual import open_levels, set_tangent
+from .grad_mode import _State, set_grad_enabled
 from .graph import AccumulateGrad, GraphRoot
 from .kernels import accumulate as accumulate_into
 from .kernels import sum_into
@@ -68,7 +75,8 @@ class GraphTask:
         self.create_graph = create_graph
         self.retain_grads = retain_grads
         self.accumulate = accumulate or (lambda t, g: accumulate_grad(t, g, create_graph))
-        root = GraphRoot(roots, grads)
+        self.arrays = not create_graph and not open_levels()  # see Note [array mode]
+        root = GraphRoot(roots, [self._value(g) for g in grads])
         starts = [root, *extra_roots]
         self.dependencies, parents = _count_dependencies(starts)
         for node in extra_roots:
@@ -87,15 +95,36 @@ class GraphTask:
     def supply(self, node, grad):
         """Deliver the gradient of an extra root, received from outside (None: no gradient)."""
         if grad is not None:
-            self._buffer(node, 0, grad)
+            self._buffer(node, 0, self._value(grad))
         self._arrive(node)
 
     def execute(self):
         """Run every node that is ready, until none is.  Runs with grad mode = create_graph."""
-        with set_grad_enabled(self.create_graph):
-            while self.ready:
-                node = heapq.heappop(self.ready)[1]
-                self._run(node)
+        prev = _State.array_mode
+        _State.array_mode = self.arrays
+        try:
+            with set_grad_enabled(self.create_graph):
+                while self.ready:
+                    node = heapq.heappop(self.ready)[1]
+                    self._run(node)
+        finally:
+            _State.array_mode = prev
+
+    def _value(self, grad):
+        """A gradient as this pass carries it: an ndarray in array mode, else a Tensor."""
+        if self.arrays:
+            return grad.data if isinstance(grad, Tensor) else np.asarray(grad)
+        return grad if isinstance(grad, Tensor) else Tensor._make(np.asarray(grad))
+
+    def _outside(self, fn, *args):
+        """Call user code: with Tensors, and with array mode off."""
+        if not self.arrays:
+            return fn(*args)
+        _State.array_mode = False
+        try:
+            return fn(*args)
+        finally:
+            _State.array_mode = True
 
     def _run(self, node):
         slots = self.buffers.pop(node, None)
@@ -112,10 +141,13 @@ class GraphTask:
             return
         if type(node) is AccumulateGrad:
             if grads[0] is not None:
-                self.accumulate(node.variable, grads[0])
+                self._outside(self.accumulate, node.variable, _tensor(grads[0]))
             return
         try:
-            outs = node.apply(grads)
+            if self.arrays and not node.takes_arrays:
+                outs = self._outside(node.apply, [None if g is None else _tensor(g) for g in grads])
+            else:
+                outs = node.apply(grads)
         except BackwardError:
             raise
         except Exception as exc:
@@ -129,11 +161,15 @@ class GraphTask:
                 continue
             grad = outs[i]
             if grad is not None:
-                if meta:
-                    shape, dtype = meta[i]
-                    if not (type(grad) is Tensor and grad.data.shape == shape
-                            and grad.data.dtype == dtype):
+                if self.arrays:
+                    if type(grad) is not np.ndarray:
+                        grad = _array(node, i, grad)
+                    if meta and (grad.shape != meta[i][0] or grad.dtype != meta[i][1]):
                         grad = _fit(node, i, grad, meta[i])
+                elif type(grad) is not Tensor:
+                    grad = _fit(node, i, _tensor_of(node, i, grad), meta[i] if meta else None)
+                elif meta and (grad.data.shape != meta[i][0] or grad.data.dtype != meta[i][1]):
+                    grad = _fit(node, i, grad, meta[i])
                 self._buffer(nxt, nr, grad)
             left = dependencies[nxt] - 1
             dependencies[nxt] = left
@@ -165,21 +201,21 @@ class GraphTask:
                 if grads[nr] is None:
                     break
                 try:
-                    replaced = fn(grads[nr])
+                    replaced = self._outside(fn, _tensor(grads[nr]))
                 except Exception as exc:
                     raise BackwardError(
                         f"hook {getattr(fn, '__name__', fn)!s} on {node.name()} output {nr} raised "
                         f"{type(exc).__name__}: {exc}"
                     ) from exc
                 if replaced is not None:
-                    grads[nr] = replaced if isinstance(replaced, Tensor) else Tensor(replaced)
+                    grads[nr] = self._value(replaced)
         if node.retained and self.retain_grads:
             for nr, ref in node.retained.items():
                 tensor = ref()
                 if tensor is not None and grads[nr] is not None:
-                    accumulate_grad(tensor, grads[nr], self.create_graph)
+                    self._outside(accumulate_grad, tensor, _tensor(grads[nr]), self.create_graph)
         for nr, index in self.capture_slots.get(node, ()):
-            self.captured[index] = grads[nr]
+            self.captured[index] = None if grads[nr] is None else _tensor(grads[nr])
         return grads
 
 
@@ -216,6 +252,11 @@ def _needed_for(capture_slots, parents):
 def _sum(grads, create_graph):
     """The sum of two or more gradients that reached one input: the first was kept by reference,
     the second allocates, the rest are added in place in one pass (kernels.sum_into)."""
+    if type(grads[0]) is np.ndarray:  # array mode
+        dst = np.asarray(np.add(grads[0], grads[1]))  # 0-d inputs give a numpy scalar
+        if len(grads) > 2:
+            sum_into(dst, grads[2:])
+        return dst
     if create_graph or any(g._fw for g in grads):
         # With ops, so that the sum is recorded and carries the gradients' tangents (a jvp of a
         # gradient: forward-over-reverse).
@@ -229,27 +270,50 @@ def _sum(grads, create_graph):
     return Tensor._make(dst)
 
 
+def _tensor(grad):
+    return grad if isinstance(grad, Tensor) else Tensor._make(np.asarray(grad))
+
+
+def _array(node, i, grad):
+    """A gradient a node returned, as an ndarray (array mode)."""
+    if isinstance(grad, Tensor):
+        return grad.data
+    _check_gradient_type(node, i, grad)
+    return np.asarray(grad)
+
+
+def _tensor_of(node, i, grad):
+    """A gradient a node returned, as a Tensor."""
+    if isinstance(grad, Tensor):
+        return grad
+    _check_gradient_type(node, i, grad)
+    return Tensor._make(np.asarray(grad))
+
+
+def _check_gradient_type(node, i, grad):
+    if not isinstance(grad, (np.ndarray, np.generic)):
+        raise BackwardError(
+            f"{node.name()} returned {type(grad).__name__} as the gradient of input {i}; "
+            "expected a Tensor or None"
+        )
+
+
 def _fit(node, i, grad, meta):
     """See Note [broadcasting is undone at the edge]."""
-    if not isinstance(grad, Tensor):
-        if not isinstance(grad, np.ndarray):
-            raise BackwardError(
-                f"{node.name()} returned {type(grad).__name__} as the gradient of input {i}; "
-                "expected a Tensor or None"
-            )
-        grad = Tensor._make(grad)
+    if meta is None:
+        return grad
     shape, dtype = meta
-    if grad.data.shape != shape:
+    if grad.shape != shape:
         from .ops.reduce import sum_to
 
         try:
             grad = sum_to(grad, shape)
         except ValueError:
             raise BackwardError(
-                f"{node.name()} returned a gradient of shape {grad.data.shape} for input {i}, "
+                f"{node.name()} returned a gradient of shape {grad.shape} for input {i}, "
                 f"which has shape {shape}"
             ) from None
-    if grad.data.dtype != dtype:
+    if grad.dtype != dtype:
         from .ops.elementwise import cast
 
         grad = cast(grad, dtype)

@@ -72,6 +72,7 @@ class BackwardNode(FunctionCtx, Node):
     """The ctx of a recorded Function call, and its node in the backward graph."""
 
     _forward_cls = None
+    takes_arrays = True  # a user's backward still gets Tensors: see apply
     _saved = ()
     _saved_outputs = False  # whether _saved holds _SavedOutput entries to rebuild
     released = False
@@ -96,6 +97,9 @@ class BackwardNode(FunctionCtx, Node):
     def saved_tensors(self):
         if self.released:
             raise RuntimeError(f"{self.name()}: {RETAIN_GRAPH_HINT}")
+        if _State.array_mode:
+            return tuple([s.data if isinstance(s, (Tensor, _SavedOutput)) else s
+                          for s in self._saved])
         if not self._saved_outputs:
             return self._saved
         return tuple([s.unpack(self) if type(s) is _SavedOutput else s for s in self._saved])
@@ -118,7 +122,18 @@ class BackwardNode(FunctionCtx, Node):
                 Tensor._make(np.zeros(shape, dtype)) if g is None else g
                 for g, (shape, dtype) in zip(grads, self.output_meta)
             ]
-        result = self._forward_cls.backward(self, *grads)
+        cls = self._forward_cls
+        if _State.array_mode and not cls._array_forward:
+            # A user's rule is written for Tensors: give it Tensors, with array mode off.
+            grads = [None if g is None else g if isinstance(g, Tensor) else Tensor._make(g)
+                     for g in grads]
+            _State.array_mode = False
+            try:
+                result = cls.backward(self, *grads)
+            finally:
+                _State.array_mode = True
+        else:
+            result = cls.backward(self, *grads)
         if not isinstance(result, tuple):
             result = (result,)
         n = len(self.next_functions)
@@ -168,7 +183,9 @@ class Function:
             # Nothing to record or push (backward rules run here): forward and wrap only.
             raw = cls.forward(FunctionCtx(), *args)
             if type(raw) is np.ndarray:
-                return Tensor._make(raw)
+                return raw if _State.array_mode else Tensor._make(raw)
+            if _State.array_mode:
+                return tuple([_array(r) for r in raw]) if isinstance(raw, tuple) else _array(raw)
             if isinstance(raw, tuple):
                 return tuple([_as_output(r, args) for r in raw])
             return _as_output(raw, args)
@@ -205,6 +222,10 @@ class Function:
         if record:
             ctx._pack(outputs)
         return outputs if multiple else outputs[0]
+
+
+def _array(value):
+    return value.data if isinstance(value, Tensor) else np.asarray(value)
 
 
 def _as_output(value, args):

@@ -15,6 +15,8 @@ class _State:
     grad_enabled = True
     # Forward-mode AD is suspended inside a Function's forward (its own ops must not push tangents).
     forward_ad_enabled = True
+    # Set by the engine while it runs rules on plain arrays; see Note [array mode] in engine.py.
+    array_mode = False
 
 
 def is_grad_enabled():

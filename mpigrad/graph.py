@@ -28,6 +28,9 @@ class Node:
     output_meta = ((None, None),)  # (shape, dtype) per output; the engine needs only their count
     pre_hooks = None  # {output_nr: [hook, ...]}, from Tensor.register_hook
     retained = None  # {output_nr: weakref to a non-leaf Tensor that called retain_grad}
+    # Whether apply takes and may return plain ndarrays (see Note [array mode] in engine.py);
+    # otherwise it always gets Tensors.
+    takes_arrays = False
 
     def __init__(self):
         self.sequence_nr = next(_sequence)
@@ -67,6 +70,8 @@ class AccumulateGrad(Node):
 
 class GraphRoot(Node):
     """The node that starts a backward pass by handing the seed gradients to the roots."""
+
+    takes_arrays = True  # its seeds are converted by the engine
 
     def __init__(self, edges, grads):
         super().__init__()

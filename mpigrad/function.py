@@ -208,6 +208,18 @@ class Function:
                 raw = cls.forward(ctx, *args)
             finally:
                 _State.grad_enabled, _State.forward_ad_enabled = prev_grad, prev_fw
+        if type(raw) is np.ndarray and not levels:
+            # The common case, kept short: one array out, no tangents.  The output did not exist
+            # while forward ran, so it cannot be among the saved tensors.
+            out = Tensor._make(raw)
+            if record:
+                _record_inputs(ctx, args, needs)
+                if raw.dtype.kind == "f" and not ctx.non_differentiable:
+                    out.grad_fn = ctx
+                    out._requires_grad = True
+                ctx._saved = ctx.to_save
+                ctx.to_save = ()
+            return out
         multiple = isinstance(raw, tuple)
         if type(raw) is np.ndarray:
             outputs = (Tensor._make(raw),)
@@ -239,9 +251,10 @@ def _as_output(value, args):
 _NO_EDGE = (None, 0)
 
 
-def _record(ctx, args, outputs):
+def _record_inputs(ctx, args, needs):
+    """The node's edges to its inputs' gradients, and the inputs' (shape, dtype)."""
     edges, meta = [], []
-    for a, need in zip(args, ctx.needs_input_grad):
+    for a, need in zip(args, needs):
         if need:
             fn = a.grad_fn
             edges.append((fn, a._output_nr) if fn is not None else gradient_edge(a))
@@ -252,6 +265,10 @@ def _record(ctx, args, outputs):
             meta.append(None)
     ctx.next_functions = tuple(edges)
     ctx.input_meta = tuple(meta)
+
+
+def _record(ctx, args, outputs):
+    _record_inputs(ctx, args, ctx.needs_input_grad)
     if len(outputs) > 1:  # one output keeps Node's default: only the count is read then
         ctx.output_meta = tuple([(o.data.shape, o.data.dtype) for o in outputs])
     frozen = ctx.non_differentiable

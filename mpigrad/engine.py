@@ -127,12 +127,14 @@ class GraphTask:
             _State.array_mode = True
 
     def _run(self, node):
-        slots = self.buffers.pop(node, None)
-        if slots is None:
-            grads = [None] * len(node.output_meta)
-        else:
-            grads = [None if s is None else s[0] if len(s) == 1 else _sum(s, self.create_graph)
-                     for s in slots]
+        buffers = self.buffers
+        pending = buffers.pop(node, None)
+        grads = [None if pending is None else pending[0] if len(pending) == 1
+                 else _sum(pending, self.create_graph)]
+        for nr in range(1, len(node.output_meta)):
+            pending = buffers.pop((node, nr), None)
+            grads.append(None if pending is None else pending[0] if len(pending) == 1
+                         else _sum(pending, self.create_graph))
         if node.pre_hooks or node.retained or node in self.capture_slots or (
             type(node) is AccumulateGrad and node.variable._hooks
         ):
@@ -183,12 +185,11 @@ class GraphTask:
             heapq.heappush(self.ready, (-node.sequence_nr, node))
 
     def _buffer(self, node, nr, grad):
-        slots = self.buffers.get(node)
-        if slots is None:
-            slots = self.buffers[node] = [None] * len(node.output_meta)
-        pending = slots[nr]
+        # Gradients waiting for a node: output 0 under the node, output nr under (node, nr).
+        key = node if nr == 0 else (node, nr)
+        pending = self.buffers.get(key)
         if pending is None:
-            slots[nr] = [grad]
+            self.buffers[key] = [grad]
         else:
             pending.append(grad)
 

@@ -98,7 +98,7 @@ class BackwardNode(FunctionCtx, Node):
         if self.released:
             raise RuntimeError(f"{self.name()}: {RETAIN_GRAPH_HINT}")
         if _State.array_mode:
-            return tuple([s.data if isinstance(s, (Tensor, _SavedOutput)) else s
+            return tuple([s.data if type(s) is Tensor or type(s) is _SavedOutput else s
                           for s in self._saved])
         if not self._saved_outputs:
             return self._saved

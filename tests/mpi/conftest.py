@@ -55,6 +55,7 @@ WORLD = MPI.COMM_WORLD
 RANK = WORLD.Get_rank()
 SIZE = WORLD.Get_size()
 GRACE = float(os.environ.get("MPIGRAD_TEST_GRACE", "10"))
+ABORT_GRACE = 1.0  # seconds between writing a failure report and aborting: see _abort
 
 # Every rank must draw the same examples, or their collectives stop matching: no random
 # seed, no example database (ranks would race on it and replay different failures), no
@@ -237,4 +238,7 @@ def _abort(item, message, details=""):
     text = "\n".join(prefix + line for line in f"{message}\n{details}".rstrip().splitlines())
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
+    # The launcher forwards a rank's output asynchronously, and Abort makes it kill every rank:
+    # without a pause the report can be lost when all ranks abort at once (a hang everywhere).
+    time.sleep(ABORT_GRACE)
     WORLD.Abort(1)

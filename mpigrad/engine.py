@@ -163,15 +163,16 @@ class GraphTask:
                 continue
             grad = outs[i]
             if grad is not None:
+                m = meta[i] if meta else None
                 if self.arrays:
                     if type(grad) is not np.ndarray:
                         grad = _array(node, i, grad)
-                    if meta and (grad.shape != meta[i][0] or grad.dtype != meta[i][1]):
-                        grad = _fit(node, i, grad, meta[i])
+                    if m and (grad.shape != m[0] or grad.dtype != m[1]):
+                        grad = _fit(node, i, grad, m)
                 elif type(grad) is not Tensor:
-                    grad = _fit(node, i, _tensor_of(node, i, grad), meta[i] if meta else None)
-                elif meta and (grad.data.shape != meta[i][0] or grad.data.dtype != meta[i][1]):
-                    grad = _fit(node, i, grad, meta[i])
+                    grad = _fit(node, i, _tensor_of(node, i, grad), m)
+                elif m and (grad.data.shape != m[0] or grad.data.dtype != m[1]):
+                    grad = _fit(node, i, grad, m)
                 self._buffer(nxt, nr, grad)
             left = dependencies[nxt] - 1
             dependencies[nxt] = left

@@ -213,7 +213,7 @@ class Function:
             # while forward ran, so it cannot be among the saved tensors.
             out = Tensor._make(raw)
             if record:
-                _record_inputs(ctx, args, needs)
+                _record_inputs(ctx, args, needs, raw if cls._array_forward else None)
                 if raw.dtype.kind == "f" and not ctx.non_differentiable:
                     out.grad_fn = ctx
                     out._requires_grad = True
@@ -251,20 +251,29 @@ def _as_output(value, args):
 _NO_EDGE = (None, 0)
 
 
-def _record_inputs(ctx, args, needs):
-    """The node's edges to its inputs' gradients, and the inputs' (shape, dtype)."""
-    edges, meta = [], []
+def _record_inputs(ctx, args, needs, out=None):
+    """The node's edges to its inputs' gradients, and the inputs' (shape, dtype).
+
+    With ``out`` (a built-in op's output array), an input shaped and typed like it gets no entry:
+    built-in rules return gradients in the output's shape and dtype, so the engine has nothing to
+    undo there (see Note [broadcasting is undone at the edge]); None stands for no entry at all.
+    """
+    edges, meta, fits = [], [], False
     for a, need in zip(args, needs):
         if need:
             fn = a.grad_fn
             edges.append((fn, a._output_nr) if fn is not None else gradient_edge(a))
             d = a.data
-            meta.append((d.shape, d.dtype))
+            if out is not None and d.shape == out.shape and d.dtype == out.dtype:
+                meta.append(None)
+            else:
+                meta.append((d.shape, d.dtype))
+                fits = True
         else:
             edges.append(_NO_EDGE)
             meta.append(None)
     ctx.next_functions = tuple(edges)
-    ctx.input_meta = tuple(meta)
+    ctx.input_meta = tuple(meta) if fits else None
 
 
 def _record(ctx, args, outputs):

@@ -4,7 +4,8 @@ A node receives the gradients of its outputs and returns the gradients of its in
 ``next_functions[i]`` is the edge ``(node, output_nr)`` that receives the gradient of input ``i``
 (``(None, 0)`` where input ``i`` needs none); ``input_meta[i]`` is that input's ``(shape, dtype)``,
 which the engine uses to sum a broadcast gradient back to the input's shape
-(see Note [broadcasting is undone at the edge] in engine.py).
+(see Note [broadcasting is undone at the edge] in engine.py).  A None entry, or None for the
+whole of ``input_meta``, means there is nothing to check.
 """
 
 import itertools

@@ -38,7 +38,7 @@ from .kernels import accumulate as accumulate_into
 from .kernels import sum_into
 from .tensor import Tensor
 
-__all__ = ["GraphTask", "BackwardError", "accumulate_grad"]
+__all__ = ["GraphTask", "BackwardError", "accumulate_grad", "added"]
 
 
 class BackwardError(RuntimeError):
@@ -46,9 +46,14 @@ class BackwardError(RuntimeError):
 
 
 def accumulate_grad(tensor, grad, create_graph=False):
-    """``tensor.grad += grad``.  The first gradient is stored by reference (read-only, as it may
-    be shared), a second allocates, later ones add in place; differentiably under create_graph."""
-    old = tensor.grad
+    """``tensor.grad += grad``; see ``added``."""
+    tensor.grad = added(tensor.grad, grad, create_graph)
+
+
+def added(old, grad, create_graph=False):
+    """``old + grad`` for gradient accumulation (``old`` None: nothing yet).  The first gradient
+    is kept by reference (read-only, as it may be shared), a second allocates, later ones add in
+    place; differentiably under create_graph."""
     if old is None:
         if not create_graph and grad.data.flags.writeable:
             view = grad.data.view()
@@ -57,13 +62,13 @@ def accumulate_grad(tensor, grad, create_graph=False):
             grad = Tensor._make(view)
             for level, tangent in (tangents or {}).items():  # forward-over-reverse
                 set_tangent(grad, level, tangent)
-        tensor.grad = grad
-    elif create_graph or old.grad_fn is not None or old._fw or grad._fw:
-        tensor.grad = old + grad
-    elif old.data.flags.writeable:
+        return grad
+    if create_graph or old.grad_fn is not None or old._fw or grad._fw:
+        return old + grad
+    if old.data.flags.writeable:
         accumulate_into(old.data, grad.data)
-    else:
-        tensor.grad = Tensor._make(np.asarray(np.add(old.data, grad.data)))
+        return old
+    return Tensor._make(np.asarray(np.add(old.data, grad.data)))
 
 
 class GraphTask:

@@ -3,23 +3,57 @@
 Collective: no; point to point. The rank ``dest`` must post a matching ``recv``/``irecv``
 (same source and tag) on the same communicator.
 
-Adjoint: recv from ``dest``. Today send records nothing (requires_grad does not travel). In
-a distributed autograd context the autograd layer will record a send function under a fresh
-message id; in backward it receives exactly one message for it from ``dest`` on the gradient
-communicator (the gradient of the received tensor, or a no-gradient marker) and passes it to
-the sent tensor's ``grad_fn``. Under the loss convention of ``mpigrad.distributed`` this is
-the exact adjoint of the transfer.
+Adjoint: recv from ``dest``. Inside a distributed autograd context, sending a tensor that
+requires grad records a send function (``SendBackward``) under a fresh message id; in backward it
+receives exactly one message for it from ``dest`` on the gradient communicator (the gradient of
+the received tensor, or a no-gradient marker) and passes it on to the sent tensor's ``grad_fn``.
+Under the loss convention of ``mpigrad.distributed`` this is the exact adjoint of the transfer.
 """
 
 import numpy as np
 from mpi4py import MPI
 
+from ...grad_mode import is_grad_enabled
+from ...graph import Node, gradient_edge
 from ...tensor import Tensor
 from .. import comm as _comm
+from .. import context as _context
 from .. import messages
 from ..messages import Kind
 
-__all__ = ["send", "isend", "SendRequest"]
+__all__ = ["send", "isend", "SendRequest", "SendBackward"]
+
+
+class SendBackward(Node):
+    """The root of this rank's graph for one sent tensor: its gradient arrives from ``dest``.
+
+    The distributed engine supplies it from outside (``GraphTask.supply``); applying it passes
+    the gradient on to the sent tensor's ``grad_fn``.
+    """
+
+    takes_arrays = True
+
+    def __init__(self, tensor, dest, context_id, message_id):
+        super().__init__()
+        self.next_functions = (gradient_edge(tensor),)
+        self.input_meta = ((tensor.data.shape, tensor.data.dtype),)
+        self.dest, self.context_id, self.message_id = dest, context_id, message_id
+
+    def apply(self, grads):
+        return grads
+
+
+def _record(tensor, dest):
+    """The header fields for sending ``tensor``: in a context, and recorded when it requires
+    grad (see Note [context ids] in context.py)."""
+    ctx = _context.current()
+    if ctx is None:
+        return {}
+    if not (isinstance(tensor, Tensor) and tensor.requires_grad and is_grad_enabled()):
+        return {"context_id": ctx.context_id}
+    message_id = ctx.next_message_id()
+    ctx.send_functions[message_id] = SendBackward(tensor, dest, ctx.context_id, message_id)
+    return {"context_id": ctx.context_id, "message_id": message_id, "requires_grad": True}
 
 
 class SendRequest:
@@ -50,12 +84,13 @@ def _as_array(tensor, op):
     raise TypeError(f"{op}: expected a Tensor or a numpy array, got {type(tensor).__name__}")
 
 
-def post_send(comms, array, dest, tag, kind=Kind.TENSOR, **header):
-    """Start sending array's message to dest: header (with inline payload) on ``comms.data``
-    under tag, and a large payload on ``comms.payload``. See Note [inline payloads]."""
+def post_send(comms, array, dest, tag, kind=Kind.TENSOR, channel=None, **header):
+    """Start sending array's message to dest: header (with inline payload) on ``channel``
+    (default ``comms.data``) under tag, and a large payload on ``comms.payload``.
+    See Note [inline payloads]."""
     payload_tag = comms.next_payload_tag() if array.nbytes > messages.INLINE_LIMIT else -1
     words, payload = messages.pack(array, kind, payload_tag=payload_tag, **header)
-    requests = [comms.data.Isend(words, dest, tag)]
+    requests = [(channel or comms.data).Isend(words, dest, tag)]
     if payload is not None:
         requests.append(comms.payload.Isend([payload, MPI.BYTE], dest, payload_tag))
     return SendRequest(requests, (words, payload))
@@ -68,7 +103,8 @@ def isend(tensor, dest, tag=0):
     """
     comms = _comm.get()
     dest = comms.check_peer(dest, "isend", "dest")
-    return post_send(comms, _as_array(tensor, "isend"), dest, tag)
+    array = _as_array(tensor, "isend")
+    return post_send(comms, array, dest, tag, **_record(tensor, dest))
 
 
 def send(tensor, dest, tag=0):
@@ -79,4 +115,5 @@ def send(tensor, dest, tag=0):
     """
     comms = _comm.get()
     dest = comms.check_peer(dest, "send", "dest")
-    post_send(comms, _as_array(tensor, "send"), dest, tag).wait()
+    array = _as_array(tensor, "send")
+    post_send(comms, array, dest, tag, **_record(tensor, dest)).wait()

@@ -5,15 +5,15 @@ Collective: no; point to point, but usually called by every rank of a ring or a 
 (this rank, recvtag). The send is started before the receive and completed after it, so a
 ring of sendrecvs never deadlocks, whatever the message sizes.
 
-Adjoint: a sendrecv with dest and source swapped (as in mpi4jax's sendrecv). The autograd
-layer will record it as a send function (to ``dest``) and a recv function (from ``source``):
-in backward the received tensor's gradient goes back to ``source`` and the sent tensor's
-gradient comes from ``dest``.
+Adjoint: a sendrecv with dest and source swapped (as in mpi4jax's sendrecv). Inside a
+distributed autograd context it records a send function (to ``dest``) and a recv function (from
+``source``): in backward the received tensor's gradient goes back to ``source`` and the sent
+tensor's gradient comes from ``dest``.
 """
 
 from .. import comm as _comm
 from .recv import RecvRequest
-from .send import _as_array, post_send
+from .send import _as_array, _record, post_send
 
 __all__ = ["sendrecv"]
 
@@ -29,7 +29,7 @@ def sendrecv(tensor, dest, source, sendtag=0, recvtag=None):
     recvtag = sendtag if recvtag is None else recvtag
     array = _as_array(tensor, "sendrecv")
     receiving = RecvRequest(comms, source, recvtag, "sendrecv")
-    sending = post_send(comms, array, dest, sendtag)
+    sending = post_send(comms, array, dest, sendtag, **_record(tensor, dest))
     try:
         return receiving.wait()
     finally:

@@ -1,0 +1,312 @@
+"""The distributed backward pass (FAST mode, as torch.distributed.autograd's).
+
+Collective: every rank of the communicator calls ``backward(context_id, roots)`` for the same
+context, with its own roots (possibly none).  It returns on every rank once every rank has
+finished, and raises on every rank if any part failed.
+
+Each rank runs one ``GraphTask`` (the rank-local engine) from its roots plus all send functions of
+the context, the latter as extra roots whose gradient arrives from outside.  A recv function that
+runs sends its gradient, or a no-gradient marker, to the rank the tensor came from, keyed by
+(context id, message id); a received gradient is matched to its send function by message id and
+supplied to the task.  Recv functions the task cannot reach send their marker at once, so every
+send function receives exactly one message and a sent tensor that no root uses blocks no one.
+
+Note [ending a pass]: when a rank's part is done (every send function has its message and the
+task has nothing ready), or has failed, it joins two non-blocking allreduces on the control
+communicator: the number of messages it sent to each rank (SUM), and flags (MAX): failed, the
+context id and retain_graph, each also negated so MAX gives the minimum.  While they are pending
+it keeps receiving, so no rank's send waits on it; once they complete it knows how many messages
+were sent to it in all, and receives until it has them all.  So every message of a pass is
+received within the pass (nothing leaks into the next one), and every rank learns the outcome.
+A rank that fails sends an ERROR message with its text to every other rank first: ranks waiting
+for its gradients wake up at once and stop, and every rank can name the failing rank in the error
+it raises.
+
+Note [waiting]: MPICH's blocking calls spin a core.  A rank waiting here polls instead: it spins
+for a while if it has a core to itself, then sleeps between polls with a backoff (20 us growing
+to 1 ms), and sleeps from the start when ranks share cores (more ranks than cores on the node),
+so a waiting rank never slows the ranks that are working.
+"""
+
+import os
+import sys
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from ..engine import GraphTask
+from ..graph import gradient_edge
+from ..kernels import threads
+from ..tensor import Tensor
+from . import comm as _comm
+from . import context as _context
+from . import messages
+from .functions.send import post_send
+from .messages import Kind
+
+__all__ = ["backward", "DistBackwardError", "TIMEOUT_ENV"]
+
+TIMEOUT_ENV = "MPIGRAD_BACKWARD_TIMEOUT"
+"""Environment variable: default ``timeout`` of ``backward`` in seconds (unset: no timeout)."""
+
+_TAG = 0  # the gradient communicator carries only mpigrad's messages, under one tag
+_SPIN_SECONDS = 50e-6
+_SLEEP_MIN, _SLEEP_MAX = 20e-6, 1e-3
+
+
+class DistBackwardError(RuntimeError):
+    """A distributed backward failed on some rank; raised on every rank, naming the failures."""
+
+
+class _PeerFailed(Exception):
+    """Another rank's part failed: stop this rank's part (the error comes at the end)."""
+
+
+def backward(context_id, roots, retain_graph=False, timeout=None):
+    """Run the distributed backward of ``roots`` (this rank's scalar roots) in ``context_id``.
+
+    Gradients of this rank's leaves accumulate in the context (``get_gradients``).  Blocks until
+    the whole distributed computation is done; raises ``DistBackwardError`` on every rank if any
+    rank failed.  ``timeout`` (seconds; default from ``MPIGRAD_BACKWARD_TIMEOUT``, else none):
+    a rank still waiting for gradients after it raises, listing the message ids and peers it
+    waits for (the communicators are then in an unknown state: end the job).
+    """
+    if timeout is None and os.environ.get(TIMEOUT_ENV):
+        timeout = float(os.environ[TIMEOUT_ENV])
+    _Pass(_comm.get(), context_id, roots, bool(retain_graph), timeout).run()
+
+
+class _Pass:
+    """One distributed backward pass on this rank."""
+
+    def __init__(self, comms, context_id, roots, retain_graph, timeout):
+        self.comms, self.context_id, self.roots = comms, context_id, roots
+        self.retain_graph = retain_graph
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.ctx = self.task = None
+        self.waiting = {}  # message id -> send function still waiting for its gradient
+        self.sent_to = np.zeros(comms.size, dtype=np.int64)
+        self.received = 0
+        self.requests = []  # our sends in flight, with their buffers
+        self.failure = None  # this rank's own failure text
+        self.errors = {}  # rank -> failure text, from ERROR messages
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        self.shared_cores = threads.local_ranks(os.environ) > cores
+
+    def run(self):
+        try:
+            self._start()
+            while self.waiting or self.task.ready:
+                self.task.execute()
+                if self.waiting:
+                    self._receive_one(block=True)
+        except _PeerFailed:
+            pass
+        except Exception as exc:  # this rank's part failed: tell every rank, then agree
+            self.failure = f"{type(exc).__name__}: {exc}"
+            self._broadcast_error()
+        finally:
+            if self.ctx is not None:
+                self.ctx.running = None
+        self._finish()
+
+    def _start(self):
+        rank = self.comms.rank
+        self.ctx = _context.retrieve(self.context_id, "dist_autograd.backward")
+        if self.ctx.running is not None:
+            raise RuntimeError(f"rank {rank}: a backward pass of this context is already running")
+        if self.ctx.graph_freed:
+            raise RuntimeError(
+                f"rank {rank}: the graph of context {self.context_id} was freed by an earlier "
+                "backward; pass retain_graph=True to that backward to run another"
+            )
+        roots = list(self.roots)
+        for i, root in enumerate(roots):
+            if not isinstance(root, Tensor):
+                raise TypeError(f"rank {rank}: roots[{i}] is a {type(root).__name__}, not a Tensor")
+            if root.size != 1:
+                raise RuntimeError(f"rank {rank}: roots[{i}] has shape {root.shape}; roots must be "
+                                   "scalars (the objective is the sum of all roots on all ranks)")
+            if not root.requires_grad:
+                raise RuntimeError(f"rank {rank}: roots[{i}] does not require grad")
+        sends = list(self.ctx.send_functions.values())
+        self.ctx.running = self
+        self.waiting = {node.message_id: node for node in sends}
+        self.task = GraphTask(
+            [gradient_edge(r) for r in roots], [np.ones(r.shape, r.dtype) for r in roots],
+            extra_roots=sends, keep_graph=self.retain_graph, accumulate=self.ctx.accumulate,
+            retain_grads=False,
+        )
+        for node in self.ctx.recv_functions:
+            if node not in self.task.dependencies:  # no root reaches it: it owes its marker now
+                self.send_gradient(node, None)
+
+    # --- messages -------------------------------------------------------------------------
+    def send_gradient(self, node, grad):
+        """Send a recv function's gradient (None: the no-gradient marker) to its source."""
+        if grad is None:
+            self._post(Kind.NO_GRADIENT, node.source, np.zeros(0, np.uint8), node.message_id)
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else np.asarray(grad)
+            self._post(Kind.GRADIENT, node.source, grad, node.message_id)
+
+    def _post(self, kind, dest, array, message_id=-1):
+        request = post_send(self.comms, array, dest, _TAG, kind, channel=self.comms.gradient,
+                            context_id=self.context_id, message_id=message_id)
+        self.requests.append(request)
+        self.sent_to[dest] += 1
+
+    def _broadcast_error(self):
+        text = np.frombuffer(f"rank {self.comms.rank}: {self.failure}".encode(), np.uint8)
+        for dest in range(self.comms.size):
+            if dest != self.comms.rank:
+                self._post(Kind.ERROR, dest, text)
+
+    def _receive_one(self, block):
+        """Receive and handle one message; without ``block``, return False if none is there."""
+        status = MPI.Status()
+        spun_since = time.monotonic()
+        sleep = _SLEEP_MIN
+        while True:
+            message = self.comms.gradient.improbe(MPI.ANY_SOURCE, _TAG, status)
+            if message is not None:
+                break
+            if not block:
+                return False
+            self._check_deadline()
+            if self.shared_cores or time.monotonic() - spun_since > _SPIN_SECONDS:
+                time.sleep(sleep)
+                sleep = min(2 * sleep, _SLEEP_MAX)
+        words = messages.empty_message()
+        message.Recv(words)
+        source = status.Get_source()
+        header = messages.decode_header(words)
+        array = None
+        if header.inline:
+            array = messages.unpack_inline(header, words)
+        else:
+            array = _receive_buffer(header)
+            self.comms.payload.Recv([array.reshape(-1).view(np.uint8), MPI.BYTE], source,
+                                    header.payload_tag)
+        self.received += 1
+        self._handle(header, array, source)
+        return True
+
+    def _handle(self, header, array, source):
+        rank = self.comms.rank
+        if header.kind == Kind.ERROR:
+            self.errors[source] = array.tobytes().decode(errors="replace")
+            if self.failure is None:
+                raise _PeerFailed
+            return
+        if self.failure is not None or self.errors:
+            return  # the pass has failed: drain what the others still send
+        if header.context_id != self.context_id:
+            raise RuntimeError(
+                f"rank {rank} received a gradient from rank {source} for context "
+                f"{header.context_id} while running backward for context {self.context_id}: "
+                "every rank must call backward for the same context"
+            )
+        node = self.waiting.pop(header.message_id, None)
+        if node is None:
+            raise RuntimeError(
+                f"rank {rank} received a gradient from rank {source} for message id "
+                f"{header.message_id} in context {self.context_id}, but has no send function "
+                "waiting for it (the ranks' sends and receives do not match)"
+            )
+        if node.dest != source:
+            raise RuntimeError(
+                f"rank {rank}: the gradient for message id {header.message_id} came from rank "
+                f"{source}, but that tensor was sent to rank {node.dest}"
+            )
+        self.task.supply(node, array if header.kind == Kind.GRADIENT else None)
+
+    def _check_deadline(self):
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            waits = ", ".join(
+                f"message id {mid} from rank {node.dest}"
+                for mid, node in sorted(self.waiting.items())
+            )
+            raise TimeoutError(
+                f"rank {self.comms.rank}: dist_autograd.backward in context {self.context_id} "
+                f"timed out still waiting for: {waits or 'the other ranks to finish'}"
+            )
+
+    # --- the end of a pass ------------------------------------------------------------------
+    def _finish(self):
+        """See Note [ending a pass]."""
+        comms = self.comms
+        totals = np.zeros(comms.size, dtype=np.int64)
+        failed = self.failure is not None or bool(self.errors)
+        flags = np.array([failed, self.context_id, -self.context_id, self.retain_graph,
+                          -self.retain_graph], dtype=np.int64)
+        agreed = np.zeros_like(flags)
+        pending = [comms.control.Iallreduce(self.sent_to, totals, op=MPI.SUM),
+                   comms.control.Iallreduce(flags, agreed, op=MPI.MAX)]
+        self._drain_until(lambda: MPI.Request.Testall(pending))
+        self._drain_until(lambda: self.received >= totals[comms.rank])
+        self._drain_until(lambda: all(r.test() for r in self.requests))
+        self.requests = []
+        problems = dict(self.errors)
+        if self.failure is not None:
+            problems[comms.rank] = f"rank {comms.rank}: {self.failure}"
+        if not problems and agreed[1] != -agreed[2]:
+            problems[-1] = (f"the ranks called backward for different contexts (ids "
+                            f"{-agreed[2]} to {agreed[1]})")
+        if not problems and agreed[3] != -agreed[4]:
+            problems[-1] = "the ranks disagree on retain_graph"
+        if problems:
+            failing = sorted(r for r in problems if r >= 0)
+            raise DistBackwardError(
+                f"distributed backward in context {self.context_id} failed"
+                + (f" on rank(s) {failing}" if failing else "")
+                + f" (raised on rank {comms.rank}):\n"
+                + "\n".join(problems[r] for r in sorted(problems))
+            )
+        if agreed[0]:
+            raise DistBackwardError(f"distributed backward in context {self.context_id} failed")
+        if not self.retain_graph:
+            self.ctx.graph_freed = True
+
+    def _drain_until(self, done):
+        """Receive (and handle or drop) messages until ``done()``, polling as in Note [waiting]."""
+        sleep = _SLEEP_MIN
+        start = time.monotonic()
+        while not done():
+            try:
+                got = self._receive_one(block=False)
+            except _PeerFailed:
+                got = True
+            except Exception as exc:  # a bad message at the end: it fails the pass
+                if self.failure is None:
+                    self.failure = f"{type(exc).__name__}: {exc}"
+                got = True
+            if got:
+                sleep = _SLEEP_MIN
+            elif self.shared_cores or time.monotonic() - start > _SPIN_SECONDS:
+                time.sleep(sleep)
+                sleep = min(2 * sleep, _SLEEP_MAX)
+
+
+# Note [received buffers]: a fresh 64 MiB array costs 46 ms of page faults where a reused one
+# costs 4 ms (measured here), so large gradients are received into buffers kept between passes.
+# A buffer is reused only when nothing but the pool refers to it (its gradient was dropped).
+_POOL_MIN_BYTES = 1 << 20
+_POOL_PER_SIZE = 4
+_pool = {}  # nbytes -> [uint8 buffers]
+
+
+def _receive_buffer(header):
+    """An array of the header's shape and dtype to receive into (see Note [received buffers])."""
+    if header.nbytes < _POOL_MIN_BYTES:
+        return np.empty(header.shape, header.dtype)
+    buffers = _pool.setdefault(header.nbytes, [])
+    for buffer in buffers:
+        # References: the list, this loop's name, getrefcount's argument; a view adds one.
+        if sys.getrefcount(buffer) == 3:
+            return buffer.view(header.dtype).reshape(header.shape)
+    buffer = np.empty(header.nbytes, np.uint8)
+    if len(buffers) < _POOL_PER_SIZE:
+        buffers.append(buffer)
+    return buffer.view(header.dtype).reshape(header.shape)

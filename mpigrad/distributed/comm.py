@@ -61,6 +61,16 @@ class Communicators:
 
 
 _comms = None
+_passes = 0  # backward passes so far in this process; see pass_tag
+
+
+def pass_tag():
+    """The gradient-communicator tag of a new backward pass (see Note [pass tags] in the
+    distributed engine).  Counted per process, not per communicator, so that a message of an
+    abandoned pass cannot match a later pass even on a communicator made again by init."""
+    global _passes
+    _passes += 1
+    return _passes % get()._tag_bound
 
 
 def init(comm=None):

@@ -22,6 +22,12 @@ A rank that fails sends an ERROR message with its text to every other rank first
 for its gradients wake up at once and stop, and every rank can name the failing rank in the error
 it raises.
 
+Note [pass tags]: each pass sends its gradient, marker and error messages under a tag of its own,
+from a per-process counter that agrees across ranks because every rank runs the same passes in
+the same order.  A pass that ends abnormally (a timeout) may leave messages behind; under their
+old tag they can never be matched, nor counted, by a later pass, even on a communicator that
+``init`` made again after ``destroy`` (MPI may recycle a freed communicator's identity).
+
 Note [waiting]: MPICH's blocking calls spin a core.  A rank waiting here polls instead: it spins
 for a while if it has a core to itself, then sleeps between polls with a backoff (20 us growing
 to 1 ms), and sleeps from the start when ranks share cores (more ranks than cores on the node),
@@ -50,7 +56,6 @@ __all__ = ["backward", "DistBackwardError", "TIMEOUT_ENV"]
 TIMEOUT_ENV = "MPIGRAD_BACKWARD_TIMEOUT"
 """Environment variable: default ``timeout`` of ``backward`` in seconds (unset: no timeout)."""
 
-_TAG = 0  # the gradient communicator carries only mpigrad's messages, under one tag
 _SPIN_SECONDS = 50e-6
 _SLEEP_MIN, _SLEEP_MAX = 20e-6, 1e-3
 
@@ -63,6 +68,11 @@ class _PeerFailed(Exception):
     """Another rank's part failed: stop this rank's part (the error comes at the end)."""
 
 
+class _Stalled(TimeoutError):
+    """The timeout passed: raised at once, without the closing agreement, which could wait for
+    the rank that stalls."""
+
+
 def backward(context_id, roots, retain_graph=False, timeout=None):
     """Run the distributed backward of ``roots`` (this rank's scalar roots) in ``context_id``.
 
@@ -70,7 +80,8 @@ def backward(context_id, roots, retain_graph=False, timeout=None):
     the whole distributed computation is done; raises ``DistBackwardError`` on every rank if any
     rank failed.  ``timeout`` (seconds; default from ``MPIGRAD_BACKWARD_TIMEOUT``, else none):
     a rank still waiting for gradients after it raises, listing the message ids and peers it
-    waits for (the communicators are then in an unknown state: end the job).
+    waits for, without waiting for the others to agree (the communicators are then in an unknown
+    state: end the job, or ``destroy()`` and ``init()`` mpigrad's communicators).
     """
     if timeout is None and os.environ.get(TIMEOUT_ENV):
         timeout = float(os.environ[TIMEOUT_ENV])
@@ -83,6 +94,7 @@ class _Pass:
     def __init__(self, comms, context_id, roots, retain_graph, timeout):
         self.comms, self.context_id, self.roots = comms, context_id, roots
         self.retain_graph = retain_graph
+        self.tag = _comm.pass_tag()  # see Note [pass tags]
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.ctx = self.task = None
         self.waiting = {}  # message id -> send function still waiting for its gradient
@@ -103,6 +115,10 @@ class _Pass:
                     self._receive_one(block=True)
         except _PeerFailed:
             pass
+        except _Stalled as exc:  # tell every rank, then give up at once (no agreement)
+            self.failure = f"TimeoutError: {exc}"
+            self._broadcast_error()
+            raise
         except Exception as exc:  # this rank's part failed: tell every rank, then agree
             self.failure = f"{type(exc).__name__}: {exc}"
             self._broadcast_error()
@@ -152,7 +168,7 @@ class _Pass:
             self._post(Kind.GRADIENT, node.source, grad, node.message_id)
 
     def _post(self, kind, dest, array, message_id=-1):
-        request = post_send(self.comms, array, dest, _TAG, kind, channel=self.comms.gradient,
+        request = post_send(self.comms, array, dest, self.tag, kind, channel=self.comms.gradient,
                             context_id=self.context_id, message_id=message_id)
         self.requests.append(request)
         self.sent_to[dest] += 1
@@ -169,7 +185,7 @@ class _Pass:
         spun_since = time.monotonic()
         sleep = _SLEEP_MIN
         while True:
-            message = self.comms.gradient.improbe(MPI.ANY_SOURCE, _TAG, status)
+            message = self.comms.gradient.improbe(MPI.ANY_SOURCE, self.tag, status)
             if message is not None:
                 break
             if not block:
@@ -228,7 +244,7 @@ class _Pass:
                 f"message id {mid} from rank {node.dest}"
                 for mid, node in sorted(self.waiting.items())
             )
-            raise TimeoutError(
+            raise _Stalled(
                 f"rank {self.comms.rank}: dist_autograd.backward in context {self.context_id} "
                 f"timed out still waiting for: {waits or 'the other ranks to finish'}"
             )
@@ -274,6 +290,7 @@ class _Pass:
         sleep = _SLEEP_MIN
         start = time.monotonic()
         while not done():
+            self._check_deadline()
             try:
                 got = self._receive_one(block=False)
             except _PeerFailed:

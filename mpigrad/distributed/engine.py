@@ -12,12 +12,13 @@ supplied to the task.  Recv functions the task cannot reach send their marker at
 send function receives exactly one message and a sent tensor that no root uses blocks no one.
 
 Note [ending a pass]: when a rank's part is done (every send function has its message and the
-task has nothing ready), or has failed, it joins two non-blocking allreduces on the control
-communicator: the number of messages it sent to each rank (SUM), and flags (MAX): failed, the
-context id and retain_graph, each also negated so MAX gives the minimum.  While they are pending
-it keeps receiving, so no rank's send waits on it; once they complete it knows how many messages
-were sent to it in all, and receives until it has them all.  So every message of a pass is
-received within the pass (nothing leaks into the next one), and every rank learns the outcome.
+task has nothing ready), or has failed, it joins one non-blocking allreduce (SUM) on the control
+communicator of: the number of messages it sent to each rank, whether it failed, its context id
+and its square (equal ids iff size * sum(id**2) == sum(id)**2), and retain_graph.  While it
+is pending the rank keeps receiving, so no rank's send waits on it; once it completes the rank
+knows how many messages were sent to it in all, and receives until it has them all.  So every
+message of a pass is received within the pass (nothing leaks into the next one), and every rank
+learns the outcome.
 A rank that fails sends an ERROR message with its text to every other rank first: ranks waiting
 for its gradients wake up at once and stop, and every rank can name the failing rank in the error
 it raises.
@@ -28,14 +29,16 @@ the same order.  A pass that ends abnormally (a timeout) may leave messages behi
 old tag they can never be matched, nor counted, by a later pass, even on a communicator that
 ``init`` made again after ``destroy`` (MPI may recycle a freed communicator's identity).
 
-Note [waiting]: MPICH's blocking calls spin a core.  A rank waiting here polls instead: it spins
-for a while if it has a core to itself, then sleeps between polls with a backoff (20 us growing
-to 1 ms), and sleeps from the start when ranks share cores (more ranks than cores on the node),
-so a waiting rank never slows the ranks that are working.
+Note [waiting]: MPICH's blocking calls spin a core.  A rank waiting here polls instead.  With a
+core to itself it spins for up to 10 ms (measured: backing off after 50 us made a 1 MiB backward
+4x slower, as the waiting rank overslept the message), then sleeps between polls.  When ranks
+share cores (more ranks than cores on the node) it sleeps from the start, 20 us growing to 200 us
+between polls, so a waiting rank never slows the ranks that are working (measured: 4 ranks on 2
+cores, a computing rank ran at 0.995x its speed beside idle ranks; 1.8x beside MPICH's spin).
 """
 
+import functools
 import os
-import sys
 import time
 
 import numpy as np
@@ -45,9 +48,9 @@ from ..engine import GraphTask
 from ..graph import gradient_edge
 from ..kernels import threads
 from ..tensor import Tensor
+from . import buffers, messages
 from . import comm as _comm
 from . import context as _context
-from . import messages
 from .functions.send import post_send
 from .messages import Kind
 
@@ -56,8 +59,16 @@ __all__ = ["backward", "DistBackwardError", "TIMEOUT_ENV"]
 TIMEOUT_ENV = "MPIGRAD_BACKWARD_TIMEOUT"
 """Environment variable: default ``timeout`` of ``backward`` in seconds (unset: no timeout)."""
 
-_SPIN_SECONDS = 50e-6
-_SLEEP_MIN, _SLEEP_MAX = 20e-6, 1e-3
+_ID_MODULUS = 1_000_003  # a prime: context ids are compared modulo it (see _finish)
+_SPIN_SECONDS = 10e-3  # with a core to itself; see Note [waiting]
+_SLEEP_MIN, _SLEEP_MAX = 20e-6, 200e-6
+
+
+@functools.cache
+def _shared_cores():
+    """Whether this node runs more ranks than this process has cores (see Note [waiting])."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    return threads.local_ranks(os.environ) > cores
 
 
 class DistBackwardError(RuntimeError):
@@ -103,8 +114,7 @@ class _Pass:
         self.requests = []  # our sends in flight, with their buffers
         self.failure = None  # this rank's own failure text
         self.errors = {}  # rank -> failure text, from ERROR messages
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-        self.shared_cores = threads.local_ranks(os.environ) > cores
+        self.shared_cores = _shared_cores()
 
     def run(self):
         try:
@@ -202,7 +212,7 @@ class _Pass:
         if header.inline:
             array = messages.unpack_inline(header, words)
         else:
-            array = _receive_buffer(header)
+            array = buffers.receive_buffer(header.shape, header.dtype)
             self.comms.payload.Recv([array.reshape(-1).view(np.uint8), MPI.BYTE], source,
                                     header.payload_tag)
         self.received += 1
@@ -253,25 +263,30 @@ class _Pass:
     def _finish(self):
         """See Note [ending a pass]."""
         comms = self.comms
-        totals = np.zeros(comms.size, dtype=np.int64)
         failed = self.failure is not None or bool(self.errors)
-        flags = np.array([failed, self.context_id, -self.context_id, self.retain_graph,
-                          -self.retain_graph], dtype=np.int64)
-        agreed = np.zeros_like(flags)
-        pending = [comms.control.Iallreduce(self.sent_to, totals, op=MPI.SUM),
-                   comms.control.Iallreduce(flags, agreed, op=MPI.MAX)]
-        self._drain_until(lambda: MPI.Request.Testall(pending))
-        self._drain_until(lambda: self.received >= totals[comms.rank])
+        cid = self.context_id
+        h = cid % _ID_MODULUS  # small, so that its square sums in int64 on any number of ranks
+        local = np.concatenate(
+            [self.sent_to, [failed, h, h * h, self.retain_graph]]).astype(np.int64)
+        total = np.zeros_like(local)
+        pending = comms.control.Iallreduce(local, total, op=MPI.SUM)
+        self._drain_until(pending.Test)
+        size = comms.size
+        self._drain_until(lambda: self.received >= total[comms.rank])
+        failed_ranks, id_sum, id_squares, retained = total[size:]
         self._drain_until(lambda: all(r.test() for r in self.requests))
         self.requests = []
         problems = dict(self.errors)
         if self.failure is not None:
             problems[comms.rank] = f"rank {comms.rank}: {self.failure}"
-        if not problems and agreed[1] != -agreed[2]:
-            problems[-1] = (f"the ranks called backward for different contexts (ids "
-                            f"{-agreed[2]} to {agreed[1]})")
-        if not problems and agreed[3] != -agreed[4]:
-            problems[-1] = "the ranks disagree on retain_graph"
+        # The ids agree iff size * sum(id**2) == sum(id)**2 (Cauchy-Schwarz).  Every rank sees
+        # the same sums, so all of them gather the ids here together.
+        if size * int(id_squares) != int(id_sum) ** 2:
+            ids = comms.control.allgather(cid)
+            if not problems:
+                problems[-1] = f"the ranks called backward for different contexts: ids {ids}"
+        if not problems and retained not in (0, size):
+            problems[-1] = f"the ranks disagree on retain_graph ({retained} of {size} set it)"
         if problems:
             failing = sorted(r for r in problems if r >= 0)
             raise DistBackwardError(
@@ -280,7 +295,7 @@ class _Pass:
                 + f" (raised on rank {comms.rank}):\n"
                 + "\n".join(problems[r] for r in sorted(problems))
             )
-        if agreed[0]:
+        if failed_ranks:
             raise DistBackwardError(f"distributed backward in context {self.context_id} failed")
         if not self.retain_graph:
             self.ctx.graph_freed = True
@@ -304,26 +319,3 @@ class _Pass:
             elif self.shared_cores or time.monotonic() - start > _SPIN_SECONDS:
                 time.sleep(sleep)
                 sleep = min(2 * sleep, _SLEEP_MAX)
-
-
-# Note [received buffers]: a fresh 64 MiB array costs 46 ms of page faults where a reused one
-# costs 4 ms (measured here), so large gradients are received into buffers kept between passes.
-# A buffer is reused only when nothing but the pool refers to it (its gradient was dropped).
-_POOL_MIN_BYTES = 1 << 20
-_POOL_PER_SIZE = 4
-_pool = {}  # nbytes -> [uint8 buffers]
-
-
-def _receive_buffer(header):
-    """An array of the header's shape and dtype to receive into (see Note [received buffers])."""
-    if header.nbytes < _POOL_MIN_BYTES:
-        return np.empty(header.shape, header.dtype)
-    buffers = _pool.setdefault(header.nbytes, [])
-    for buffer in buffers:
-        # References: the list, this loop's name, getrefcount's argument; a view adds one.
-        if sys.getrefcount(buffer) == 3:
-            return buffer.view(header.dtype).reshape(header.shape)
-    buffer = np.empty(header.nbytes, np.uint8)
-    if len(buffers) < _POOL_PER_SIZE:
-        buffers.append(buffer)
-    return buffer.view(header.dtype).reshape(header.shape)

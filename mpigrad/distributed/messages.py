@@ -18,6 +18,7 @@ Header (``HEADER_WORDS`` int64 words, in this order)::
   message. See Note [inline payloads].
 """
 
+import struct
 from enum import IntEnum
 from typing import NamedTuple
 
@@ -101,6 +102,9 @@ def dtype_code(dtype):
         ) from None
 
 
+_HEADER = struct.Struct(f"={HEADER_WORDS}q")  # the header's words, packed in one call
+
+
 def encode_header(
     kind, dtype, shape, *, context_id=NO_CONTEXT, message_id=-1, requires_grad=False,
     payload_tag=-1, out=None,
@@ -112,28 +116,25 @@ def encode_header(
             f"mpigrad.distributed sends at most {MAX_NDIM} dimensions; got {len(shape)} "
             f"(shape {shape})"
         )
+    dtype = np.dtype(dtype)
     code = dtype_code(dtype)
     if out is None:
         out = np.zeros(MESSAGE_WORDS, dtype=np.int64)
-    out[_VERSION] = FORMAT_VERSION
-    out[_KIND] = Kind(kind)
-    out[_CONTEXT] = context_id
-    out[_MESSAGE] = message_id
-    out[_REQUIRES_GRAD] = bool(requires_grad)
-    out[_DTYPE] = code
-    out[_NDIM] = len(shape)
-    out[_SHAPE:_NBYTES] = 0
-    out[_SHAPE:_SHAPE + len(shape)] = shape
-    out[_NBYTES] = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    out[_PAYLOAD_TAG] = payload_tag
+    nbytes = dtype.itemsize
+    for n in shape:
+        nbytes *= n
+    _HEADER.pack_into(
+        out, 0, FORMAT_VERSION, Kind(kind), context_id, message_id, bool(requires_grad), code,
+        len(shape), *shape, *(0,) * (MAX_NDIM - len(shape)), nbytes, payload_tag,
+    )
     return out
 
 
 def decode_header(words):
     """Parse the first HEADER_WORDS of an int64 array; ValueError on a malformed header."""
-    words = [int(w) for w in words[:HEADER_WORDS]]
     if len(words) < HEADER_WORDS:
         raise ValueError(f"a message header has {HEADER_WORDS} words; got {len(words)}")
+    words = _HEADER.unpack_from(words)
     if words[_VERSION] != FORMAT_VERSION:
         raise ValueError(
             f"message format version {words[_VERSION]} from the peer; this mpigrad speaks "
@@ -143,15 +144,18 @@ def decode_header(words):
         kind = Kind(words[_KIND])
     except ValueError:
         raise ValueError(f"unknown message kind {words[_KIND]} in a header") from None
-    if words[_DTYPE] not in _DTYPES:
+    dtype = _DTYPES.get(words[_DTYPE])
+    if dtype is None:
         raise ValueError(f"unknown dtype code {words[_DTYPE]} in a header")
-    dtype = _DTYPES[words[_DTYPE]]
     ndim = words[_NDIM]
     if not 0 <= ndim <= MAX_NDIM:
         raise ValueError(f"a header gives ndim {ndim}; at most {MAX_NDIM} are allowed")
-    shape = tuple(words[_SHAPE:_SHAPE + ndim])
+    shape = words[_SHAPE:_SHAPE + ndim]
     nbytes = words[_NBYTES]
-    if min(shape, default=0) < 0 or nbytes != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+    expected = dtype.itemsize
+    for n in shape:
+        expected *= n
+    if min(shape, default=0) < 0 or nbytes != expected:
         raise ValueError(f"a header's nbytes {nbytes} does not match shape {shape} of {dtype}")
     return Header(
         kind, words[_CONTEXT], words[_MESSAGE], bool(words[_REQUIRES_GRAD]), dtype, shape, nbytes,

@@ -17,9 +17,9 @@ from mpi4py import MPI
 from ...grad_mode import is_grad_enabled
 from ...graph import Node
 from ...tensor import Tensor
+from .. import buffers, messages
 from .. import comm as _comm
 from .. import context as _context
-from .. import messages
 from ..messages import NO_CONTEXT, Kind
 
 __all__ = ["recv", "irecv", "RecvRequest", "RecvBackward"]
@@ -103,7 +103,7 @@ class RecvRequest:
             )
         if header.inline:
             return header, messages.unpack_inline(header, self._words)
-        array = np.empty(header.shape, dtype=header.dtype)
+        array = buffers.receive_buffer(header.shape, header.dtype)
         payload = array.reshape(-1).view(np.uint8)
         self._comms.payload.Recv([payload, MPI.BYTE], self._source, header.payload_tag)
         return header, array

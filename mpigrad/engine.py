@@ -32,7 +32,7 @@ import heapq
 import numpy as np
 
 from .dual import open_levels, set_tangent
-from .grad_mode import _State, set_grad_enabled
+from .grad_mode import _State
 from .graph import AccumulateGrad, GraphRoot
 from .kernels import accumulate as accumulate_into
 from .kernels import sum_into
@@ -83,7 +83,7 @@ class GraphTask:
         self.arrays = not create_graph and not open_levels()  # see Note [array mode]
         root = GraphRoot(roots, [self._value(g) for g in grads])
         starts = [root, *extra_roots]
-        self.dependencies, parents = _count_dependencies(starts)
+        self.dependencies, parents = _count_dependencies(starts, capture is not None)
         for node in extra_roots:
             self.dependencies[node] = self.dependencies.get(node, 0) + 1  # the outside input
         self.buffers = {}
@@ -105,15 +105,14 @@ class GraphTask:
 
     def execute(self):
         """Run every node that is ready, until none is.  Runs with grad mode = create_graph."""
-        prev = _State.array_mode
-        _State.array_mode = self.arrays
+        prev = _State.array_mode, _State.grad_enabled
+        _State.array_mode, _State.grad_enabled = self.arrays, self.create_graph
         try:
-            with set_grad_enabled(self.create_graph):
-                while self.ready:
-                    node = heapq.heappop(self.ready)[1]
-                    self._run(node)
+            ready, run = self.ready, self._run
+            while ready:
+                run(heapq.heappop(ready)[1])
         finally:
-            _State.array_mode = prev
+            _State.array_mode, _State.grad_enabled = prev
 
     def _value(self, grad):
         """A gradient as this pass carries it: an ndarray in array mode, else a Tensor."""
@@ -226,20 +225,22 @@ class GraphTask:
         return grads
 
 
-def _count_dependencies(starts):
-    """Incoming-edge count of every node reachable from ``starts``, and each node's parents."""
+def _count_dependencies(starts, want_parents):
+    """Incoming-edge count of every node reachable from ``starts``, and (if ``want_parents``)
+    each node's parents."""
     dependencies, parents = {}, {}
-    seen = set(starts)
     stack = list(starts)
+    starts = set(starts)
     while stack:
         node = stack.pop()
         for nxt, _ in node.next_functions:
             if nxt is None:
                 continue
-            dependencies[nxt] = dependencies.get(nxt, 0) + 1
-            parents.setdefault(nxt, []).append(node)
-            if nxt not in seen:
-                seen.add(nxt)
+            count = dependencies.get(nxt)
+            dependencies[nxt] = 1 if count is None else count + 1
+            if want_parents:
+                parents.setdefault(nxt, []).append(node)
+            if count is None and nxt not in starts:  # first visit: walk on from it
                 stack.append(nxt)
     return dependencies, parents
 

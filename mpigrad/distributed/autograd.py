@@ -11,9 +11,12 @@ The objective is the sum of all roots on all ranks (see ``mpigrad.distributed``)
 """
 
 from .context import context, retrieve
-from .engine import TIMEOUT_ENV, DistBackwardError, backward
+from .engine import TIMEOUT_ENV, BackwardTimeoutError, DistBackwardError, backward
 
-__all__ = ["context", "backward", "get_gradients", "DistBackwardError", "TIMEOUT_ENV"]
+__all__ = [
+    "context", "backward", "get_gradients", "DistBackwardError", "BackwardTimeoutError",
+    "TIMEOUT_ENV",
+]
 
 
 def get_gradients(context_id):

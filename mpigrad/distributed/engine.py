@@ -56,7 +56,7 @@ from . import context as _context
 from .functions.send import post_send
 from .messages import Kind
 
-__all__ = ["backward", "DistBackwardError", "TIMEOUT_ENV"]
+__all__ = ["backward", "DistBackwardError", "BackwardTimeoutError", "TIMEOUT_ENV"]
 
 TIMEOUT_ENV = "MPIGRAD_BACKWARD_TIMEOUT"
 """Environment variable: default ``timeout`` of ``backward`` in seconds (unset: no timeout)."""
@@ -82,9 +82,9 @@ class _PeerFailed(Exception):
     """Another rank's part failed: stop this rank's part (the error comes at the end)."""
 
 
-class _Stalled(TimeoutError):
-    """The timeout passed: raised at once, without the closing agreement, which could wait for
-    the rank that stalls."""
+class BackwardTimeoutError(TimeoutError):
+    """``backward``'s timeout passed on this rank: raised at once, without the closing agreement
+    (which could wait for the rank that stalls), listing what this rank still waits for."""
 
 
 def backward(context_id, roots, retain_graph=False, timeout=None):
@@ -92,14 +92,27 @@ def backward(context_id, roots, retain_graph=False, timeout=None):
 
     Gradients of this rank's leaves accumulate in the context (``get_gradients``).  Blocks until
     the whole distributed computation is done; raises ``DistBackwardError`` on every rank if any
-    rank failed.  ``timeout`` (seconds; default from ``MPIGRAD_BACKWARD_TIMEOUT``, else none):
+    rank failed.  ``timeout`` (seconds; default ``MPIGRAD_BACKWARD_TIMEOUT``, read at the first
+    backward of the process, else none):
     a rank still waiting for gradients after it raises, listing the message ids and peers it
     waits for, without waiting for the others to agree (the communicators are then in an unknown
     state: end the job, or ``destroy()`` and ``init()`` mpigrad's communicators).
     """
-    if timeout is None and os.environ.get(TIMEOUT_ENV):
-        timeout = float(os.environ[TIMEOUT_ENV])
+    if timeout is None:
+        timeout = _default_timeout()
     _Pass(_comm.get(), context_id, roots, bool(retain_graph), timeout).run()
+
+
+@functools.cache
+def _default_timeout():
+    """``MPIGRAD_BACKWARD_TIMEOUT`` in seconds, read once per process (None when unset)."""
+    value = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds, got {value!r}") from None
 
 
 class _Backoff:
@@ -146,7 +159,7 @@ class _Pass:
                     self._receive_one(block=True)
         except _PeerFailed:
             pass
-        except _Stalled as exc:  # tell every rank, then give up at once (no agreement)
+        except BackwardTimeoutError as exc:  # tell every rank, then give up at once (no agreement)
             self.failure = f"TimeoutError: {exc}"
             self._broadcast_error()
             raise
@@ -272,7 +285,7 @@ class _Pass:
                 f"message id {mid} from rank {node.dest}"
                 for mid, node in sorted(self.waiting.items())
             )
-            raise _Stalled(
+            raise BackwardTimeoutError(
                 f"rank {self.comms.rank}: dist_autograd.backward in context {self.context_id} "
                 f"timed out still waiting for: {waits or 'the other ranks to finish'}"
             )
@@ -284,12 +297,13 @@ class _Pass:
         failed = self.failure is not None or bool(self.errors)
         cid = self.context_id
         h = cid % _ID_MODULUS  # small, so that its square sums in int64 on any number of ranks
-        local = np.concatenate(
-            [self.sent_to, [failed, h, h * h, self.retain_graph]]).astype(np.int64)
-        total = np.zeros_like(local)
+        size = comms.size
+        local = np.empty(size + 4, np.int64)
+        local[:size] = self.sent_to
+        local[size:] = failed, h, h * h, self.retain_graph
+        total = np.empty_like(local)
         pending = comms.control.Iallreduce(local, total, op=MPI.SUM)
         self._drain_until(pending.Test)
-        size = comms.size
         self._drain_until(lambda: self.received >= total[comms.rank])
         failed_ranks, id_sum, id_squares, retained = total[size:]
         self._drain_until(lambda: all(r.test() for r in self.requests))
@@ -320,6 +334,8 @@ class _Pass:
 
     def _drain_until(self, done):
         """Receive (and handle or drop) messages until ``done()``, polling as in Note [waiting]."""
+        if done():
+            return
         backoff = _Backoff(self.shared_cores)
         while not done():
             self._check_deadline()

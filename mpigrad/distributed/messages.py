@@ -109,7 +109,8 @@ def encode_header(
     kind, dtype, shape, *, context_id=NO_CONTEXT, message_id=-1, requires_grad=False,
     payload_tag=-1, out=None,
 ):
-    """Write a header into out (a fresh MESSAGE_WORDS int64 array if None) and return out."""
+    """Write a header into out (a fresh MESSAGE_WORDS int64 array if None; at least
+    HEADER_WORDS long) and return out.  Words after the header are left as they are."""
     shape = tuple(int(n) for n in shape)
     if len(shape) > MAX_NDIM:
         raise ValueError(
@@ -119,7 +120,7 @@ def encode_header(
     dtype = np.dtype(dtype)
     code = dtype_code(dtype)
     if out is None:
-        out = np.zeros(MESSAGE_WORDS, dtype=np.int64)
+        out = np.empty(MESSAGE_WORDS, dtype=np.int64)
     nbytes = dtype.itemsize
     for n in shape:
         nbytes *= n
@@ -178,13 +179,15 @@ def pack(array, kind=Kind.TENSOR, *, payload_tag=-1, **header):
     """
     array = np.asarray(array)
     dtype_code(array.dtype)  # the dtype error before any copying
-    if array.nbytes <= INLINE_LIMIT:
-        words = encode_header(kind, array.dtype, array.shape, **header)
-        nwords = HEADER_WORDS + (array.nbytes + 7) // 8
-        if array.nbytes:
-            data = _bytes_of(np.ascontiguousarray(array))
-            words.view(np.uint8)[_HEADER_BYTES:_HEADER_BYTES + array.nbytes] = data
-        return words[:nwords], None
+    nbytes = array.nbytes
+    if nbytes <= INLINE_LIMIT:
+        nwords = HEADER_WORDS + (nbytes + 7) // 8
+        words = encode_header(kind, array.dtype, array.shape, **header,
+                              out=np.empty(nwords, dtype=np.int64))
+        if nbytes:
+            words.view(np.uint8)[_HEADER_BYTES:_HEADER_BYTES + nbytes] = _bytes_of(
+                np.ascontiguousarray(array))
+        return words, None
     if payload_tag < 0:
         raise ValueError(f"a payload of {array.nbytes} bytes needs a payload tag")
     words = encode_header(kind, array.dtype, array.shape, payload_tag=payload_tag, **header)

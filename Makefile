@@ -22,8 +22,8 @@ TEST_TIMEOUT ?= 300
 # Seconds per mpiexec run: MPIEXEC_TIMEOUT, then coreutils timeout.
 MPI_RUN_TIMEOUT ?= 1200
 PYTEST_ARGS ?=
-DEMO ?= examples/demo.py
-DEMO_NP ?= 2
+DEMO ?= examples/pipeline_mlp.py
+DEMO_NP ?= 4
 BENCH_NP ?= 2
 # The CPU wheel in /opt/wheels; any other version pulls gigabytes.
 TORCH_VERSION := 2.13.0

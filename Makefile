@@ -50,13 +50,14 @@ SOURCES := setup.cfg pyproject.toml README.md LICENSE \
 	  2>/dev/null)
 STAMP := $(VENV)/.mpigrad-installed
 
-.PHONY: help venv test test-serial test-mpi demo lint bench torch clean
+.PHONY: help venv test test-serial test-mpi test-slurm demo lint bench torch clean
 
 help:
 	@echo "make demo         venv, then $(DEMO) under mpiexec -n $(DEMO_NP)"
 	@echo "make test         serial suite (tests/), then tests/mpi/ under mpiexec -n $(MPI_SIZES)"
 	@echo "make test-serial  pytest tests/ (tests/mpi/ included, on one rank)"
 	@echo "make test-mpi     tests/mpi/ under mpiexec -n N for N in MPI_SIZES ($(MPI_SIZES))"
+	@echo "make test-slurm   slurm/*.sbatch submitted to a one-node Slurm on localhost (root)"
 	@echo "make lint         ruff check"
 	@echo "make bench        each benchmarks/*.py --quick under mpiexec -n $(BENCH_NP)"
 	@echo "make torch        torch==$(TORCH_VERSION) into the venv, the benchmarks' baseline"
@@ -95,6 +96,17 @@ test-mpi: venv
 	    *) echo "error: tests/mpi failed under mpiexec -n $$n (exit $$status)" >&2; exit $$status ;; \
 	  esac; \
 	done
+
+# The batch scripts run for real: slurm/test-local.sh starts a one-node Slurm on localhost
+# (slurm/local-cluster.sh: Debian's packages, needs root), submits tests.sbatch and
+# examples.sbatch (and scaling.sbatch --quick) on SLURM_TEST_NP tasks, checks them and stops it.
+SLURM_TEST_NP ?= 2
+# Seconds to wait for all the jobs.
+SLURM_TEST_WAIT ?= 900
+
+test-slurm: venv
+	PYTHON=$(PY) PYTEST=$(BIN)/pytest MPIEXEC=$(MPIEXEC) SLURM_TEST_NP=$(SLURM_TEST_NP) \
+	  SLURM_TEST_WAIT=$(SLURM_TEST_WAIT) slurm/test-local.sh
 
 demo: venv
 	@test -f "$(DEMO)" || { echo "make demo: $(DEMO) does not exist (DEMO=path/to/script.py names another)" >&2; exit 1; }

@@ -59,6 +59,11 @@ except ImportError:  # run from a source tree: benchmarks/ sits next to mpigrad/
 import mpigrad.distributed as dist  # noqa: E402
 import mpigrad.distributed.autograd as dist_autograd  # noqa: E402
 
+# The example's data set and optimizer (examples/_training.py), so both train the same way.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "examples"))
+from _training import Adam, spirals  # noqa: E402
+
 BATCH, MICRO_BATCHES, LEARNING_RATE = 128, 4, 0.01  # as in the example
 WIDTHS = (32, 256, 1024)
 QUICK_WIDTHS = (32, 256)
@@ -80,39 +85,7 @@ def quartiles(values):
     return tuple(statistics.quantiles(values, n=4, method="inclusive"))
 
 
-def spirals(n, rng):
-    """``n`` points on three noisy spiral arms, and their arm (class) index (the example's)."""
-    labels = rng.integers(0, 3, n)
-    radius = rng.uniform(0.1, 1.0, n)
-    angle = 6.0 * radius + labels * 2.0 * np.pi / 3 + rng.normal(0, 0.3, n)
-    points = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
-    return points, labels
-
-
 X_TRAIN, Y_TRAIN = spirals(2048, np.random.default_rng(1234))
-
-
-class Adam:
-    """Adam on a list of parameters, reading gradients from a ``{leaf: gradient}`` dict."""
-
-    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8):
-        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
-        self.m = [np.zeros_like(p.data) for p in params]
-        self.v = [np.zeros_like(p.data) for p in params]
-        self.t = 0
-
-    def step(self, grads):
-        self.t += 1
-        b1, b2 = self.betas
-        for p, m, v in zip(self.params, self.m, self.v):
-            g = grads[p].data
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * g * g
-            m_hat = m / (1 - b1**self.t)
-            v_hat = v / (1 - b2**self.t)
-            p.data -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
 
 
 class Model:

@@ -36,6 +36,7 @@ from .grad_mode import _State
 from .graph import AccumulateGrad, GraphRoot
 from .kernels import accumulate as accumulate_into
 from .kernels import sum_into
+from .slice_grad import SliceGrad, sum_with_slices
 from .tensor import Tensor
 
 __all__ = ["GraphTask", "BackwardError", "accumulate_grad", "added"]
@@ -132,13 +133,9 @@ class GraphTask:
 
     def _run(self, node):
         buffers = self.buffers
-        pending = buffers.pop(node, None)
-        grads = [None if pending is None else pending[0] if len(pending) == 1
-                 else _sum(pending, self.create_graph)]
+        grads = [_total(buffers.pop(node, None), self.create_graph)]
         for nr in range(1, len(node.output_meta)):
-            pending = buffers.pop((node, nr), None)
-            grads.append(None if pending is None else pending[0] if len(pending) == 1
-                         else _sum(pending, self.create_graph))
+            grads.append(_total(buffers.pop((node, nr), None), self.create_graph))
         if node.pre_hooks or node.retained or node in self.capture_slots or (
             type(node) is AccumulateGrad and node.variable._hooks
         ):
@@ -169,7 +166,7 @@ class GraphTask:
             if grad is not None:
                 m = meta[i] if meta else None
                 if self.arrays:
-                    if type(grad) is not np.ndarray:
+                    if type(grad) is not np.ndarray and type(grad) is not SliceGrad:
                         grad = _array(node, i, grad)
                     if m and (grad.shape != m[0] or grad.dtype != m[1]):
                         grad = _fit(node, i, grad, m)
@@ -257,9 +254,21 @@ def _needed_for(capture_slots, parents):
     return needed
 
 
+def _total(pending, create_graph):
+    """The gradient that reached one output: None, the one that came, or their sum (dense)."""
+    if pending is None:
+        return None
+    if len(pending) == 1:
+        grad = pending[0]
+        return grad.dense() if type(grad) is SliceGrad else grad
+    return _sum(pending, create_graph)
+
+
 def _sum(grads, create_graph):
     """The sum of two or more gradients that reached one input: the first was kept by reference,
     the second allocates, the rest are added in place in one pass (kernels.sum_into)."""
+    if any(type(g) is SliceGrad for g in grads):  # array mode, see Note [slice gradients]
+        return sum_with_slices(grads)
     if type(grads[0]) is np.ndarray:  # array mode
         dst = np.asarray(np.add(grads[0], grads[1]))  # 0-d inputs give a numpy scalar
         if len(grads) > 2:

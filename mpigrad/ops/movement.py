@@ -4,6 +4,8 @@ import numpy as np
 
 from .. import kernels
 from ..function import Function
+from ..grad_mode import _State
+from ..slice_grad import SliceGrad
 from ..tensor import Tensor
 from ._util import data, normalize_axis
 
@@ -87,11 +89,13 @@ class GetItem(Function):
 
     @staticmethod
     def forward(ctx, x, index):
-        ctx.shape, ctx.index = data(x).shape, index
+        ctx.shape, ctx.dtype, ctx.index = data(x).shape, data(x).dtype, index
         return data(x)[index]
 
     @staticmethod
     def backward(ctx, grad):
+        if _State.array_mode and _is_basic(ctx.index):  # see Note [slice gradients]
+            return SliceGrad(ctx.shape, ctx.dtype, ctx.index, grad), None
         return IndexAdd.apply(grad, ctx.shape, ctx.index), None
 
     @staticmethod

@@ -57,3 +57,14 @@ def test_hooks_see_dense_tensors():
 def test_dense_form():
     s = SliceGrad((2, 3), np.float64, (slice(None), slice(1, 2)), np.array([[4.0], [5.0]]))
     np.testing.assert_array_equal(s.dense(), [[0, 4, 0], [0, 5, 0]])
+
+
+def test_a_shared_dense_gradient_is_never_written():
+    # Add's backward hands the same array to both inputs; summing one input's gradients in
+    # place would change the other's.  Here y gets that array and a slice; x gets it too.
+    x = mg.tensor(np.zeros(4), requires_grad=True)
+    y = mg.tensor(np.zeros(4), requires_grad=True)
+    s = x + y
+    (s.sum() + y[1:2].sum() * 5.0).backward()
+    np.testing.assert_array_equal(x.grad.data, [1, 1, 1, 1])
+    np.testing.assert_array_equal(y.grad.data, [1, 6, 1, 1])

@@ -26,7 +26,8 @@ JOBS=$MPIGRAD_SLURM_DIR/jobs
 fail() { echo "error: make test-slurm: $*" >&2; exit 1; }
 
 slurm/local-cluster.sh start || fail "could not start the local Slurm (slurm/local-cluster.sh start)"
-trap 'slurm/local-cluster.sh stop' EXIT
+summary=""  # "N passed, M failed": printed last, after the cluster stops (CI reads the last line)
+trap 'slurm/local-cluster.sh stop; [ -z "$summary" ] || echo "$summary"' EXIT
 rm -rf "$JOBS"
 mkdir -p "$JOBS"
 
@@ -66,6 +67,7 @@ done
 echo "all jobs left the queue after $((SECONDS - start)) s"
 
 failed=0
+passed_jobs=0
 for i in "${!ids[@]}"; do
     name=${names[$i]} id=${ids[$i]} out=$JOBS/${names[$i]}.out
     info=$(scontrol -o show job "$id") || fail "scontrol show job $id: no record of job $id"
@@ -83,7 +85,10 @@ for i in "${!ids[@]}"; do
     elif [[ $name == scaling && $last != "scaling sweep over "*" done" ]]; then
         echo "error: job $id ($name): its output does not end with 'scaling sweep over ... done'" >&2
         failed=1
+    else
+        passed_jobs=$((passed_jobs + 1))
     fi
 done
+summary="$passed_jobs passed, $((${#ids[@]} - passed_jobs)) failed"
 [ "$failed" -eq 0 ] || fail "some Slurm jobs failed; see above"
 echo "make test-slurm: ${#ids[@]} Slurm jobs passed: ${names[*]}"

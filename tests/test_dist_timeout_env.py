@@ -3,15 +3,12 @@
 Each case runs a one-rank program in a subprocess, so the variable is set before its first pass.
 """
 
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
-
-ROOT = str(Path(__file__).resolve().parent.parent)
+from spawn import child_env
 
 # A tensor sent to this rank itself and never received: its send function waits for ever.
 STALLED = textwrap.dedent(
@@ -35,10 +32,7 @@ STALLED = textwrap.dedent(
 
 
 def _run(value):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_", "MPI_"))}
-    env["MPIGRAD_BACKWARD_TIMEOUT"] = value
-    if not os.environ.get("MPIGRAD_TEST_INSTALLED"):  # else the installed mpigrad is under test
-        env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    env = child_env(MPIGRAD_BACKWARD_TIMEOUT=value)
     return subprocess.run([sys.executable, "-c", STALLED], env=env, capture_output=True,
                           text=True, timeout=60)
 

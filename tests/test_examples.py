@@ -1,53 +1,25 @@
 """Every example in examples/ runs under mpiexec at 2 and 3 ranks, exits 0 and prints its result.
 
-Each run is a subprocess with a hard limit (MPICH's MPIEXEC_TIMEOUT, then a kill of its process
-group), so a hung example fails its test instead of hanging the suite. With
-MPIGRAD_TEST_INSTALLED set (``make test``) the examples import the installed mpigrad; otherwise
-the source tree is put on PYTHONPATH.
+Each run is a subprocess with a hard limit (``spawn.run_limited``), so a hung example fails its
+test instead of hanging the suite; the examples import the mpigrad this test run imports.
 """
 
-import os
 import re
-import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from spawn import MPIEXEC, needs_mpiexec, run_limited
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
-# The mpiexec of the MPI that mpi4py runs on: the MPICH wheel puts it beside python.
-MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 LIMIT = 120  # s per run; each takes a few seconds
-
-needs_mpiexec = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec beside python or on PATH")
 
 
 def run_example(name, n, tmp_path):
     """Run examples/name on n ranks; return (returncode, output)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_", "MPI_"))}
-    env["MPIEXEC_TIMEOUT"] = str(LIMIT)
-    if not os.environ.get("MPIGRAD_TEST_INSTALLED"):  # else the installed mpigrad is under test
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.Popen(
-        [MPIEXEC, "-n", str(n), sys.executable, str(EXAMPLES / name)],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=LIMIT + 15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"{name} on {n} ranks still running after {LIMIT + 15} s:\n{output}")
-    return proc.returncode, output
+    returncode, output, _ = run_limited(
+        [MPIEXEC, "-n", str(n), sys.executable, str(EXAMPLES / name)], LIMIT, cwd=tmp_path)
+    return returncode, output
 
 
 @needs_mpiexec

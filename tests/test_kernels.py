@@ -4,24 +4,21 @@ every path (Numba serial, Numba parallel, NumPy); dispatch; error texts; the thr
 The CUDA kernels are tested in test_kernels_cuda.py."""
 
 import contextlib
-import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from spawn import MPIEXEC, child_env
 
 from mpigrad import kernels
 from mpigrad.kernels import threads
 
 PATHS = ("numba-serial", "numba-parallel", "numpy")
 DTYPES = (np.float32, np.float64)
-IMPORT_ROOT = str(Path(kernels.__file__).parent.parent.parent)  # holds this run's mpigrad
 
 
 @contextlib.contextmanager
@@ -53,7 +50,7 @@ def run_python(code, **env):
     """Run ``code`` in a fresh interpreter that imports this run's mpigrad."""
     return subprocess.run(
         [sys.executable, "-c", code],
-        env={**os.environ, "PYTHONPATH": IMPORT_ROOT, **env},
+        env=child_env(**env),
         capture_output=True,
         text=True,
         timeout=120,
@@ -323,14 +320,11 @@ def test_set_num_threads_overrides_then_returns_to_the_policy(monkeypatch):
 
 def test_policy_under_mpiexec_gives_two_ranks_half_the_cores_each():
     """MPICH hydra sets MPI_LOCALNRANKS (and PMI_SIZE); the policy must read it from a launch."""
-    search = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    mpiexec = shutil.which("mpiexec", path=search)
-    assert mpiexec, "mpiexec is neither next to the interpreter nor on PATH"
+    assert MPIEXEC, "mpiexec is neither next to the interpreter nor on PATH"
     env = {
         name: value
-        for name, value in os.environ.items()
+        for name, value in child_env().items()
         if name not in threads.LOCAL_SIZE_VARS + ("MPIGRAD_NUM_THREADS",)
-        and not name.startswith(("PMI_", "HYDRA_"))
     }
     code = (  # one line per rank, written whole: the two ranks share the pipe
         "import os; from mpigrad.kernels import threads; "
@@ -338,8 +332,8 @@ def test_policy_under_mpiexec_gives_two_ranks_half_the_cores_each():
         "{threads.default_num_threads(cores=4)}\\n'.encode())"
     )
     done = subprocess.run(
-        [mpiexec, "-n", "2", sys.executable, "-c", code],
-        env={**env, "PYTHONPATH": IMPORT_ROOT},
+        [MPIEXEC, "-n", "2", sys.executable, "-c", code],
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,

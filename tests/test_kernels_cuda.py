@@ -12,14 +12,13 @@ import os
 import subprocess
 import sys
 import traceback
-from pathlib import Path
 
 import numpy as np
 import pytest
+from spawn import child_env
 
 from mpigrad import kernels
 
-IMPORT_ROOT = str(Path(kernels.__file__).parent.parent.parent)  # holds this run's mpigrad
 CHECKS = {}
 
 
@@ -183,7 +182,7 @@ def results():
         return run_checks()
     done = subprocess.run(
         [sys.executable, __file__],
-        env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": IMPORT_ROOT},
+        env=child_env(NUMBA_ENABLE_CUDASIM="1"),
         capture_output=True,
         text=True,
         timeout=300,

@@ -6,24 +6,16 @@
 2. `import mpigrad` does not import mpi4py (so it does not initialize MPI).
 """
 
-import importlib.util
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
-import pytest
+from spawn import MPIEXEC, child_env, needs_mpiexec, run_limited
 
 HARNESS = Path(__file__).resolve().parent / "mpi" / "conftest.py"
-# The mpiexec of the MPI that mpi4py runs on: the MPICH wheel puts it beside python.
-MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
 LIMIT = 60  # s; no case should come near it
-
-needs_mpiexec = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec beside python or on PATH")
 
 
 def run_under_mpiexec(tmp_path, test_source, n=2, test_timeout=30):
@@ -31,8 +23,6 @@ def run_under_mpiexec(tmp_path, test_source, n=2, test_timeout=30):
     shutil.copy(HARNESS, tmp_path / "conftest.py")
     (tmp_path / "test_case.py").write_text(textwrap.dedent(test_source))
     (tmp_path / "pytest.ini").write_text("[pytest]\n")  # rootdir here, not the repository
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_"))}
-    env["MPIEXEC_TIMEOUT"] = str(LIMIT)
     command = [
         MPIEXEC,
         "-n",
@@ -50,24 +40,7 @@ def run_under_mpiexec(tmp_path, test_source, n=2, test_timeout=30):
         f"--timeout={test_timeout}",
         "--timeout-method=thread",
     ]
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=LIMIT + 15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"mpiexec still running after {LIMIT + 15} s:\n{output}")
-    return proc.returncode, output, time.monotonic() - start
+    return run_limited(command, LIMIT, cwd=tmp_path)
 
 
 @needs_mpiexec
@@ -139,10 +112,7 @@ def test_failure_on_one_rank_is_reported_by_rank_0_and_the_run_goes_on(tmp_path)
 
 
 def test_import_mpigrad_does_not_import_mpi4py(tmp_path):
-    spec = importlib.util.find_spec("mpigrad")
-    assert spec is not None and spec.submodule_search_locations, "mpigrad is not importable"
-    package_parent = Path(next(iter(spec.submodule_search_locations))).parent
-    env = {**os.environ, "PYTHONPATH": str(package_parent)}
+    env = child_env()
     code = (
         "import sys, mpigrad\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mpi4py'))\n"

@@ -63,7 +63,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -75,6 +74,8 @@ try:
 except ImportError:  # run from a source tree: benchmarks/ sits next to mpigrad/
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import mpigrad as mg
+from _common import quartiles, save_figure  # noqa: E402
+
 import mpigrad.distributed as dist  # noqa: E402
 import mpigrad.distributed.autograd as dist_autograd  # noqa: E402
 
@@ -140,12 +141,6 @@ def timed(timings, key, fn, timing=True):
     if timings is not None:
         timings.add(key, elapsed if timing else 0.0, minor_faults() - faults)
     return result
-
-
-def quartiles(values):
-    if len(values) < 2:
-        return values[0], values[0], values[0]
-    return tuple(statistics.quantiles(values, n=4, method="inclusive"))
 
 
 # --- the main mode: one subject = one function of (timings, check) ---------------------------
@@ -401,11 +396,7 @@ def plot(results, path):
     ax.set_title(f"mpigrad point to point, {size} ranks: forward and backward vs raw mpi4py")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return f"plot: {path}"
+    return save_figure(fig, path)
 
 
 def main_mode(args):

@@ -44,9 +44,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
@@ -56,6 +54,8 @@ try:
 except ImportError:  # run from a source tree: benchmarks/ sits next to mpigrad/
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import mpigrad as mg
+from _common import quartiles, release_idle, save_figure  # noqa: E402
+
 import mpigrad.distributed as dist  # noqa: E402
 import mpigrad.distributed.autograd as dist_autograd  # noqa: E402
 
@@ -77,12 +77,6 @@ comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
 first, last = rank == 0, rank == size - 1
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def quartiles(values):
-    if len(values) < 2:
-        return values[0], values[0], values[0]
-    return tuple(statistics.quantiles(values, n=4, method="inclusive"))
 
 
 X_TRAIN, Y_TRAIN = spirals(2048, np.random.default_rng(1234))
@@ -182,15 +176,6 @@ class OneRank(Model):
         return loss.item()
 
 
-def release_idle(working):
-    """Rank 0 works while the others wait in an Ibarrier tested every 5 ms with a sleep between;
-    called by everyone after the work."""
-    request = comm.Ibarrier()
-    if working:
-        request.Wait()
-    else:
-        while not request.Test():
-            time.sleep(0.005)
 
 
 def check(width):
@@ -202,7 +187,7 @@ def check(width):
     if rank == 0:
         one = OneRank(width)
         reference = [one.step() for _ in range(CHECK_STEPS)]
-    release_idle(rank == 0)
+    release_idle(comm, rank == 0, 0.005)
     reference = comm.bcast(reference, root=0)
     error = max(abs(a - b) / abs(b) for a, b in zip(losses, reference))
     if not error <= CHECK_TOL:
@@ -225,7 +210,7 @@ def run_width(width, reps, warmup):
         start = MPI.Wtime()
         one.step()
         chunk = int(min(50, max(2, CHUNK_SECONDS / (MPI.Wtime() - start))))
-    release_idle(rank == 0)
+    release_idle(comm, rank == 0, 0.005)
     chunk = comm.bcast(chunk, root=0)
     for _ in range(warmup):
         pipeline.step()
@@ -244,7 +229,7 @@ def run_width(width, reps, warmup):
             for _ in range(chunk):
                 one.step()
             seconds = (MPI.Wtime() - start) / chunk
-        release_idle(rank == 0)
+        release_idle(comm, rank == 0, 0.005)
         return seconds
 
     piped, alone = [], []
@@ -303,11 +288,7 @@ def plot(records, path):
     ax.set_title(f"mpigrad pipeline MLP, {size} ranks on {CORES} cores vs one rank")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return f"plot: {path}"
+    return save_figure(fig, path)
 
 
 def main(argv=None):

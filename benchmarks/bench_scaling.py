@@ -69,7 +69,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
@@ -79,6 +78,8 @@ try:
 except ImportError:  # run from a source tree: benchmarks/ sits next to mpigrad/
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import mpigrad as mg
+from _common import quartiles, release_idle, save_figure  # noqa: E402
+
 import mpigrad.distributed as dist  # noqa: E402
 import mpigrad.distributed.autograd as dist_autograd  # noqa: E402
 
@@ -95,12 +96,6 @@ comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
 left, right = (rank - 1) % size, (rank + 1) % size
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def quartiles(values):
-    if len(values) < 2:
-        return values[0], values[0], values[0]
-    return tuple(statistics.quantiles(values, n=4, method="inclusive"))
 
 
 def fields(n_global, block):
@@ -257,15 +252,6 @@ class HandWritten:
 # --- timing ----------------------------------------------------------------------------------
 
 
-def release_idle(working):
-    """Rank 0 works while the others wait in an Ibarrier tested every 10 ms with a sleep between
-    (see the module docstring); called by everyone after the work."""
-    request = comm.Ibarrier()
-    if working:
-        request.Wait()
-    else:
-        while not request.Test():
-            time.sleep(0.01)
 
 
 def time_subjects(subjects, reps, warmup, alone):
@@ -289,7 +275,7 @@ def time_subjects(subjects, reps, warmup, alone):
                 subjects[name]()
                 seconds[name].append(MPI.Wtime() - start)
     if alone:
-        release_idle(working)
+        release_idle(comm, working, 0.01)
         return seconds if rank == 0 else None
     everyone = comm.gather(seconds, root=0)
     if rank != 0:
@@ -462,11 +448,7 @@ def plot(records, path):
     fig.suptitle(
         f"heat adjoint scaling: mpigrad vs hand-written mpi4py (T = {', '.join(map(str, steps))})"
     )
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return f"plot: {path}"
+    return save_figure(fig, path)
 
 
 def read_records(paths):

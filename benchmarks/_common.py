@@ -1,0 +1,38 @@
+"""Pieces the benchmarks share: quartiles, an idle wait that leaves the core to the worker, and
+writing a plot.  Not a benchmark; the scripts import it from their own folder."""
+
+import os
+import statistics
+import time
+
+__all__ = ["quartiles", "release_idle", "save_figure"]
+
+
+def quartiles(values):
+    """(q1, median, q3) of ``values``."""
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    return tuple(statistics.quantiles(values, n=4, method="inclusive"))
+
+
+def release_idle(comm, working, poll):
+    """Called by every rank after rank 0 worked alone: the idle ranks wait in an Ibarrier tested
+    every ``poll`` seconds with a sleep between (a rank spinning in a blocking MPI call would
+    take the worker's core)."""
+    request = comm.Ibarrier()
+    if working:
+        request.Wait()
+    else:
+        while not request.Test():
+            time.sleep(poll)
+
+
+def save_figure(fig, path):
+    """Write ``fig`` to ``path`` (making its folder) and close it; returns the note to print."""
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return f"plot: {path}"

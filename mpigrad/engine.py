@@ -27,13 +27,13 @@ the ``accumulate`` sink, a custom Function's backward, a Node without ``takes_ar
 Tensors, and runs with array mode off.
 """
 
-import heapq
+from heapq import heappop, heappush
 
 import numpy as np
 
 from .dual import open_levels, set_tangent
 from .grad_mode import _State
-from .graph import AccumulateGrad, GraphRoot
+from .graph import AccumulateGrad, GraphRoot, Node
 from .kernels import accumulate as accumulate_into
 from .kernels import sum_into
 from .slice_grad import SliceGrad, sum_with_slices
@@ -70,6 +70,9 @@ def added(old, grad, create_graph=False):
         accumulate_into(old.data, grad.data)
         return old
     return Tensor._make(np.asarray(np.add(old.data, grad.data)))
+
+
+_ONE_OUTPUT = Node.output_meta
 
 
 class GraphTask:
@@ -111,7 +114,7 @@ class GraphTask:
         try:
             ready, run = self.ready, self._run
             while ready:
-                run(heapq.heappop(ready)[1])
+                run(heappop(ready)[1])
         finally:
             _State.array_mode, _State.grad_enabled = prev
 
@@ -132,11 +135,19 @@ class GraphTask:
             _State.array_mode = True
 
     def _run(self, node):
-        buffers = self.buffers
-        grads = [_total(buffers.pop(node, None), self.create_graph)]
-        for nr in range(1, len(node.output_meta)):
-            grads.append(_total(buffers.pop((node, nr), None), self.create_graph))
-        if node.pre_hooks or node.retained or node in self.capture_slots or (
+        buffers, create_graph = self.buffers, self.create_graph
+        pending = buffers.pop(node, None)
+        if pending is None:
+            grads = [None]
+        elif len(pending) == 1 and type(pending[0]) is not SliceGrad:
+            grads = pending
+        else:
+            grads = [_total(pending, create_graph)]
+        if node.output_meta is not _ONE_OUTPUT:
+            for nr in range(1, len(node.output_meta)):
+                grads.append(_total(buffers.pop((node, nr), None), create_graph))
+        capture = self.capture_slots
+        if node.pre_hooks or node.retained or (capture and node in capture) or (
             type(node) is AccumulateGrad and node.variable._hooks
         ):
             grads = self._hooks_and_capture(node, grads)
@@ -146,8 +157,9 @@ class GraphTask:
             if grads[0] is not None:
                 self._outside(self.accumulate, node.variable, _tensor(grads[0]))
             return
+        arrays = self.arrays
         try:
-            if self.arrays and not node.takes_arrays:
+            if arrays and not node.takes_arrays:
                 outs = self._outside(node.apply, [None if g is None else _tensor(g) for g in grads])
             else:
                 outs = node.apply(grads)
@@ -159,13 +171,15 @@ class GraphTask:
             node.release()
         meta = node.input_meta
         dependencies = self.dependencies
-        for i, (nxt, nr) in enumerate(node.next_functions):
+        i = -1
+        for nxt, nr in node.next_functions:
+            i += 1
             if nxt is None:
                 continue
             grad = outs[i]
             if grad is not None:
                 m = meta[i] if meta else None
-                if self.arrays:
+                if arrays:
                     if type(grad) is not np.ndarray and type(grad) is not SliceGrad:
                         grad = _array(node, i, grad)
                     if m and (grad.shape != m[0] or grad.dtype != m[1]):
@@ -174,17 +188,22 @@ class GraphTask:
                     grad = _fit(node, i, _tensor_of(node, i, grad), m)
                 elif m and (grad.data.shape != m[0] or grad.data.dtype != m[1]):
                     grad = _fit(node, i, grad, m)
-                self._buffer(nxt, nr, grad)
+                key = nxt if nr == 0 else (nxt, nr)
+                waiting = buffers.get(key)
+                if waiting is None:
+                    buffers[key] = [grad]
+                else:
+                    waiting.append(grad)
             left = dependencies[nxt] - 1
             dependencies[nxt] = left
             if left == 0:
-                heapq.heappush(self.ready, (-nxt.sequence_nr, nxt))
+                heappush(self.ready, (-nxt.sequence_nr, nxt))
 
     def _arrive(self, node):
         left = self.dependencies[node] - 1
         self.dependencies[node] = left
         if left == 0:
-            heapq.heappush(self.ready, (-node.sequence_nr, node))
+            heappush(self.ready, (-node.sequence_nr, node))
 
     def _buffer(self, node, nr, grad):
         # Gradients waiting for a node: output 0 under the node, output nr under (node, nr).

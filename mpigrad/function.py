@@ -16,10 +16,10 @@ import numpy as np
 
 from .dual import _levels, set_tangent
 from .grad_mode import _State
-from .graph import Node, gradient_edge
+from .graph import Node, gradient_edge, next_sequence_nr
 from .tensor import Tensor, is_differentiable
 
-__all__ = ["Function", "FunctionCtx", "BackwardNode"]
+__all__ = ["Function", "FunctionCtx", "BackwardNode", "unary_op", "binary_op"]
 
 RETAIN_GRAPH_HINT = (
     "Trying to backward through the graph a second time (or to read saved tensors after they "
@@ -34,15 +34,15 @@ class FunctionCtx:
     needs_input_grad = ()
     materialize_grads = True
     non_differentiable = ()
-    to_save = ()
+    _saved = ()
 
     def save_for_backward(self, *tensors):
         """Keep tensors (inputs or outputs of forward) for ``backward``."""
-        self.to_save = tensors
+        self._saved = tensors
 
     @property
     def saved_tensors(self):
-        return self.to_save
+        return self._saved
 
     def mark_non_differentiable(self, *outputs):
         """Outputs of forward that never require grad (indices, masks)."""
@@ -73,14 +73,13 @@ class BackwardNode(FunctionCtx, Node):
 
     _forward_cls = None
     takes_arrays = True  # a user's backward still gets Tensors: see apply
-    _saved = ()
     _saved_outputs = False  # whether _saved holds _SavedOutput entries to rebuild
     released = False
 
     def _pack(self, outputs):
         # Outputs are stored without the Tensor (which points back here) to avoid a cycle;
         # saved_tensors rebuilds them with this node as grad_fn and the output's tangents.
-        to_save = self.to_save
+        to_save = self._saved
         if not to_save:
             return
         packed = list(to_save)
@@ -91,7 +90,6 @@ class BackwardNode(FunctionCtx, Node):
                     self._saved_outputs = True
                     break
         self._saved = tuple(packed)
-        self.to_save = ()
 
     @property
     def saved_tensors(self):
@@ -112,9 +110,13 @@ class BackwardNode(FunctionCtx, Node):
     def apply(self, grads):
         if self.released:
             raise RuntimeError(RETAIN_GRAPH_HINT)
+        cls = self._forward_cls
         if len(grads) == 1:
             if grads[0] is None:
                 return (None,) * len(self.next_functions)
+            if cls._array_forward:  # a built-in rule: one gradient per input, no checks
+                result = cls.backward(self, grads[0])
+                return result if type(result) is tuple else (result,)
         elif all(g is None for g in grads):
             return (None,) * len(self.next_functions)
         elif self.materialize_grads:
@@ -122,7 +124,6 @@ class BackwardNode(FunctionCtx, Node):
                 Tensor._make(np.zeros(shape, dtype)) if g is None else g
                 for g, (shape, dtype) in zip(grads, self.output_meta)
             ]
-        cls = self._forward_cls
         if _State.array_mode and not cls._array_forward:
             # A user's rule is written for Tensors: give it Tensors, with array mode off.
             grads = [None if g is None else g if isinstance(g, Tensor) else Tensor._make(g)
@@ -189,7 +190,7 @@ class Function:
             if isinstance(raw, tuple):
                 return tuple([_as_output(r, args) for r in raw])
             return _as_output(raw, args)
-        record = False
+        record, needs = False, None
         if _State.grad_enabled:
             needs = tuple([isinstance(a, Tensor) and a._requires_grad for a in args])
             record = True in needs
@@ -208,32 +209,117 @@ class Function:
                 raw = cls.forward(ctx, *args)
             finally:
                 _State.grad_enabled, _State.forward_ad_enabled = prev_grad, prev_fw
-        if type(raw) is np.ndarray and not levels:
-            # The common case, kept short: one array out, no tangents.  The output did not exist
-            # while forward ran, so it cannot be among the saved tensors.
-            out = Tensor._make(raw)
-            if record:
-                _record_inputs(ctx, args, needs, raw if cls._array_forward else None)
-                if raw.dtype.kind == "f" and not ctx.non_differentiable:
-                    out.grad_fn = ctx
-                    out._requires_grad = True
-                ctx._saved = ctx.to_save
-                ctx.to_save = ()
-            return out
-        multiple = isinstance(raw, tuple)
-        if type(raw) is np.ndarray:
-            outputs = (Tensor._make(raw),)
-        elif multiple:
-            outputs = tuple([_as_output(r, args) for r in raw])
-        else:
-            outputs = (_as_output(raw, args),)
+        return _outputs(cls, ctx, args, raw, record, levels)
+
+
+# Note [short record path]: recording an op is most of its cost on small tensors, so the public
+# functions of the common built-in ops (``mul``, ``sin``, ``sum``...) are made by ``unary_op`` and
+# ``binary_op``, which record the usual case (grad mode on, no dual level open, an input that
+# requires grad, one array out) in a few lines and hand every other case to ``apply``.  What
+# they build is what ``apply`` builds.  They exist for built-in ops only: their forward computes
+# on arrays, so it needs no switch of the grad and forward-AD modes.
+
+
+def unary_op(cls):
+    """The function ``f(x, *constants)`` calling ``cls.apply``, for an op whose first argument
+    is its only possible Tensor (the others are axes, shapes, indices)."""
+    node_cls, forward, apply = cls._backward_cls, cls.forward, cls.apply
+
+    def op(x, *constants):
+        if isinstance(x, Tensor) and x._requires_grad and _State.grad_enabled and not _levels:
+            ctx = _new(node_cls)
+            ctx.sequence_nr = next_sequence_nr()
+            ctx.needs_input_grad = _FIRST_ONLY[len(constants)]
+            raw = forward(ctx, x, *constants)
+            if type(raw) is not np.ndarray:
+                return _outputs(cls, ctx, (x, *constants), raw, True, None)
+            fn = x.grad_fn
+            ctx.next_functions = (
+                (fn, x._output_nr) if fn is not None else gradient_edge(x),
+            ) + _NO_EDGES[len(constants)]
+            d = x.data
+            if d.shape != raw.shape or d.dtype != raw.dtype:
+                ctx.input_meta = ((d.shape, d.dtype),)
+            return _recorded(ctx, raw)
+        return apply(x, *constants)
+
+    op.__name__ = op.__qualname__ = cls.__name__.lower()
+    return op
+
+
+def binary_op(cls):
+    """The function ``f(x, y)`` calling ``cls.apply``, for an op of two possible Tensors."""
+    node_cls, forward, apply = cls._backward_cls, cls.forward, cls.apply
+
+    def op(x, y):
+        if _State.grad_enabled and not _levels:
+            need_x = isinstance(x, Tensor) and x._requires_grad
+            need_y = isinstance(y, Tensor) and y._requires_grad
+            if need_x or need_y:
+                ctx = _new(node_cls)
+                ctx.sequence_nr = next_sequence_nr()
+                ctx.needs_input_grad = (need_x, need_y)
+                raw = forward(ctx, x, y)
+                if type(raw) is not np.ndarray:
+                    return _outputs(cls, ctx, (x, y), raw, True, None)
+                meta_x = meta_y = None
+                if need_x:
+                    fn, d = x.grad_fn, x.data
+                    edge_x = (fn, x._output_nr) if fn is not None else gradient_edge(x)
+                    if d.shape != raw.shape or d.dtype != raw.dtype:
+                        meta_x = (d.shape, d.dtype)
+                else:
+                    edge_x = _NO_EDGE
+                if need_y:
+                    fn, d = y.grad_fn, y.data
+                    edge_y = (fn, y._output_nr) if fn is not None else gradient_edge(y)
+                    if d.shape != raw.shape or d.dtype != raw.dtype:
+                        meta_y = (d.shape, d.dtype)
+                else:
+                    edge_y = _NO_EDGE
+                ctx.next_functions = (edge_x, edge_y)
+                if meta_x is not None or meta_y is not None:
+                    ctx.input_meta = (meta_x, meta_y)
+                return _recorded(ctx, raw)
+        return apply(x, y)
+
+    op.__name__ = op.__qualname__ = cls.__name__.lower()
+    return op
+
+
+def _outputs(cls, ctx, args, raw, record, levels):
+    """Wrap what ``forward`` returned and, if ``record``, link the outputs to ``ctx``."""
+    if type(raw) is np.ndarray and not levels:
+        # The common case, kept short: one array out, no tangents.  The output did not exist
+        # while forward ran, so it cannot be among the saved tensors.
         if record:
-            _record(ctx, args, outputs)
-        if levels:
-            _push_tangents(cls, ctx, args, outputs, levels)
-        if record:
-            ctx._pack(outputs)
-        return outputs if multiple else outputs[0]
+            _record_inputs(ctx, args, ctx.needs_input_grad, raw if cls._array_forward else None)
+            return _recorded(ctx, raw)
+        return Tensor._make(raw)
+    multiple = isinstance(raw, tuple)
+    if type(raw) is np.ndarray:
+        outputs = (Tensor._make(raw),)
+    elif multiple:
+        outputs = tuple([_as_output(r, args) for r in raw])
+    else:
+        outputs = (_as_output(raw, args),)
+    if record:
+        _record(ctx, args, outputs)
+    if levels:
+        _push_tangents(cls, ctx, args, outputs, levels)
+    if record:
+        ctx._pack(outputs)
+    return outputs if multiple else outputs[0]
+
+
+def _recorded(ctx, raw):
+    """The Tensor of ``raw``, the only output of the recorded call ``ctx``."""
+    out = _new(Tensor)
+    out.data = raw
+    if raw.dtype.kind == "f" and not ctx.non_differentiable:
+        out.grad_fn = ctx
+        out._requires_grad = True
+    return out
 
 
 def _array(value):
@@ -249,6 +335,9 @@ def _as_output(value, args):
 
 
 _NO_EDGE = (None, 0)
+_NO_EDGES = [(_NO_EDGE,) * n for n in range(8)]
+_FIRST_ONLY = [(True,) + (False,) * n for n in range(8)]
+_new = object.__new__
 
 
 def _record_inputs(ctx, args, needs, out=None):

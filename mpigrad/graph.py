@@ -13,7 +13,7 @@ import weakref
 
 __all__ = ["Node", "AccumulateGrad", "GraphRoot", "gradient_edge"]
 
-_sequence = itertools.count()
+next_sequence_nr = itertools.count().__next__  # orders ready nodes: see engine.py
 
 
 class Node:
@@ -34,7 +34,7 @@ class Node:
     takes_arrays = False
 
     def __init__(self):
-        self.sequence_nr = next(_sequence)
+        self.sequence_nr = next_sequence_nr()
 
     def name(self):
         return type(self).__name__

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..function import Function
+from ..function import Function, binary_op, unary_op
 from ..tensor import Tensor
 from ._util import constant, data, plus
 
@@ -335,8 +335,14 @@ class Maximum(_Select):
     larger = True
 
 
+_maximum = binary_op(Maximum)
+
+
 class Minimum(_Select):
     larger = False
+
+
+_minimum = binary_op(Minimum)
 
 
 class Where(Function):
@@ -409,74 +415,31 @@ class Cast(Function):
         return cast(t, ctx.outputs[0].dtype)
 
 
-def add(x, y):
-    return Add.apply(x, y)
-
-
-def sub(x, y):
-    return Sub.apply(x, y)
-
-
-def mul(x, y):
-    return Mul.apply(x, y)
-
-
-def div(x, y):
-    return Div.apply(x, y)
-
-
-def pow(x, y):
-    return Pow.apply(x, y)
-
-
-def neg(x):
-    return Neg.apply(x)
-
-
-def exp(x):
-    return Exp.apply(x)
-
-
-def log(x):
-    return Log.apply(x)
-
-
-def sqrt(x):
-    return Sqrt.apply(x)
-
-
-def abs(x):
-    return Abs.apply(x)
-
-
-def sin(x):
-    return Sin.apply(x)
-
-
-def cos(x):
-    return Cos.apply(x)
-
-
-def tanh(x):
-    return Tanh.apply(x)
-
-
-def sigmoid(x):
-    return Sigmoid.apply(x)
-
-
-def relu(x):
-    return Relu.apply(x)
+add = binary_op(Add)
+sub = binary_op(Sub)
+mul = binary_op(Mul)
+div = binary_op(Div)
+pow = binary_op(Pow)
+neg = unary_op(Neg)
+exp = unary_op(Exp)
+log = unary_op(Log)
+sqrt = unary_op(Sqrt)
+abs = unary_op(Abs)
+sin = unary_op(Sin)
+cos = unary_op(Cos)
+tanh = unary_op(Tanh)
+sigmoid = unary_op(Sigmoid)
+relu = unary_op(Relu)
 
 
 def maximum(x, y):
     """Elementwise maximum; a tie sends half of the gradient to each side."""
-    return Maximum.apply(x, y)
+    return _maximum(x, y)
 
 
 def minimum(x, y):
     """Elementwise minimum; a tie sends half of the gradient to each side."""
-    return Minimum.apply(x, y)
+    return _minimum(x, y)
 
 
 def where(cond, x, y):

@@ -182,14 +182,7 @@ class Function:
     def apply(cls, *args):
         if not _State.grad_enabled and not _levels:
             # Nothing to record or push (backward rules run here): forward and wrap only.
-            raw = cls.forward(FunctionCtx(), *args)
-            if type(raw) is np.ndarray:
-                return raw if _State.array_mode else Tensor._make(raw)
-            if _State.array_mode:
-                return tuple([_array(r) for r in raw]) if isinstance(raw, tuple) else _array(raw)
-            if isinstance(raw, tuple):
-                return tuple([_as_output(r, args) for r in raw])
-            return _as_output(raw, args)
+            return _unrecorded(cls.forward(FunctionCtx(), *args), args)
         record, needs = False, None
         if _State.grad_enabled:
             needs = tuple([isinstance(a, Tensor) and a._requires_grad for a in args])
@@ -215,9 +208,10 @@ class Function:
 # Note [short record path]: recording an op is most of its cost on small tensors, so the public
 # functions of the common built-in ops (``mul``, ``sin``, ``sum``...) are made by ``unary_op`` and
 # ``binary_op``, which record the usual case (grad mode on, no dual level open, an input that
-# requires grad, one array out) in a few lines and hand every other case to ``apply``.  What
-# they build is what ``apply`` builds.  They exist for built-in ops only: their forward computes
-# on arrays, so it needs no switch of the grad and forward-AD modes.
+# requires grad, one array out) in a few lines, and a call that records nothing (a rule in the
+# backward pass) in one; an open dual level goes to ``apply``.  What they build is what ``apply``
+# builds.  They exist for built-in ops only: their forward computes on arrays, so it needs no
+# switch of the grad and forward-AD modes.
 
 
 def unary_op(cls):
@@ -226,7 +220,9 @@ def unary_op(cls):
     node_cls, forward, apply = cls._backward_cls, cls.forward, cls.apply
 
     def op(x, *constants):
-        if isinstance(x, Tensor) and x._requires_grad and _State.grad_enabled and not _levels:
+        if _levels:
+            return apply(x, *constants)
+        if isinstance(x, Tensor) and x._requires_grad and _State.grad_enabled:
             ctx = _new(node_cls)
             ctx.sequence_nr = next_sequence_nr()
             ctx.needs_input_grad = _FIRST_ONLY[len(constants)]
@@ -241,7 +237,7 @@ def unary_op(cls):
             if d.shape != raw.shape or d.dtype != raw.dtype:
                 ctx.input_meta = ((d.shape, d.dtype),)
             return _recorded(ctx, raw)
-        return apply(x, *constants)
+        return _unrecorded(forward(FunctionCtx(), x, *constants), (x, *constants))
 
     op.__name__ = op.__qualname__ = cls.__name__.lower()
     return op
@@ -252,13 +248,15 @@ def binary_op(cls):
     node_cls, forward, apply = cls._backward_cls, cls.forward, cls.apply
 
     def op(x, y):
-        if _State.grad_enabled and not _levels:
+        if _levels:
+            return apply(x, y)
+        if _State.grad_enabled:
             need_x = isinstance(x, Tensor) and x._requires_grad
             need_y = isinstance(y, Tensor) and y._requires_grad
             if need_x or need_y:
                 ctx = _new(node_cls)
                 ctx.sequence_nr = next_sequence_nr()
-                ctx.needs_input_grad = (need_x, need_y)
+                ctx.needs_input_grad = _NEEDS[need_x][need_y]
                 raw = forward(ctx, x, y)
                 if type(raw) is not np.ndarray:
                     return _outputs(cls, ctx, (x, y), raw, True, None)
@@ -281,10 +279,22 @@ def binary_op(cls):
                 if meta_x is not None or meta_y is not None:
                     ctx.input_meta = (meta_x, meta_y)
                 return _recorded(ctx, raw)
-        return apply(x, y)
+        return _unrecorded(forward(FunctionCtx(), x, y), (x, y))
 
     op.__name__ = op.__qualname__ = cls.__name__.lower()
     return op
+
+
+def _unrecorded(raw, args):
+    """What a call that records nothing and pushes no tangent returns for ``forward``'s ``raw``:
+    arrays in array mode (see Note [array mode] in engine.py), else Tensors."""
+    if type(raw) is np.ndarray:
+        return raw if _State.array_mode else Tensor._make(raw)
+    if _State.array_mode:
+        return tuple([_array(r) for r in raw]) if isinstance(raw, tuple) else _array(raw)
+    if isinstance(raw, tuple):
+        return tuple([_as_output(r, args) for r in raw])
+    return _as_output(raw, args)
 
 
 def _outputs(cls, ctx, args, raw, record, levels):
@@ -337,6 +347,7 @@ def _as_output(value, args):
 _NO_EDGE = (None, 0)
 _NO_EDGES = [(_NO_EDGE,) * n for n in range(8)]
 _FIRST_ONLY = [(True,) + (False,) * n for n in range(8)]
+_NEEDS = {x: {y: (x, y) for y in (False, True)} for x in (False, True)}
 _new = object.__new__
 
 

@@ -163,6 +163,9 @@ class Function:
         # Built-in ops compute on ndarrays only, so their forward needs no switch of the grad
         # and forward-AD modes; a user's forward may call mpigrad ops and runs with both off.
         cls._array_forward = cls.__module__.startswith("mpigrad.ops.")
+        if getattr(cls.apply, "short_path_of", cls) is not cls:
+            # A subclass of a decorated op: the short path is bound to its base's forward.
+            cls.apply = Function.__dict__["apply"]
 
     @staticmethod
     def forward(ctx, *args):
@@ -205,18 +208,18 @@ class Function:
         return _outputs(cls, ctx, args, raw, record, levels)
 
 
-# Note [short record path]: recording an op is most of its cost on small tensors, so the public
-# functions of the common built-in ops (``mul``, ``sin``, ``sum``...) are made by ``unary_op`` and
-# ``binary_op``, which record the usual case (grad mode on, no dual level open, an input that
-# requires grad, one array out) in a few lines, and a call that records nothing (a rule in the
-# backward pass) in one; an open dual level goes to ``apply``.  What they build is what ``apply``
-# builds.  They exist for built-in ops only: their forward computes on arrays, so it needs no
-# switch of the grad and forward-AD modes.
+# Note [short record path]: recording an op is most of its cost on small tensors.  The common
+# built-in ops are decorated with ``unary_op`` or ``binary_op``, which replace their ``apply``
+# with one that does the usual case (grad mode on, no dual level open, an input that requires
+# grad, one array out) in a few lines, and a call that records nothing (a rule in the backward
+# pass) in one; an open dual level goes to the general ``Function.apply``.  What they build is
+# what ``Function.apply`` builds.  They are for built-in ops only: their forward computes on
+# arrays, so it needs no switch of the grad and forward-AD modes.
 
 
 def unary_op(cls):
-    """The function ``f(x, *constants)`` calling ``cls.apply``, for an op whose first argument
-    is its only possible Tensor (the others are axes, shapes, indices)."""
+    """Class decorator: ``cls.apply(x, *constants)`` takes the short record path; for an op
+    whose first argument is its only possible Tensor (the others are axes, shapes, indices)."""
     node_cls, forward, apply = cls._backward_cls, cls.forward, cls.apply
 
     def op(x, *constants):
@@ -228,7 +231,9 @@ def unary_op(cls):
             ctx.needs_input_grad = _FIRST_ONLY[len(constants)]
             raw = forward(ctx, x, *constants)
             if type(raw) is not np.ndarray:
-                return _outputs(cls, ctx, (x, *constants), raw, True, None)
+                if not isinstance(raw, np.generic):
+                    return _outputs(cls, ctx, (x, *constants), raw, True, None)
+                raw = np.asarray(raw)  # a 0-d result
             fn = x.grad_fn
             ctx.next_functions = (
                 (fn, x._output_nr) if fn is not None else gradient_edge(x),
@@ -239,12 +244,14 @@ def unary_op(cls):
             return _recorded(ctx, raw)
         return _unrecorded(forward(FunctionCtx(), x, *constants), (x, *constants))
 
-    op.__name__ = op.__qualname__ = cls.__name__.lower()
-    return op
+    op.short_path_of = cls
+    cls.apply = staticmethod(op)
+    return cls
 
 
 def binary_op(cls):
-    """The function ``f(x, y)`` calling ``cls.apply``, for an op of two possible Tensors."""
+    """Class decorator: ``cls.apply(x, y)`` takes the short record path; for an op of two
+    arguments, either of which may be a Tensor."""
     node_cls, forward, apply = cls._backward_cls, cls.forward, cls.apply
 
     def op(x, y):
@@ -259,7 +266,9 @@ def binary_op(cls):
                 ctx.needs_input_grad = _NEEDS[need_x][need_y]
                 raw = forward(ctx, x, y)
                 if type(raw) is not np.ndarray:
-                    return _outputs(cls, ctx, (x, y), raw, True, None)
+                    if not isinstance(raw, np.generic):
+                        return _outputs(cls, ctx, (x, y), raw, True, None)
+                    raw = np.asarray(raw)  # a 0-d result
                 meta_x = meta_y = None
                 if need_x:
                     fn, d = x.grad_fn, x.data
@@ -281,8 +290,9 @@ def binary_op(cls):
                 return _recorded(ctx, raw)
         return _unrecorded(forward(FunctionCtx(), x, y), (x, y))
 
-    op.__name__ = op.__qualname__ = cls.__name__.lower()
-    return op
+    op.short_path_of = cls
+    cls.apply = staticmethod(op)
+    return cls
 
 
 def _unrecorded(raw, args):

@@ -414,3 +414,28 @@ def test_non_differentiable_output_gets_no_tangent():
         a, b = Pair.apply(forward_ad.make_dual(mg.tensor([1.0]), mg.tensor([1.0])))
         assert forward_ad.unpack_dual(b).tangent is None
         np.testing.assert_array_equal(forward_ad.unpack_dual(a).tangent.data, [2.0])
+
+
+def test_a_subclass_of_a_built_in_op_runs_its_own_rules():
+    # Built-in ops take a short record path bound to their own class (Note [short record path]);
+    # a user's subclass must get the general one, with its own forward and backward.
+    from mpigrad.ops.elementwise import Mul
+
+    class DoubledMul(Mul):
+        @staticmethod
+        def forward(ctx, x, y):
+            ctx.save_for_backward(x, y)
+            return 2 * x.data * y.data
+
+        @staticmethod
+        def backward(ctx, g):
+            x, y = ctx.saved_tensors
+            return 2 * g * y, 2 * g * x
+
+    x, y = leaf([1.0, 2.0]), leaf([3.0, -1.0])
+    out = DoubledMul.apply(x, y)
+    assert type(out.grad_fn).__name__ == "DoubledMulBackward"
+    np.testing.assert_allclose(out.data, [6.0, -4.0])
+    out.sum().backward()
+    np.testing.assert_allclose(x.grad.data, [6.0, -2.0])
+    np.testing.assert_allclose(y.grad.data, [2.0, 4.0])

@@ -143,9 +143,10 @@ class _Pass:
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.ctx = self.task = None
         self.waiting = {}  # message id -> send function still waiting for its gradient
-        self.sent_to = np.zeros(comms.size, dtype=np.int64)
+        self.sent_to = [0] * comms.size
         self.received = 0
-        self.requests = []  # our sends in flight, with their buffers
+        self.requests = []  # our sends in flight (SendRequest: with their buffers)
+        self.status = MPI.Status()
         self.failure = None  # this rank's own failure text
         self.errors = {}  # rank -> failure text, from ERROR messages
         self.shared_cores = _shared_cores()
@@ -225,16 +226,16 @@ class _Pass:
 
     def _receive_one(self, block):
         """Receive and handle one message; without ``block``, return False if none is there."""
-        status = MPI.Status()
-        backoff = _Backoff(self.shared_cores)
-        while True:
-            message = self.comms.gradient.improbe(MPI.ANY_SOURCE, self.tag, status)
-            if message is not None:
-                break
+        probe, tag, status = self.comms.gradient.improbe, self.tag, self.status
+        message = probe(MPI.ANY_SOURCE, tag, status)
+        if message is None:
             if not block:
                 return False
-            self._check_deadline()
-            backoff.pause()
+            backoff = _Backoff(self.shared_cores)
+            while message is None:
+                self._check_deadline()
+                backoff.pause()
+                message = probe(MPI.ANY_SOURCE, tag, status)
         words = messages.empty_message()
         message.Recv(words)
         source = status.Get_source()
@@ -298,12 +299,11 @@ class _Pass:
         cid = self.context_id
         h = cid % _ID_MODULUS  # small, so that its square sums in int64 on any number of ranks
         size = comms.size
-        local = np.empty(size + 4, np.int64)
-        local[:size] = self.sent_to
-        local[size:] = failed, h, h * h, self.retain_graph
+        local = np.array(self.sent_to + [failed, h, h * h, self.retain_graph], np.int64)
         total = np.empty_like(local)
         pending = comms.control.Iallreduce(local, total, op=MPI.SUM)
         self._drain_until(pending.Test)
+        total = total.tolist()
         self._drain_until(lambda: self.received >= total[comms.rank])
         failed_ranks, id_sum, id_squares, retained = total[size:]
         self._drain_until(lambda: all(r.test() for r in self.requests))
@@ -313,7 +313,7 @@ class _Pass:
             problems[comms.rank] = f"rank {comms.rank}: {self.failure}"
         # The ids agree iff size * sum(id**2) == sum(id)**2 (Cauchy-Schwarz).  Every rank sees
         # the same sums, so all of them gather the ids here together.
-        if size * int(id_squares) != int(id_sum) ** 2:
+        if size * id_squares != id_sum ** 2:
             ids = comms.control.allgather(cid)
             if not problems:
                 problems[-1] = f"the ranks called backward for different contexts: ids {ids}"

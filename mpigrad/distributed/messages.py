@@ -103,6 +103,24 @@ def dtype_code(dtype):
 
 
 _HEADER = struct.Struct(f"={HEADER_WORDS}q")  # the header's words, packed in one call
+_PADDING = [(0,) * (MAX_NDIM - n) for n in range(MAX_NDIM + 1)]  # unused shape entries
+_KINDS = tuple(Kind)  # by value
+
+
+def _check_ndim(shape):
+    if len(shape) > MAX_NDIM:
+        raise ValueError(
+            f"mpigrad.distributed sends at most {MAX_NDIM} dimensions; got {len(shape)} "
+            f"(shape {shape})"
+        )
+
+
+def _pack_header(out, kind, code, shape, nbytes, context_id, message_id, requires_grad,
+                 payload_tag):
+    _HEADER.pack_into(
+        out, 0, FORMAT_VERSION, kind, context_id, message_id, requires_grad, code, len(shape),
+        *shape, *_PADDING[len(shape)], nbytes, payload_tag,
+    )
 
 
 def encode_header(
@@ -112,11 +130,7 @@ def encode_header(
     """Write a header into out (a fresh MESSAGE_WORDS int64 array if None; at least
     HEADER_WORDS long) and return out.  Words after the header are left as they are."""
     shape = tuple(int(n) for n in shape)
-    if len(shape) > MAX_NDIM:
-        raise ValueError(
-            f"mpigrad.distributed sends at most {MAX_NDIM} dimensions; got {len(shape)} "
-            f"(shape {shape})"
-        )
+    _check_ndim(shape)
     dtype = np.dtype(dtype)
     code = dtype_code(dtype)
     if out is None:
@@ -124,10 +138,8 @@ def encode_header(
     nbytes = dtype.itemsize
     for n in shape:
         nbytes *= n
-    _HEADER.pack_into(
-        out, 0, FORMAT_VERSION, Kind(kind), context_id, message_id, bool(requires_grad), code,
-        len(shape), *shape, *(0,) * (MAX_NDIM - len(shape)), nbytes, payload_tag,
-    )
+    _pack_header(out, Kind(kind), code, shape, nbytes, context_id, message_id,
+                 bool(requires_grad), payload_tag)
     return out
 
 
@@ -141,10 +153,8 @@ def decode_header(words):
             f"message format version {words[_VERSION]} from the peer; this mpigrad speaks "
             f"version {FORMAT_VERSION} (are all ranks running the same mpigrad?)"
         )
-    try:
-        kind = Kind(words[_KIND])
-    except ValueError:
-        raise ValueError(f"unknown message kind {words[_KIND]} in a header") from None
+    if not 0 <= words[_KIND] < len(_KINDS):
+        raise ValueError(f"unknown message kind {words[_KIND]} in a header")
     dtype = _DTYPES.get(words[_DTYPE])
     if dtype is None:
         raise ValueError(f"unknown dtype code {words[_DTYPE]} in a header")
@@ -159,8 +169,8 @@ def decode_header(words):
     if min(shape, default=0) < 0 or nbytes != expected:
         raise ValueError(f"a header's nbytes {nbytes} does not match shape {shape} of {dtype}")
     return Header(
-        kind, words[_CONTEXT], words[_MESSAGE], bool(words[_REQUIRES_GRAD]), dtype, shape, nbytes,
-        words[_PAYLOAD_TAG],
+        _KINDS[words[_KIND]], words[_CONTEXT], words[_MESSAGE], bool(words[_REQUIRES_GRAD]),
+        dtype, shape, nbytes, words[_PAYLOAD_TAG],
     )
 
 
@@ -169,7 +179,8 @@ def _bytes_of(array):
     return array.reshape(-1).view(np.uint8)
 
 
-def pack(array, kind=Kind.TENSOR, *, payload_tag=-1, **header):
+def pack(array, kind=Kind.TENSOR, *, payload_tag=-1, context_id=NO_CONTEXT, message_id=-1,
+         requires_grad=False):
     """The message for array: (header words, payload bytes or None).
 
     With ``array.nbytes <= INLINE_LIMIT`` the payload is copied behind the header and the
@@ -178,28 +189,30 @@ def pack(array, kind=Kind.TENSOR, *, payload_tag=-1, **header):
     See Note [inline payloads].
     """
     array = np.asarray(array)
-    dtype_code(array.dtype)  # the dtype error before any copying
+    code = DTYPE_CODES.get(array.dtype) or dtype_code(array.dtype)  # the dtype error first
+    shape = array.shape
+    _check_ndim(shape)
     nbytes = array.nbytes
     if nbytes <= INLINE_LIMIT:
-        nwords = HEADER_WORDS + (nbytes + 7) // 8
-        words = encode_header(kind, array.dtype, array.shape, **header,
-                              out=np.empty(nwords, dtype=np.int64))
+        words = np.empty(HEADER_WORDS + (nbytes + 7) // 8, dtype=np.int64)
+        _pack_header(words, kind, code, shape, nbytes, context_id, message_id, requires_grad,
+                     -1)
         if nbytes:
-            words.view(np.uint8)[_HEADER_BYTES:_HEADER_BYTES + nbytes] = _bytes_of(
-                np.ascontiguousarray(array))
+            memoryview(words).cast("B")[_HEADER_BYTES:_HEADER_BYTES + nbytes] = array.tobytes()
         return words, None
     if payload_tag < 0:
         raise ValueError(f"a payload of {array.nbytes} bytes needs a payload tag")
-    words = encode_header(kind, array.dtype, array.shape, payload_tag=payload_tag, **header)
-    return words[:HEADER_WORDS], _bytes_of(np.ascontiguousarray(array))
+    words = np.empty(HEADER_WORDS, dtype=np.int64)
+    _pack_header(words, kind, code, shape, nbytes, context_id, message_id, requires_grad,
+                 payload_tag)
+    return words, _bytes_of(np.ascontiguousarray(array))
 
 
 def unpack_inline(header, words):
-    """The array that rides inline behind header in words (a fresh array)."""
-    out = np.empty(header.shape, dtype=header.dtype)
-    if header.nbytes:
-        _bytes_of(out)[:] = words.view(np.uint8)[_HEADER_BYTES:_HEADER_BYTES + header.nbytes]
-    return out
+    """The array that rides inline behind header in words: a view into ``words``, which the
+    caller must not reuse."""
+    count = header.nbytes // header.dtype.itemsize
+    return np.frombuffer(words, header.dtype, count, _HEADER_BYTES).reshape(header.shape)
 
 
 def empty_message():

@@ -12,6 +12,7 @@ __all__ = [
 ]
 
 
+@binary_op
 class Add(Function):
     """out = x + y; grad_x = grad; grad_y = grad"""
 
@@ -28,6 +29,7 @@ class Add(Function):
         return plus(tx, ty)
 
 
+@binary_op
 class Sub(Function):
     """out = x - y; grad_x = grad; grad_y = -grad"""
 
@@ -44,6 +46,7 @@ class Sub(Function):
         return plus(tx, None if ty is None else -ty)
 
 
+@binary_op
 class Mul(Function):
     """out = x * y; grad_x = grad * y; grad_y = grad * x"""
 
@@ -64,6 +67,7 @@ class Mul(Function):
         return plus(None if tx is None else tx * y, None if ty is None else x * ty)
 
 
+@binary_op
 class Div(Function):
     """out = x / y; grad_x = grad / y; grad_y = -grad * x / y**2"""
 
@@ -84,6 +88,7 @@ class Div(Function):
         return plus(None if tx is None else tx / y, None if ty is None else -ty * x / (y * y))
 
 
+@binary_op
 class Pow(Function):
     """out = x ** y; grad_x = grad * y * x ** (y - 1); grad_y = grad * out * log(x)"""
 
@@ -116,6 +121,7 @@ def _log_base(x):
     return log(x) if isinstance(x, Tensor) else constant(np.log(x))
 
 
+@unary_op
 class Neg(Function):
     """out = -x; grad_x = -grad"""
 
@@ -132,6 +138,7 @@ class Neg(Function):
         return -t
 
 
+@unary_op
 class Exp(Function):
     """out = exp(x); grad_x = grad * out"""
 
@@ -151,6 +158,7 @@ class Exp(Function):
         return t * ctx.outputs[0]
 
 
+@unary_op
 class Log(Function):
     """out = log(x); grad_x = grad / x"""
 
@@ -169,6 +177,7 @@ class Log(Function):
         return t / ctx.inputs[0]
 
 
+@unary_op
 class Sqrt(Function):
     """out = sqrt(x); grad_x = grad / (2 * out)"""
 
@@ -188,6 +197,7 @@ class Sqrt(Function):
         return t / (ctx.outputs[0] * 2)
 
 
+@unary_op
 class Abs(Function):
     """out = |x|; grad_x = grad * sign(x)"""
 
@@ -206,6 +216,7 @@ class Abs(Function):
         return t * constant(np.sign(data(ctx.inputs[0])))
 
 
+@unary_op
 class Sin(Function):
     """out = sin(x); grad_x = grad * cos(x)"""
 
@@ -224,6 +235,7 @@ class Sin(Function):
         return t * cos(ctx.inputs[0])
 
 
+@unary_op
 class Cos(Function):
     """out = cos(x); grad_x = -grad * sin(x)"""
 
@@ -242,6 +254,7 @@ class Cos(Function):
         return -t * sin(ctx.inputs[0])
 
 
+@unary_op
 class Tanh(Function):
     """out = tanh(x); grad_x = grad * (1 - out**2)"""
 
@@ -262,6 +275,7 @@ class Tanh(Function):
         return t * (1 - out * out)
 
 
+@unary_op
 class Sigmoid(Function):
     """out = 1 / (1 + exp(-x)); grad_x = grad * out * (1 - out)"""
 
@@ -282,6 +296,7 @@ class Sigmoid(Function):
         return t * out * (1 - out)
 
 
+@unary_op
 class Relu(Function):
     """out = max(x, 0); grad_x = grad * (x > 0)"""
 
@@ -331,18 +346,14 @@ class _Select(Function):
         return plus(None if tx is None else tx * w, None if ty is None else ty * (1 - w))
 
 
+@binary_op
 class Maximum(_Select):
     larger = True
 
 
-_maximum = binary_op(Maximum)
-
-
+@binary_op
 class Minimum(_Select):
     larger = False
-
-
-_minimum = binary_op(Minimum)
 
 
 class Where(Function):
@@ -369,6 +380,7 @@ class Where(Function):
         return where(ctx.cond, zero if tx is None else tx, zero if ty is None else ty)
 
 
+@unary_op
 class Clamp(Function):
     """out = min(max(x, lo), hi); grad_x = grad where lo <= x <= hi"""
 
@@ -398,6 +410,7 @@ class Clamp(Function):
         return t * Clamp._inside(ctx, ctx.inputs[0])
 
 
+@unary_op
 class Cast(Function):
     """out = x as dtype; grad_x = grad as x's dtype"""
 
@@ -415,31 +428,31 @@ class Cast(Function):
         return cast(t, ctx.outputs[0].dtype)
 
 
-add = binary_op(Add)
-sub = binary_op(Sub)
-mul = binary_op(Mul)
-div = binary_op(Div)
-pow = binary_op(Pow)
-neg = unary_op(Neg)
-exp = unary_op(Exp)
-log = unary_op(Log)
-sqrt = unary_op(Sqrt)
-abs = unary_op(Abs)
-sin = unary_op(Sin)
-cos = unary_op(Cos)
-tanh = unary_op(Tanh)
-sigmoid = unary_op(Sigmoid)
-relu = unary_op(Relu)
+add = Add.apply
+sub = Sub.apply
+mul = Mul.apply
+div = Div.apply
+pow = Pow.apply
+neg = Neg.apply
+exp = Exp.apply
+log = Log.apply
+sqrt = Sqrt.apply
+abs = Abs.apply
+sin = Sin.apply
+cos = Cos.apply
+tanh = Tanh.apply
+sigmoid = Sigmoid.apply
+relu = Relu.apply
 
 
 def maximum(x, y):
     """Elementwise maximum; a tie sends half of the gradient to each side."""
-    return _maximum(x, y)
+    return Maximum.apply(x, y)
 
 
 def minimum(x, y):
     """Elementwise minimum; a tie sends half of the gradient to each side."""
-    return _minimum(x, y)
+    return Minimum.apply(x, y)
 
 
 def where(cond, x, y):

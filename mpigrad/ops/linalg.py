@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..function import Function
+from ..function import Function, binary_op
 from ..tensor import Tensor
 from ._util import data, plus
 from .movement import Permute, reshape, unsqueeze
@@ -16,6 +16,7 @@ def _mT(x):
     return Permute.apply(x, tuple(axes))
 
 
+@binary_op
 class MatMul(Function):
     """out = x @ y (numpy semantics, batched and 1-D); grad_x = grad @ y^T; grad_y = x^T @ grad"""
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from .. import kernels
-from ..function import Function
+from ..function import Function, unary_op
 from ..grad_mode import _State
 from ..slice_grad import SliceGrad
 from ..tensor import Tensor
@@ -15,6 +15,7 @@ __all__ = [
 ]
 
 
+@unary_op
 class Alias(Function):
     """out = x (a new Tensor over the same data); grad_x = grad"""
 
@@ -31,6 +32,7 @@ class Alias(Function):
         return t
 
 
+@unary_op
 class Reshape(Function):
     """out = x.reshape(shape); grad_x = grad.reshape(x.shape)"""
 
@@ -48,6 +50,7 @@ class Reshape(Function):
         return reshape(t, ctx.outputs[0].shape)
 
 
+@unary_op
 class Permute(Function):
     """out = x with axes reordered; grad_x = grad with the inverse order"""
 
@@ -65,6 +68,7 @@ class Permute(Function):
         return Permute.apply(t, ctx.axes)
 
 
+@unary_op
 class BroadcastTo(Function):
     """out = x broadcast to shape (a read-only view); grad_x = grad summed back to x.shape"""
 
@@ -84,6 +88,7 @@ class BroadcastTo(Function):
         return broadcast_to(t, ctx.outputs[0].shape)
 
 
+@unary_op
 class GetItem(Function):
     """out = x[index]; grad_x = zeros(x.shape) with grad added at index (repeats accumulate)"""
 
@@ -103,6 +108,7 @@ class GetItem(Function):
         return GetItem.apply(t, ctx.index)
 
 
+@unary_op
 class IndexAdd(Function):
     """out = zeros(shape) with src added at index; grad_src = grad[index]"""
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..function import Function
+from ..function import Function, binary_op, unary_op
 from ..tensor import Tensor
 from ._util import constant, data, keepdims_shape, normalize_axis
 from .elementwise import exp
@@ -22,6 +22,7 @@ def _stable_logsumexp(x, axes):
         return np.log(np.sum(np.exp(x - shift), axis=axes, keepdims=True)) + shift
 
 
+@unary_op
 class LogSumExp(Function):
     """out = log(sum(exp(x), axes)); grad_x = grad * exp(x - out)"""
 
@@ -50,6 +51,7 @@ class LogSumExp(Function):
         return sum(t * w, ctx.axes, keepdims)
 
 
+@unary_op
 class Softmax(Function):
     """out = exp(x) / sum(exp(x), axis); grad_x = out * (grad - sum(grad * out, axis))"""
 
@@ -71,6 +73,7 @@ class Softmax(Function):
         return out * (t - sum(t * out, ctx.axis, keepdims=True))
 
 
+@unary_op
 class LogSoftmax(Function):
     """out = x - logsumexp(x, axis); grad_x = grad - exp(out) * sum(grad, axis)"""
 
@@ -91,6 +94,7 @@ class LogSoftmax(Function):
         return t - sum(exp(ctx.outputs[0]) * t, ctx.axis, keepdims=True)
 
 
+@binary_op
 class CrossEntropy(Function):
     """out = mean_n(-log softmax(x)[n, target_n]); grad_x = (softmax(x) - onehot) * grad / N"""
 

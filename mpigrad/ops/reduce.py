@@ -3,13 +3,14 @@
 
 import numpy as np
 
-from ..function import Function
+from ..function import Function, unary_op
 from ._util import constant, data, keepdims_shape, normalize_axis
 from .movement import broadcast_to, reshape
 
 __all__ = ["sum", "mean", "max", "min", "sum_to"]
 
 
+@unary_op
 class Sum(Function):
     """out = sum(x, axes); grad_x = grad broadcast back to x's shape"""
 
@@ -55,14 +56,17 @@ class _Extreme(Function):
         return Sum.apply(t * cls._weights(ctx.inputs[0], ctx.axes), ctx.axes, ctx.inputs[2])
 
 
+@unary_op
 class Max(_Extreme):
     reduce = staticmethod(np.max)
 
 
+@unary_op
 class Min(_Extreme):
     reduce = staticmethod(np.min)
 
 
+@unary_op
 class SumTo(Function):
     """out = x summed over its broadcast axes to ``shape``; grad_x = broadcast_to(grad, x.shape)"""
 

@@ -27,23 +27,33 @@ the ``accumulate`` sink, a custom Function's backward, a Node without ``takes_ar
 Tensors, and runs with array mode off.
 """
 
+import functools
 from heapq import heappop, heappush
 
 import numpy as np
 
 from .dual import open_levels, set_tangent
 from .grad_mode import _State
-from .graph import AccumulateGrad, GraphRoot, Node
+from .graph import AccumulateGrad, Node
 from .kernels import accumulate as accumulate_into
 from .kernels import sum_into
 from .slice_grad import SliceGrad, sum_with_slices
 from .tensor import Tensor
 
-__all__ = ["GraphTask", "BackwardError", "accumulate_grad", "added"]
+__all__ = ["GraphTask", "BackwardError", "accumulate_grad", "added", "unit_seed"]
 
 
 class BackwardError(RuntimeError):
     """An exception raised inside a node's rule or a hook during backward; names the node."""
+
+
+@functools.lru_cache(maxsize=32)
+def unit_seed(shape, dtype):
+    """The seed gradient of a scalar root: ones of ``shape``, read-only because it is shared
+    by every pass (the engine never writes into a gradient it was handed)."""
+    seed = np.ones(shape, dtype)
+    seed.flags.writeable = False
+    return seed
 
 
 def accumulate_grad(tensor, grad, create_graph=False):
@@ -85,13 +95,16 @@ class GraphTask:
         self.retain_grads = retain_grads
         self.accumulate = accumulate or (lambda t, g: accumulate_grad(t, g, create_graph))
         self.arrays = not create_graph and not open_levels()  # see Note [array mode]
-        root = GraphRoot(roots, [self._value(g) for g in grads])
-        starts = [root, *extra_roots]
+        starts = list(dict.fromkeys([node for node, _ in roots] + list(extra_roots)))
         self.dependencies, parents = _count_dependencies(starts, capture is not None)
+        dependencies = self.dependencies
+        # A root's seed and an extra root's gradient come from outside: one more input each.
+        for node, _ in roots:
+            dependencies[node] = dependencies.get(node, 0) + 1
         for node in extra_roots:
-            self.dependencies[node] = self.dependencies.get(node, 0) + 1  # the outside input
+            dependencies[node] = dependencies.get(node, 0) + 1
         self.buffers = {}
-        self.ready = [(-root.sequence_nr, root)]
+        self.ready = []
         self.captured = None
         self.capture_slots = {}
         self.needed = None
@@ -100,6 +113,9 @@ class GraphTask:
             for index, (node, nr) in enumerate(capture):
                 self.capture_slots.setdefault(node, []).append((nr, index))
             self.needed = _needed_for(self.capture_slots, parents)
+        for (node, nr), grad in zip(roots, grads):
+            self._buffer(node, nr, self._value(grad))
+            self._arrive(node)
 
     def supply(self, node, grad):
         """Deliver the gradient of an extra root, received from outside (None: no gradient)."""

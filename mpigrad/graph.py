@@ -11,7 +11,7 @@ whole of ``input_meta``, means there is nothing to check.
 import itertools
 import weakref
 
-__all__ = ["Node", "AccumulateGrad", "GraphRoot", "gradient_edge"]
+__all__ = ["Node", "AccumulateGrad", "gradient_edge"]
 
 next_sequence_nr = itertools.count().__next__  # orders ready nodes: see engine.py
 
@@ -67,20 +67,6 @@ class AccumulateGrad(Node):
 
     def apply(self, grads):
         return ()
-
-
-class GraphRoot(Node):
-    """The node that starts a backward pass by handing the seed gradients to the roots."""
-
-    takes_arrays = True  # its seeds are converted by the engine
-
-    def __init__(self, edges, grads):
-        super().__init__()
-        self.next_functions = tuple(edges)
-        self.grads = list(grads)
-
-    def apply(self, grads):
-        return self.grads
 
 
 def gradient_edge(tensor):

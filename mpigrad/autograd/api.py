@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..engine import GraphTask, accumulate_grad
+from ..engine import GraphTask, accumulate_grad, unit_seed
 from ..graph import gradient_edge
 from ..tensor import Tensor
 
@@ -121,7 +121,7 @@ def _seed_grads(tensors, given, what):
                     f"grad can be implicitly created only for scalar outputs: output {i} has "
                     f"shape {t.shape}; pass its gradient in {what}"
                 )
-            g = Tensor._make(np.ones(t.shape, t.dtype))
+            g = Tensor._make(unit_seed(t.shape, t.dtype))
         else:
             if not (isinstance(g, Tensor) and (g.requires_grad or g._fw)):
                 # A copy: a leaf's .grad may keep the seed by reference (engine.accumulate_grad),

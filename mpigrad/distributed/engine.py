@@ -46,7 +46,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from ..engine import GraphTask
+from ..engine import GraphTask, unit_seed
 from ..graph import gradient_edge
 from ..kernels import threads
 from ..tensor import Tensor
@@ -195,7 +195,7 @@ class _Pass:
         self.ctx.running = self
         self.waiting = {node.message_id: node for node in sends}
         self.task = GraphTask(
-            [gradient_edge(r) for r in roots], [np.ones(r.shape, r.dtype) for r in roots],
+            [gradient_edge(r) for r in roots], [unit_seed(r.shape, r.dtype) for r in roots],
             extra_roots=sends, keep_graph=self.retain_graph, accumulate=self.ctx.accumulate,
             retain_grads=False,
         )

@@ -66,11 +66,19 @@ def accumulate(dst, src):
 
     Raises ValueError when shapes or dtypes differ (naming both), or ``dst`` is read-only.
     """
-    if _small_host_addends(dst, (src,)):
-        # Below the threading threshold a single addend takes the NumPy path anyway; skipping the
-        # general checks keeps a small call as cheap as np.add itself.
-        np.add(dst, src, out=dst)
-        return dst
+    if (
+        type(dst) is np.ndarray
+        and type(src) is np.ndarray
+        and dst.shape == src.shape
+        and dst.size < threads.PARALLEL_MIN_SIZE
+    ):
+        # Below the threading threshold a single addend takes the NumPy path anyway.  NumPy
+        # itself refuses another dtype (casting="no") and a read-only dst, before writing; the
+        # general checks below then name the problem.  So a small call costs what np.add costs.
+        try:
+            return np.add(dst, src, out=dst, casting="no")
+        except (TypeError, ValueError):
+            pass
     path = _route("accumulate", (dst, src))
     checks.check_addend("accumulate", dst, src)
     _sum_into(path, "accumulate", dst, (src,))

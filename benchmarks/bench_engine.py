@@ -95,22 +95,7 @@ if ARGS is not None:
         os.environ[_var] = str(ARGS.threads)  # before numpy (and torch) load their BLAS
 
 
-def keep_freed_memory():
-    """Raise glibc's malloc thresholds (see the module docstring); True where it applied."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    return bool(
-        mallopt(m_trim_threshold, 1 << 30) and mallopt(m_top_pad, 64 << 20)
-        and mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest on 64-bit
-    )
-
+from _common import keep_freed_memory  # noqa: E402
 
 MALLOPT = ARGS is not None and not ARGS.no_mallopt and keep_freed_memory()
 

@@ -8,6 +8,8 @@ a ``SliceGrad`` instead; the engine adds it in place into a dense gradient it su
 makes it dense only where it is alone.  No rule, hook or user code ever sees one.
 """
 
+import sys
+
 import numpy as np
 
 __all__ = ["SliceGrad", "sum_with_slices"]
@@ -28,13 +30,19 @@ class SliceGrad:
 
 
 def sum_with_slices(grads):
-    """The sum of ``grads`` (ndarrays and SliceGrads, at least one SliceGrad) as an ndarray:
-    one dense gradient copied (or the first slice made dense), the others added to it."""
+    """The sum of ``grads`` (ndarrays and SliceGrads, at least one SliceGrad) as an ndarray: the
+    first dense gradient (copied unless nothing else holds it) or the first slice made dense,
+    with the others added to it.  ``grads`` is the engine's list of what reached one input."""
     dense = [g for g in grads if type(g) is not SliceGrad]
     slices = [g for g in grads if type(g) is SliceGrad]
     if dense:
-        total = np.array(dense[0], copy=True)  # the first may be shared: never written
-        for g in dense[1:]:
+        total = dense.pop(0)
+        # A gradient may be shared (Add hands one array to both inputs) or viewed (a leaf's
+        # .grad): it is written only when no one else refers to it or to a view of it.  Then
+        # the references are grads, total and getrefcount's argument.
+        if total.base is not None or not total.flags.writeable or sys.getrefcount(total) > 3:
+            total = np.array(total, copy=True)
+        for g in dense:
             total += g
     else:
         total = slices.pop().dense()

@@ -4,7 +4,7 @@ computation, and no rule, hook or leaf ever sees one."""
 import numpy as np
 
 import mpigrad as mg
-from mpigrad.slice_grad import SliceGrad
+from mpigrad.slice_grad import SliceGrad, sum_with_slices
 
 
 def _loss(x):
@@ -68,3 +68,25 @@ def test_a_shared_dense_gradient_is_never_written():
     (s.sum() + y[1:2].sum() * 5.0).backward()
     np.testing.assert_array_equal(x.grad.data, [1, 1, 1, 1])
     np.testing.assert_array_equal(y.grad.data, [1, 6, 1, 1])
+
+
+def test_an_unshared_dense_gradient_is_summed_in_place_and_a_shared_one_is_copied():
+    slice_grad = SliceGrad((4,), np.dtype(np.float64), slice(1, 2), np.array([5.0]))
+    grads = [np.ones(4), slice_grad]  # the engine's list: the only holder of the dense array
+    dense_id = id(grads[0])
+    total = sum_with_slices(grads)
+    assert id(total) == dense_id  # no copy of a block-sized array for one halo cell
+    np.testing.assert_array_equal(total, [1, 6, 1, 1])
+
+    kept = np.ones(4)  # held elsewhere too (another input's gradient, say)
+    total = sum_with_slices([kept, slice_grad])
+    assert total is not kept
+    np.testing.assert_array_equal(kept, [1, 1, 1, 1])
+    np.testing.assert_array_equal(total, [1, 6, 1, 1])
+
+    viewed = np.ones(4)
+    leaf_grad = viewed.view()  # a leaf's .grad keeps a read-only view of the first gradient
+    grads = [viewed, slice_grad]
+    del viewed
+    sum_with_slices(grads)
+    np.testing.assert_array_equal(leaf_grad, [1, 1, 1, 1])

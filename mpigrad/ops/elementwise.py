@@ -52,7 +52,9 @@ class Mul(Function):
 
     @staticmethod
     def forward(ctx, x, y):
-        ctx.save_for_backward(x, y)
+        # Only what backward reads: ``2.0 * t`` does not keep t alive.
+        need_x, need_y = ctx.needs_input_grad or (True, True)
+        ctx.save_for_backward(x if need_y else None, y if need_x else None)
         return np.multiply(data(x), data(y))
 
     @staticmethod

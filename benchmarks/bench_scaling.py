@@ -12,8 +12,8 @@ initial condition u0. One repetition of a subject is a whole forward + backward:
   ``get_gradients``.
 - ``mpigrad-fn``: the same, with the step written as a ``Function`` (``Stencil``: the stencil
   and its transpose in numpy), as an HPC user writes a hot kernel; mpigrad then carries the
-  halos, the chain of steps and the misfit. (Measured here at 1 Mi points: 1.2-1.35x the
-  hand-written adjoint, against 3-4.5x for the ops.)
+  halos, the chain of steps and the misfit. (Measured here at 1 Mi points: 1.04-1.20x the
+  hand-written adjoint, against 2.6-3.0x for the ops, which allocate a fresh array per op.)
 - ``hand-written`` (the baseline): mpi4py ``Sendrecv`` halos into a block with two ghost cells,
   the stencil as in-place numpy on buffers allocated once, then the hand-written adjoint: the
   transposed stencil backwards in time, where each halo's gradient (r times the first or last

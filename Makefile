@@ -59,7 +59,7 @@ help:
 	@echo "make test-mpi     tests/mpi/ under mpiexec -n N for N in MPI_SIZES ($(MPI_SIZES))"
 	@echo "make test-slurm   slurm/*.sbatch submitted to a one-node Slurm on localhost (root)"
 	@echo "make lint         ruff check"
-	@echo "make bench        each benchmarks/*.py --quick under mpiexec -n $(BENCH_NP)"
+	@echo "make bench        each benchmarks/*.py --quick under mpiexec -n $(BENCH_NP) (installs the bench extra)"
 	@echo "make torch        torch==$(TORCH_VERSION) into the venv, the benchmarks' baseline"
 	@echo "make venv         $(VENV) with mpigrad[$(EXTRAS)] installed from this tree"
 	@echo "make clean        remove the venv and build outputs"

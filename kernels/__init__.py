@@ -22,8 +22,11 @@ Dispatch (``backend`` names the path a call takes):
   dtypes), and all host calls when Numba is missing or ``MPIGRAD_KERNELS=numpy``: NumPy ufuncs,
   no copies. Also a single addend on one thread (``accumulate``, ``sum_into`` of one source,
   serial) larger than ``cpu.SMALL_ADD_MAX_BYTES``: there ``np.add(dst, src, out=dst)`` is as
-  fast as a serial loop and fuses nothing. Below that size a C-contiguous ``accumulate`` takes a
-  serial loop (``cpu.accumulate_small``) that beats ``np.add`` while the arrays sit in cache.
+  fast as a serial loop and fuses nothing. Below that size a C-contiguous addend takes a serial
+  loop (``cpu.accumulate_small``) that beats ``np.add`` while the arrays sit in cache.
+
+Below ``threads.PARALLEL_MIN_SIZE`` elements ``sum_into`` adds its sources one at a time, each
+as ``accumulate`` would; ``backend`` names the fused kernel's path for several sources there.
 
 Environment, read on first use: ``MPIGRAD_KERNELS`` is ``auto`` (default) or ``numpy`` (host
 arrays always take NumPy); ``MPIGRAD_NUM_THREADS`` sets the CPU thread count.
@@ -100,10 +103,13 @@ def sum_into(dst, srcs):
     """
     srcs = tuple(srcs)
     if _small_host_addends(dst, srcs):
-        # Below the threading threshold one pass buys nothing over NumPy's adds, and the
-        # general checks would cost more than the adds themselves (many tiny gradients).
+        # Below the threading threshold one pass buys nothing over adding the sources one at a
+        # time (as accumulate does), and the general checks would cost more than the adds
+        # themselves (many tiny gradients).
+        cpu = _numba() if dst.dtype in _NUMBA_DTYPES else None
         for src in srcs:
-            np.add(dst, src, out=dst)
+            if cpu is None or not cpu.accumulate_small(dst, src):
+                np.add(dst, src, out=dst)
         return dst
     path = _route("sum_into", (dst, *srcs))
     for i, src in enumerate(srcs):

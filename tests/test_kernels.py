@@ -106,6 +106,18 @@ def test_sum_into_matches_sequential_loop(path, case):
     assert_bits_equal(dst, expected)
 
 
+@given(case=st.integers(0, 9).flatmap(addends))
+def test_small_sum_into_adds_one_source_at_a_time_in_order(case):
+    """Unforced, small arrays add each source as accumulate does (the loop), in order."""
+    dst, srcs = case
+    srcs = [src if i % 3 else src.copy(order="F") for i, src in enumerate(srcs)]  # mixed
+    expected = dst.copy()
+    for src in srcs:
+        expected += src
+    assert kernels.sum_into(dst, srcs) is dst
+    assert_bits_equal(dst, expected)
+
+
 @pytest.mark.parametrize("path", PATHS)
 @given(case=scatters())
 def test_scatter_add_matches_add_at(path, case):

@@ -1,11 +1,12 @@
-"""Pieces the benchmarks share: quartiles, an idle wait that leaves the core to the worker, and
-writing a plot.  Not a benchmark; the scripts import it from their own folder."""
+"""Pieces the benchmarks share: quartiles, an idle wait that leaves the core to the worker,
+writing a plot, and the line that reports a target.  Not a benchmark; the scripts import it from
+their own folder."""
 
 import os
 import statistics
 import time
 
-__all__ = ["keep_freed_memory", "quartiles", "release_idle", "save_figure"]
+__all__ = ["keep_freed_memory", "quartiles", "release_idle", "save_figure", "target_line"]
 
 
 def keep_freed_memory():
@@ -55,3 +56,9 @@ def save_figure(fig, path):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return f"plot: {path}"
+
+
+def target_line(goal):
+    """The stderr line for a target record (``target``, ``value``, ``goal``, ``met``)."""
+    verdict = "met" if goal["met"] else "NOT met"
+    return f"target: {goal['target']}: {goal['value']} (goal {goal['goal']}: {verdict})"

@@ -45,6 +45,7 @@ try:
 except ImportError:  # run from a source tree: benchmarks/ sits next to mpigrad/
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from mpigrad import kernels
+from _common import target_line  # noqa: E402
 
 KI, MI = 1 << 10, 1 << 20
 SIZES = (64 * KI, MI, 4 * MI, 16 * MI)
@@ -248,9 +249,7 @@ def table(records, goals):
         )
     if records and "waiting_ranks_cpu_busy" in records[0]:
         lines.append(f"waiting ranks' CPU busy fraction: {records[0]['waiting_ranks_cpu_busy']}")
-    for g in goals:
-        verdict = "met" if g["met"] else "NOT met"
-        lines.append(f"target: {g['target']}: {g['value']} (goal {g['goal']}: {verdict})")
+    lines += [target_line(g) for g in goals]
     return "\n".join(lines)
 
 

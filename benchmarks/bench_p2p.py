@@ -74,7 +74,7 @@ try:
 except ImportError:  # run from a source tree: benchmarks/ sits next to mpigrad/
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import mpigrad as mg
-from _common import quartiles, save_figure  # noqa: E402
+from _common import quartiles, save_figure, target_line  # noqa: E402
 
 import mpigrad.distributed as dist  # noqa: E402
 import mpigrad.distributed.autograd as dist_autograd  # noqa: E402
@@ -421,9 +421,7 @@ def main_mode(args):
         for goal in goals:
             print(json.dumps(goal), flush=True)
         for goal in goals:
-            verdict = "met" if goal["met"] else "NOT met"
-            print(f"target: {goal['target']}: {goal['value']} (goal {goal['goal']}: {verdict})",
-                  file=sys.stderr)  # fmt: skip
+            print(target_line(goal), file=sys.stderr)
         if not args.no_plot:
             print(plot(results, args.plot), file=sys.stderr)
 
@@ -656,9 +654,7 @@ def wait_mode(args):
     for r in records:
         lines.append(f"    {r['workers']} worker(s), {r['subject']:<50} {r['median']:>8.1f} ms"
                      f"  x{r['ratio']:<6.2f} busy {r['waiting_ranks_cpu_busy']}")  # fmt: skip
-    for g in goals:
-        lines.append(f"target: {g['target']}: {g['value']} (goal {g['goal']}: "
-                     f"{'met' if g['met'] else 'NOT met'})")  # fmt: skip
+    lines += [target_line(g) for g in goals]
     print("\n".join(lines), file=sys.stderr)
 
 

@@ -80,7 +80,13 @@ try:
 except ImportError:  # run from a source tree: benchmarks/ sits next to mpigrad/
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import mpigrad as mg
-from _common import keep_freed_memory, quartiles, release_idle, save_figure  # noqa: E402
+from _common import (  # noqa: E402
+    keep_freed_memory,
+    quartiles,
+    release_idle,
+    save_figure,
+    target_line,
+)
 
 import mpigrad.distributed as dist  # noqa: E402
 import mpigrad.distributed.autograd as dist_autograd  # noqa: E402
@@ -527,9 +533,7 @@ def main(argv=None):
                 f.write(json.dumps(line) + "\n")
     print(table(records, f"{size} ranks on {CORES} cores"), file=sys.stderr)
     for goal in goals:
-        verdict = "met" if goal["met"] else "NOT met"
-        print(f"target: {goal['target']}: {goal['value']} (goal {goal['goal']}: {verdict})",
-              file=sys.stderr)  # fmt: skip
+        print(target_line(goal), file=sys.stderr)
     if not args.no_plot:
         print(plot(records, args.plot), file=sys.stderr)
 

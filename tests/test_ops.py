@@ -23,6 +23,7 @@ import mpigrad as mg
 from mpigrad import Tensor
 from mpigrad.autograd import forward_ad
 from mpigrad.autograd import grad as autograd_grad
+from mpigrad.ops.movement import broadcast_view
 from mpigrad.testing import check_grads, numerical_jvp
 
 HYPOTHESIS = settings(max_examples=100, deadline=None)
@@ -352,6 +353,36 @@ def test_broadcast_to_any_shape(data, seed):
     assert g.shape == shape
     np.testing.assert_allclose(g.data, _summed_to(w, shape), rtol=1e-12)
     check_grads(lambda x: mg.broadcast_to(x * x, target), [x], order=2, seed=seed)
+
+
+@HYPOTHESIS
+@given(data=st.data(), layout=st.sampled_from(["C", "F", "strided", "reversed"]))
+def test_broadcast_view_matches_numpy(data, layout):
+    """BroadcastTo's forward builds the view itself for contiguous inputs; any layout gives
+    numpy's values, a read-only view of the same memory."""
+    target = data.draw(array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=3))
+    shape = data.draw(
+        broadcastable_shapes(target, min_dims=0, max_dims=len(target), min_side=0).filter(
+            lambda s: np.broadcast_shapes(s, target) == target
+        )
+    )
+    n = int(np.prod(shape))
+    base = np.arange(2 * n, dtype=np.float64)
+    if layout == "strided":
+        a = base[::2].reshape(shape)
+    elif layout == "reversed":
+        a = base[::-2].reshape(shape)
+    else:
+        a = np.asarray(base[:n].reshape(shape), order=layout)
+    out = broadcast_view(a, target)
+    np.testing.assert_array_equal(out, np.broadcast_to(a, target))
+    assert out.shape == target and out.dtype == a.dtype and not out.flags.writeable
+    assert out.size == 0 or np.shares_memory(out, a)
+
+
+def test_broadcast_view_names_both_shapes():
+    with pytest.raises(ValueError, match=r"\(3,\).*\(2,4\)"):
+        broadcast_view(np.ones(3), (2, 4))
 
 
 # --- 3. semantics beyond derivatives --------------------------------------------------------

@@ -94,14 +94,14 @@ class GraphTask:
         self.create_graph = create_graph
         self.retain_grads = retain_grads
         self.accumulate = accumulate or (lambda t, g: accumulate_grad(t, g, create_graph))
-        self.arrays = not create_graph and not open_levels()  # see Note [array mode]
-        starts = list(dict.fromkeys([node for node, _ in roots] + list(extra_roots)))
+        self.arrays = arrays = not create_graph and not open_levels()  # see Note [array mode]
+        starts = [node for node, _ in roots]
+        if extra_roots:
+            starts += extra_roots
         self.dependencies, parents = _count_dependencies(starts, capture is not None)
         dependencies = self.dependencies
         # A root's seed and an extra root's gradient come from outside: one more input each.
-        for node, _ in roots:
-            dependencies[node] = dependencies.get(node, 0) + 1
-        for node in extra_roots:
+        for node in starts:
             dependencies[node] = dependencies.get(node, 0) + 1
         self.buffers = {}
         self.ready = []
@@ -114,7 +114,9 @@ class GraphTask:
                 self.capture_slots.setdefault(node, []).append((nr, index))
             self.needed = _needed_for(self.capture_slots, parents)
         for (node, nr), grad in zip(roots, grads):
-            self._buffer(node, nr, self._value(grad))
+            if not arrays or type(grad) is not np.ndarray:
+                grad = self._value(grad)
+            self._buffer(node, nr, grad)
             self._arrive(node)
 
     def supply(self, node, grad):
@@ -258,11 +260,11 @@ class GraphTask:
 
 
 def _count_dependencies(starts, want_parents):
-    """Incoming-edge count of every node reachable from ``starts``, and (if ``want_parents``)
-    each node's parents."""
+    """Incoming-edge count of every node reachable from ``starts`` (which may repeat a node), and
+    (if ``want_parents``) each node's parents."""
     dependencies, parents = {}, {}
-    stack = list(starts)
     starts = set(starts)
+    stack = list(starts)
     while stack:
         node = stack.pop()
         for nxt, _ in node.next_functions:

@@ -61,9 +61,10 @@ def test_pack_and_unpack(dtype, shape):
     assert (header.dtype, header.shape, header.nbytes) == (array.dtype, shape, array.nbytes)
     if array.nbytes <= INLINE_LIMIT:
         assert payload is None and header.inline
-        assert len(words) == HEADER_WORDS + (array.nbytes + 7) // 8 <= MESSAGE_WORDS
+        assert isinstance(words, bytes) and len(words) == 8 * HEADER_WORDS + array.nbytes
+        assert len(words) <= 8 * MESSAGE_WORDS
         received = messages.empty_message()
-        received[: len(words)] = words
+        received.view(np.uint8)[: len(words)] = np.frombuffer(words, np.uint8)
         out = unpack_inline(header, received)
     else:
         assert header.payload_tag == 9 and len(words) == HEADER_WORDS
@@ -121,5 +122,5 @@ def test_malformed_headers():
         words[index] = value
         with pytest.raises(ValueError, match=message):
             decode_header(words)
-    with pytest.raises(ValueError, match=f"has {HEADER_WORDS} words; got 3"):
+    with pytest.raises(ValueError, match=f"has {8 * HEADER_WORDS} bytes; got 24"):
         decode_header(good[:3])

@@ -237,7 +237,7 @@ class _Pass:
                 backoff.pause()
                 message = probe(MPI.ANY_SOURCE, tag, status)
         words = messages.empty_message()
-        message.Recv(words)
+        message.Recv([words, MPI.BYTE])
         source = status.Get_source()
         header = messages.decode_header(words)
         array = None
@@ -304,10 +304,12 @@ class _Pass:
         pending = comms.control.Iallreduce(local, total, op=MPI.SUM)
         self._drain_until(pending.Test)
         total = total.tolist()
-        self._drain_until(lambda: self.received >= total[comms.rank])
+        if self.received < total[comms.rank]:
+            self._drain_until(lambda: self.received >= total[comms.rank])
         failed_ranks, id_sum, id_squares, retained = total[size:]
-        self._drain_until(lambda: all(r.test() for r in self.requests))
-        self.requests = []
+        if self.requests:
+            self._drain_until(lambda: all(r.test() for r in self.requests))
+            self.requests = []
         problems = dict(self.errors)
         if self.failure is not None:
             problems[comms.rank] = f"rank {comms.rank}: {self.failure}"

@@ -144,9 +144,11 @@ def encode_header(
 
 
 def decode_header(words):
-    """Parse the first HEADER_WORDS of an int64 array; ValueError on a malformed header."""
-    if len(words) < HEADER_WORDS:
-        raise ValueError(f"a message header has {HEADER_WORDS} words; got {len(words)}")
+    """Parse the header at the start of a buffer (an int64 array, bytes); ValueError on a
+    malformed header."""
+    if memoryview(words).nbytes < _HEADER_BYTES:
+        raise ValueError(f"a message header has {_HEADER_BYTES} bytes; got "
+                         f"{memoryview(words).nbytes}")
     words = _HEADER.unpack_from(words)
     if words[_VERSION] != FORMAT_VERSION:
         raise ValueError(
@@ -181,12 +183,11 @@ def _bytes_of(array):
 
 def pack(array, kind=Kind.TENSOR, *, payload_tag=-1, context_id=NO_CONTEXT, message_id=-1,
          requires_grad=False):
-    """The message for array: (header words, payload bytes or None).
+    """The message for array: (header bytes, payload bytes or None), both sent as MPI_BYTE.
 
-    With ``array.nbytes <= INLINE_LIMIT`` the payload is copied behind the header and the
-    words are trimmed to what it needs; otherwise payload_tag must be given (>= 0) and the
-    payload is a uint8 view of the array, copied only if it is not C-contiguous.
-    See Note [inline payloads].
+    With ``array.nbytes <= INLINE_LIMIT`` the payload is copied behind the header into one
+    ``bytes`` object; otherwise payload_tag must be given (>= 0) and the payload is a uint8 view
+    of the array, copied only if it is not C-contiguous.  See Note [inline payloads].
     """
     array = np.asarray(array)
     code = DTYPE_CODES.get(array.dtype) or dtype_code(array.dtype)  # the dtype error first
@@ -194,12 +195,9 @@ def pack(array, kind=Kind.TENSOR, *, payload_tag=-1, context_id=NO_CONTEXT, mess
     _check_ndim(shape)
     nbytes = array.nbytes
     if nbytes <= INLINE_LIMIT:
-        words = np.empty(HEADER_WORDS + (nbytes + 7) // 8, dtype=np.int64)
-        _pack_header(words, kind, code, shape, nbytes, context_id, message_id, requires_grad,
-                     -1)
-        if nbytes:
-            memoryview(words).cast("B")[_HEADER_BYTES:_HEADER_BYTES + nbytes] = array.tobytes()
-        return words, None
+        return _HEADER.pack(FORMAT_VERSION, kind, context_id, message_id, requires_grad, code,
+                            len(shape), *shape, *_PADDING[len(shape)], nbytes, -1
+                            ) + array.tobytes(), None
     if payload_tag < 0:
         raise ValueError(f"a payload of {array.nbytes} bytes needs a payload tag")
     words = np.empty(HEADER_WORDS, dtype=np.int64)
@@ -216,5 +214,5 @@ def unpack_inline(header, words):
 
 
 def empty_message():
-    """A receive buffer for any message: MESSAGE_WORDS int64 words."""
+    """A receive buffer for any message (receive it as MPI_BYTE): MESSAGE_WORDS int64 words."""
     return np.empty(MESSAGE_WORDS, dtype=np.int64)

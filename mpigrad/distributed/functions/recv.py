@@ -59,7 +59,7 @@ class RecvRequest:
     def __init__(self, comms, source, tag, op):
         self._comms, self._source, self._op = comms, source, op
         self._words = messages.empty_message()
-        self._request = comms.data.Irecv(self._words, source, tag)
+        self._request = comms.data.Irecv([self._words, MPI.BYTE], source, tag)
         self._tensor = None
 
     def wait(self):

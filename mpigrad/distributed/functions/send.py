@@ -90,7 +90,7 @@ def post_send(comms, array, dest, tag, kind=Kind.TENSOR, channel=None, **header)
     See Note [inline payloads]."""
     payload_tag = comms.next_payload_tag() if array.nbytes > messages.INLINE_LIMIT else -1
     words, payload = messages.pack(array, kind, payload_tag=payload_tag, **header)
-    requests = [(channel or comms.data).Isend(words, dest, tag)]
+    requests = [(channel or comms.data).Isend([words, MPI.BYTE], dest, tag)]
     if payload is not None:
         requests.append(comms.payload.Isend([payload, MPI.BYTE], dest, payload_tag))
     return SendRequest(requests, (words, payload))

@@ -5,7 +5,7 @@ import numpy as np
 from ..function import Function, binary_op
 from ..tensor import Tensor
 from ._util import data, plus
-from .movement import Permute, reshape, unsqueeze
+from .movement import Permute, unsqueeze
 
 __all__ = ["matmul"]
 
@@ -38,7 +38,7 @@ class MatMul(Function):
         # broadcast batch axes back (see Note [broadcasting is undone at the edge]).
         x2 = unsqueeze(x, 0) if x.ndim == 1 else x
         y2 = unsqueeze(y, -1) if y.ndim == 1 else y
-        g2 = reshape(grad, _lifted_shape(grad.shape, x.ndim, y.ndim))
+        g2 = grad.reshape(_lifted_shape(grad.shape, x.ndim, y.ndim))
         grad_x = grad_y = None
         if need_x:
             grad_x = g2 @ _mT(y2)

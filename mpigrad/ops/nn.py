@@ -41,7 +41,7 @@ class LogSumExp(Function):
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         out = LogSumExp.apply(x, ctx.axes, True)
-        grad = reshape(grad, keepdims_shape(ctx.shape, ctx.axes))
+        grad = grad.reshape(keepdims_shape(ctx.shape, ctx.axes))
         return grad * LogSumExp._weights(ctx, x, out), None, None
 
     @staticmethod

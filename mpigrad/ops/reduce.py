@@ -5,7 +5,7 @@ import numpy as np
 
 from ..function import Function, unary_op
 from ._util import constant, data, keepdims_shape, normalize_axis
-from .movement import broadcast_to, reshape
+from .movement import broadcast_to
 
 __all__ = ["sum", "mean", "max", "min", "sum_to"]
 
@@ -21,7 +21,7 @@ class Sum(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grad = reshape(grad, keepdims_shape(ctx.shape, ctx.axes))
+        grad = grad.reshape(keepdims_shape(ctx.shape, ctx.axes))
         return broadcast_to(grad, ctx.shape), None, None
 
     @staticmethod
@@ -48,7 +48,7 @@ class _Extreme(Function):
     @classmethod
     def backward(cls, ctx, grad):
         (x,) = ctx.saved_tensors
-        grad = reshape(grad, keepdims_shape(x.shape, ctx.axes))
+        grad = grad.reshape(keepdims_shape(x.shape, ctx.axes))
         return grad * cls._weights(x, ctx.axes), None, None
 
     @classmethod

@@ -1,4 +1,5 @@
-"""Array kernels that sum gradients, in place, for NumPy and CUDA device arrays.
+"""Array kernels that sum gradients, in place, for NumPy and CUDA device arrays; and the stencil
+of ``mpigrad.stencil`` with its adjoint, on host arrays.
 
 Semantics, the same on every path and bit for bit the sequential Python loop, whatever the
 thread count (see Note [deterministic chunks] in ``cpu.py``)::
@@ -8,7 +9,14 @@ thread count (see Note [deterministic chunks] in ``cpu.py``)::
     scatter_add(dst, index, src)  for i in range(len(index)): dst[index[i]] += src[i]
 
 Each returns ``dst``. Arrays are neither broadcast nor cast; a call that raises leaves ``dst``
-unchanged.
+unchanged. The stencils return a new array of ``np.result_type(x, w)``::
+
+    correlate(x, w, axis)             out[.., i, ..] = sum_k w[k] x[.., i + k, ..], i < n - K + 1
+    correlate_transposed(g, w, axis)  out[.., j, ..] = sum_k w[k] g[.., j - k, ..], 0 <= j - k < m
+
+(``K = len(w)``; ``m`` is ``g``'s length along ``axis``, and ``correlate_transposed`` has
+``m + K - 1`` outputs there: it is ``correlate``'s adjoint.) They run ``stencil.py``'s Numba loops
+when the result dtype is one Numba handles and Numba is there, else ``reference.py``'s slices.
 
 Dispatch (``backend`` names the path a call takes):
 
@@ -47,6 +55,8 @@ __all__ = [
     "BACKENDS",
     "accumulate",
     "backend",
+    "correlate",
+    "correlate_transposed",
     "get_num_threads",
     "scatter_add",
     "set_num_threads",
@@ -255,6 +265,39 @@ def _numba():
     except ImportError:
         return None
     return cpu
+
+
+def correlate(x, w, axis):
+    """The K-point stencil of ``x`` along ``axis``, valid positions only (see the module)."""
+    return _stencil(x, w, axis, x.shape[axis] - len(w) + 1, "correlate_rows")
+
+
+def correlate_transposed(g, w, axis):
+    """``correlate``'s adjoint applied to ``g`` (see the module)."""
+    return _stencil(g, w, axis, g.shape[axis] + len(w) - 1, "correlate_rows_transposed")
+
+
+def _stencil(a, w, axis, length, kernel):
+    """Run a row kernel over the lines of ``a`` along ``axis``: they become the rows of a 2-D
+    array (a copy only when ``axis`` is not the last axis or the dtype changes)."""
+    dtype = np.result_type(a.dtype, w.dtype)
+    a = np.moveaxis(a, axis, -1)
+    lead = a.shape[:-1]
+    rows = a.reshape(-1, a.shape[-1]).astype(dtype, copy=False)
+    out = np.empty((rows.shape[0], length), dtype)
+    module = _stencil_numba() if dtype in _NUMBA_DTYPES else None
+    getattr(module or reference, kernel)(rows, np.ascontiguousarray(w, dtype), out)
+    return np.moveaxis(out.reshape(lead + (length,)), -1, axis)
+
+
+@functools.cache
+def _stencil_numba():
+    """``stencil.py``, or None where ``_numba`` gives None (no Numba, MPIGRAD_KERNELS=numpy)."""
+    if _numba() is None:
+        return None
+    from . import stencil
+
+    return stencil
 
 
 def _cuda():

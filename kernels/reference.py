@@ -7,7 +7,7 @@ ndarray subclasses, dtypes Numba lacks), and every host array when Numba is not 
 
 import numpy as np
 
-__all__ = ["scatter_add", "sum_into"]
+__all__ = ["correlate_rows", "correlate_rows_transposed", "scatter_add", "sum_into"]
 
 
 def sum_into(dst, srcs):
@@ -27,3 +27,19 @@ def scatter_add(dst, index, src):
         return int(bad[0])
     np.add.at(dst, index, src)
     return -1
+
+
+def correlate_rows(x, w, out):
+    """``out[r, i] = sum_k w[k] x[r, i + k]`` for ``i < out.shape[1]``, k in ascending order."""
+    m = out.shape[1]
+    np.multiply(x[:, :m], w[0], out=out)
+    for k in range(1, len(w)):
+        out += w[k] * x[:, k:k + m]
+
+
+def correlate_rows_transposed(g, w, out):
+    """``out[r, j] = sum_k w[k] g[r, j - k]`` over ``0 <= j - k < g.shape[1]``, k ascending."""
+    m = g.shape[1]
+    out[...] = 0
+    for k in range(len(w)):
+        out[:, k:k + m] += w[k] * g

@@ -213,4 +213,14 @@ CASES = [
     _case("cross_entropy", "prob-targets", mg.cross_entropy,
           lambda r: [normal(r, 3, 4), r.dirichlet(np.ones(4), 3)]),
     _case("mse_loss", "", mg.mse_loss, lambda r: [normal(r, 3, 4), normal(r, 3, 4)]),
+    # --- stencil --------------------------------------------------------------------------------
+    _case("stencil", "heat-constant-weights", lambda x: mg.stencil(x, [0.4, 0.2, 0.4]),
+          lambda r: [normal(r, 7)]),
+    _case("stencil", "weights-too", mg.stencil, lambda r: [normal(r, 6), normal(r, 3)]),
+    _case("stencil", "axis0-of-2d", lambda x, w: mg.stencil(x, w, axis=0),
+          lambda r: [normal(r, 5, 2), normal(r, 2)]),
+    _case("stencil", "middle-axis-of-3d", lambda x, w: mg.stencil(x, w, axis=-2),
+          lambda r: [normal(r, 2, 4, 3), normal(r, 4)]),
+    _case("stencil", "one-weight", lambda x, w: mg.stencil(x, w), lambda r: [normal(r, 3, 4),
+          normal(r, 1)]),
 ]

@@ -413,6 +413,25 @@ def test_without_numba_host_arrays_take_numpy():
     assert done.stdout == "numpy [0.0, 2.0, 0.0, 1.0]\n"
 
 
+@pytest.mark.parametrize("env", [{}, {"MPIGRAD_KERNELS": "numpy"}])
+def test_stencils_take_the_numpy_rows_without_numba(env):
+    """Without Numba (or with MPIGRAD_KERNELS=numpy) mpigrad.stencil and its gradient run on
+    reference.py's slices, and importing mpigrad loads no Numba."""
+    hide = "sys.modules['numba'] = None; " if not env else ""
+    done = run_python(
+        f"import sys, numpy as np; {hide}import mpigrad as mg; "
+        "x = mg.tensor(np.arange(6.0), requires_grad=True); "
+        "mg.stencil(x, [1.0, -2.0, 1.0]).sum().backward(); "
+        "print(mg.stencil(x, [1.0, 2.0]).data.tolist(), x.grad.data.tolist(), "
+        "sys.modules.get('numba') is not None)",
+        **env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("]")[0] == "[2.0, 5.0, 8.0, 11.0, 14.0"
+    assert done.stdout.split("] ")[1] == "[1.0, -1.0, 0.0, 0.0, -1.0, 1.0"
+    assert done.stdout.split()[-1] == "False"
+
+
 def test_unknown_mpigrad_kernels_value_is_rejected():
     done = run_python(
         "import numpy as np; from mpigrad import kernels; kernels.backend(np.zeros(3))",

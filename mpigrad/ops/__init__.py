@@ -12,5 +12,7 @@ from .nn import *  # noqa: F403
 from .nn import __all__ as _nn
 from .reduce import *  # noqa: F403
 from .reduce import __all__ as _reduce
+from .stencil import *  # noqa: F403
+from .stencil import __all__ as _stencil
 
-__all__ = [*_elementwise, *_reduce, *_movement, *_linalg, *_nn]
+__all__ = [*_elementwise, *_reduce, *_movement, *_linalg, *_nn, *_stencil]

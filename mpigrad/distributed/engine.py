@@ -243,6 +243,7 @@ class _Pass:
         array = None
         if header.inline:
             array = messages.unpack_inline(header, words)
+            array.flags.writeable = False  # read-only: a leaf sink keeps it without a view
         else:
             array = buffers.receive_buffer(header.shape, header.dtype)
             self.comms.payload.Recv([array.reshape(-1).view(np.uint8), MPI.BYTE], source,

@@ -27,12 +27,13 @@ import numpy as np
 # Note [inline payloads]
 # ~~~~~~~~~~~~~~~~~~~~~~
 # A payload of at most INLINE_LIMIT bytes rides in the same MPI message as its header, right
-# after it (padded to whole words), so a small tensor costs one message, not two. A larger
+# after it (one ``bytes`` object), so a small tensor costs one message, not two. A larger
 # payload goes as a second message of raw bytes, straight from the (C-contiguous) array, on
 # the payload communicator under the tag the header names in ``payload_tag``. That tag is
 # unique per sender (a counter), so the receiver finds the right payload whatever order its
-# requests complete in, and no user tag can collide with it. The receiver always posts a
-# receive of MESSAGE_WORDS words: MPI lets a message be shorter than its receive buffer.
+# requests complete in, and no user tag can collide with it. Headers travel as MPI_BYTE, and
+# the receiver always posts a receive of MESSAGE_WORDS words' bytes: MPI lets a message be
+# shorter than its receive buffer.
 
 __all__ = [
     "FORMAT_VERSION", "MAX_NDIM", "INLINE_LIMIT", "HEADER_WORDS", "MESSAGE_WORDS", "NO_CONTEXT",

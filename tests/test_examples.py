@@ -45,3 +45,4 @@ def test_heat_adjoint_gradient_checks_pass(n, tmp_path):
         match = re.search(rf"^{check} check: relative error (\S+) \(tolerance", output,
                           re.MULTILINE)
         assert match and float(match.group(1)) <= tolerance, output
+    assert re.search(r"^both checks passed$", output, re.MULTILINE), output

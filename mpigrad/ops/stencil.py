@@ -13,64 +13,60 @@ __all__ = ["stencil"]
 
 
 class Stencil(Function):
-    """out[..., i, ...] = sum_k w[k] x[..., i + k, ...] along ``axis`` (m = n - K + 1 outputs);
-    grad_x[j] = sum_k w[k] grad[j - k] (the transposed stencil); grad_w[k] = sum grad * x[k:k + m]
+    """out[..., i, ...] = sum_k w[k] a[..., i + k, ...] along ``axis`` (n - K + 1 outputs);
+    grad_a[j] = sum_k w[k] grad[j - k] (``StencilTransposed``); grad_w[k] = sum grad * a[k:k + m]
+
+    Both stencils are linear in ``a`` and in ``w``: each one's adjoint in ``a`` is the other
+    (``transposed``), and one formula gives both gradients in ``w`` (``_weight_grad``).
     """
 
-    @staticmethod
-    def forward(ctx, x, w, axis):
+    kernel = staticmethod(correlate)
+    transposed = None  # StencilTransposed, set below
+
+    @classmethod
+    def forward(cls, ctx, a, w, axis):
         ctx.axis = axis
-        # x is needed only for the weights' gradient: a stencil of constants keeps no input alive.
-        ctx.save_for_backward(w, x if _weights_need_grad(ctx) else None)
-        return correlate(data(x), data(w), axis)
+        # a is needed only for the weights' gradient: a stencil of constants keeps no input alive.
+        ctx.save_for_backward(w, a if _weights_need_grad(ctx) else None)
+        return cls.kernel(data(a), data(w), axis)
 
-    @staticmethod
-    def backward(ctx, grad):
-        w, x = ctx.saved_tensors
-        need_x, need_w = ctx.needs_input_grad[:2]
-        return (StencilTransposed.apply(grad, w, ctx.axis) if need_x else None,
-                _weight_grad(grad, x, w.shape[0], ctx.axis) if need_w else None, None)
+    @classmethod
+    def backward(cls, ctx, grad):
+        w, a = ctx.saved_tensors
+        need_a, need_w = ctx.needs_input_grad[:2]
+        return (cls.transposed.apply(grad, w, ctx.axis) if need_a else None,
+                _weight_grad(grad, a, w.shape[0], ctx.axis) if need_w else None, None)
 
-    @staticmethod
-    def jvp(ctx, tx, tw, _):
-        x, w, axis = ctx.inputs
-        return plus(None if tx is None else Stencil.apply(tx, w, axis),
-                    None if tw is None else Stencil.apply(x, tw, axis))
+    @classmethod
+    def jvp(cls, ctx, ta, tw, _):
+        a, w, axis = ctx.inputs
+        return plus(None if ta is None else cls.apply(ta, w, axis),
+                    None if tw is None else cls.apply(a, tw, axis))
 
 
-class StencilTransposed(Function):
-    """out[..., j, ...] = sum_k w[k] g[..., j - k, ...] over 0 <= j - k < m (m + K - 1 outputs):
-    Stencil's adjoint in x.  grad_g = Stencil of grad; grad_w[k] = sum g * grad[k:k + m]"""
+class StencilTransposed(Stencil):
+    """out[..., j, ...] = sum_k w[k] a[..., j - k, ...] over 0 <= j - k < m (m + K - 1 outputs):
+    Stencil's adjoint in a, whose own adjoint is Stencil; grad_w[k] = sum a * grad[k:k + m]"""
 
-    @staticmethod
-    def forward(ctx, g, w, axis):
-        ctx.axis = axis
-        ctx.save_for_backward(w, g if _weights_need_grad(ctx) else None)
-        return correlate_transposed(data(g), data(w), axis)
+    kernel = staticmethod(correlate_transposed)
+    transposed = Stencil
 
-    @staticmethod
-    def backward(ctx, grad):
-        w, g = ctx.saved_tensors
-        need_g, need_w = ctx.needs_input_grad[:2]
-        return (Stencil.apply(grad, w, ctx.axis) if need_g else None,
-                _weight_grad(g, grad, w.shape[0], ctx.axis) if need_w else None, None)
 
-    @staticmethod
-    def jvp(ctx, tg, tw, _):
-        g, w, axis = ctx.inputs
-        return plus(None if tg is None else StencilTransposed.apply(tg, w, axis),
-                    None if tw is None else StencilTransposed.apply(g, tw, axis))
+Stencil.transposed = StencilTransposed
 
 
 def _weights_need_grad(ctx):
     return len(ctx.needs_input_grad) > 1 and ctx.needs_input_grad[1]
 
 
-def _weight_grad(g, x, K, axis):
-    """``[sum(g * x[..., k:k + m, ...]) for k < K]`` along ``axis``, m = g's length there."""
-    m = g.shape[axis]
+def _weight_grad(grad, a, K, axis):
+    """``[sum(short * long[..., k:k + m, ...]) for k < K]`` along ``axis``, where ``short`` is the
+    shorter of ``grad`` and ``a`` there (length m): a stencil's gradient in its weights, either
+    way round."""
+    short, long = (grad, a) if grad.shape[axis] <= a.shape[axis] else (a, grad)
+    m = short.shape[axis]
     lead = (slice(None),) * axis
-    return stack([(g * x[lead + (slice(k, k + m),)]).sum() for k in range(K)])
+    return stack([(short * long[lead + (slice(k, k + m),)]).sum() for k in range(K)])
 
 
 def stencil(x, weights, axis=-1):

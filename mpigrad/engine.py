@@ -94,7 +94,7 @@ class GraphTask:
         self.create_graph = create_graph
         self.retain_grads = retain_grads
         self.accumulate = accumulate or (lambda t, g: accumulate_grad(t, g, create_graph))
-        self.arrays = arrays = not create_graph and not open_levels()  # see Note [array mode]
+        self.arrays = not create_graph and not open_levels()  # see Note [array mode]
         starts = [node for node, _ in roots]
         if extra_roots:
             starts += extra_roots
@@ -114,9 +114,7 @@ class GraphTask:
                 self.capture_slots.setdefault(node, []).append((nr, index))
             self.needed = _needed_for(self.capture_slots, parents)
         for (node, nr), grad in zip(roots, grads):
-            if not arrays or type(grad) is not np.ndarray:
-                grad = self._value(grad)
-            self._buffer(node, nr, grad)
+            self._buffer(node, nr, self._value(grad))
             self._arrive(node)
 
     def supply(self, node, grad):
@@ -139,6 +137,8 @@ class GraphTask:
     def _value(self, grad):
         """A gradient as this pass carries it: an ndarray in array mode, else a Tensor."""
         if self.arrays:
+            if type(grad) is np.ndarray:
+                return grad
             return grad.data if isinstance(grad, Tensor) else np.asarray(grad)
         return grad if isinstance(grad, Tensor) else Tensor._make(np.asarray(grad))
 

@@ -116,10 +116,11 @@ def _check_ndim(shape):
         )
 
 
-def _pack_header(out, kind, code, shape, nbytes, context_id, message_id, requires_grad,
-                 payload_tag):
-    _HEADER.pack_into(
-        out, 0, FORMAT_VERSION, kind, context_id, message_id, requires_grad, code, len(shape),
+def _header_bytes(kind, code, shape, nbytes, context_id, message_id, requires_grad,
+                  payload_tag):
+    """The header's HEADER_WORDS words, packed in one call."""
+    return _HEADER.pack(
+        FORMAT_VERSION, kind, context_id, message_id, requires_grad, code, len(shape),
         *shape, *_PADDING[len(shape)], nbytes, payload_tag,
     )
 
@@ -139,8 +140,9 @@ def encode_header(
     nbytes = dtype.itemsize
     for n in shape:
         nbytes *= n
-    _pack_header(out, Kind(kind), code, shape, nbytes, context_id, message_id,
-                 bool(requires_grad), payload_tag)
+    out[:HEADER_WORDS] = np.frombuffer(
+        _header_bytes(Kind(kind), code, shape, nbytes, context_id, message_id,
+                      bool(requires_grad), payload_tag), np.int64)
     return out
 
 
@@ -184,11 +186,12 @@ def _bytes_of(array):
 
 def pack(array, kind=Kind.TENSOR, *, payload_tag=-1, context_id=NO_CONTEXT, message_id=-1,
          requires_grad=False):
-    """The message for array: (header bytes, payload bytes or None), both sent as MPI_BYTE.
+    """The message for array: (header, payload or None), both sent as MPI_BYTE.
 
     With ``array.nbytes <= INLINE_LIMIT`` the payload is copied behind the header into one
-    ``bytes`` object; otherwise payload_tag must be given (>= 0) and the payload is a uint8 view
-    of the array, copied only if it is not C-contiguous.  See Note [inline payloads].
+    ``bytes`` object; otherwise the header is HEADER_WORDS int64 words, payload_tag must be given
+    (>= 0) and the payload is a uint8 view of the array, copied only if it is not C-contiguous.
+    See Note [inline payloads].
     """
     array = np.asarray(array)
     code = DTYPE_CODES.get(array.dtype) or dtype_code(array.dtype)  # the dtype error first
@@ -196,14 +199,12 @@ def pack(array, kind=Kind.TENSOR, *, payload_tag=-1, context_id=NO_CONTEXT, mess
     _check_ndim(shape)
     nbytes = array.nbytes
     if nbytes <= INLINE_LIMIT:
-        return _HEADER.pack(FORMAT_VERSION, kind, context_id, message_id, requires_grad, code,
-                            len(shape), *shape, *_PADDING[len(shape)], nbytes, -1
-                            ) + array.tobytes(), None
+        return _header_bytes(kind, code, shape, nbytes, context_id, message_id, requires_grad,
+                             -1) + array.tobytes(), None
     if payload_tag < 0:
         raise ValueError(f"a payload of {array.nbytes} bytes needs a payload tag")
-    words = np.empty(HEADER_WORDS, dtype=np.int64)
-    _pack_header(words, kind, code, shape, nbytes, context_id, message_id, requires_grad,
-                 payload_tag)
+    words = np.frombuffer(_header_bytes(kind, code, shape, nbytes, context_id, message_id,
+                                        requires_grad, payload_tag), np.int64)
     return words, _bytes_of(np.ascontiguousarray(array))
 
 

@@ -25,6 +25,28 @@ dual level open) runs the built-in rules on plain ndarrays: gradients travel as 
 same rule code (``grad * y``, ``cos(x)``) costs what numpy costs.  Whatever the user wrote (hooks,
 the ``accumulate`` sink, a custom Function's backward, a Node without ``takes_arrays``) still gets
 Tensors, and runs with array mode off.
+
+Note [gradient ownership]: inside a backward pass, a writable gradient array belongs to the engine
+alone; anything that may be shared reaches the engine read-only.  So the engine writes into a
+writable gradient (``sum_with_slices``) and hands it over (as a leaf's ``.grad``, a retained
+``.grad``, a captured gradient) without copying, and copies only a read-only one when it hands
+it over.  Ownership is this stated rule, never a reference count (CPython's counts are not
+stable across versions).  Who keeps it:
+
+- seeds: ``unit_seed`` is read-only; ``autograd.backward`` and ``grad`` copy the caller's seeds
+  (or take a read-only view of a differentiable one); a caller of ``GraphTask`` hands over
+  writable arrays it will not touch again (a received buffer) and passes anything else
+  read-only, in ``grads`` and in ``supply``;
+- built-in rules, and every node with ``takes_arrays``, return fresh arrays, views of their
+  incoming gradient or that gradient itself, each to one input; a rule that returns one array
+  for two inputs makes it read-only first (``Add``);
+- what user code returns (a custom Function's backward, a Node without ``takes_arrays``, a
+  hook's replacement gradient) enters as a read-only view (``read_only``);
+- user code handed a gradient during the pass: a hook gets it after the engine has made its
+  own array read-only (hooks must not modify their argument); a retained ``.grad`` and a
+  captured gradient get the writable array, and the pass goes on with a read-only view of it;
+- the leaf sink (``added``) keeps a writable gradient and copies a read-only one (``owned``),
+  so a ``.grad`` is the user's to write: ``x.grad.data /= n``, an in-place Allreduce, clipping.
 """
 
 import functools
@@ -40,7 +62,9 @@ from .kernels import sum_into
 from .slice_grad import SliceGrad, sum_with_slices
 from .tensor import Tensor
 
-__all__ = ["GraphTask", "BackwardError", "accumulate_grad", "added", "unit_seed"]
+__all__ = [
+    "GraphTask", "BackwardError", "accumulate_grad", "added", "owned", "read_only", "unit_seed",
+]
 
 
 class BackwardError(RuntimeError):
@@ -62,18 +86,16 @@ def accumulate_grad(tensor, grad, create_graph=False):
 
 
 def added(old, grad, create_graph=False):
-    """``old + grad`` for gradient accumulation (``old`` None: nothing yet).  The first gradient
-    is kept by reference (read-only, as it may be shared), a second allocates, later ones add in
-    place; differentiably under create_graph."""
+    """``old + grad`` for gradient accumulation (``old`` None: nothing yet), as the caller's to
+    keep and write (see Note [gradient ownership]).
+
+    The first gradient is handed over when its array is writable, else copied (``owned``).  A
+    later one is added in place into ``old``'s array when that is writable, as torch adds into
+    an existing ``.grad`` (a user's array assigned to ``.grad`` included), else into a new
+    array; differentiably under create_graph or where tangents ride along.
+    """
     if old is None:
-        if not create_graph and grad.data.flags.writeable:
-            view = grad.data.view()
-            view.flags.writeable = False
-            tangents = grad._fw
-            grad = Tensor._make(view)
-            for level, tangent in (tangents or {}).items():  # forward-over-reverse
-                set_tangent(grad, level, tangent)
-        return grad
+        return owned(grad)
     if create_graph or old.grad_fn is not None or old._fw or grad._fw:
         return old + grad
     if old.data.flags.writeable:
@@ -82,11 +104,65 @@ def added(old, grad, create_graph=False):
     return Tensor._make(np.asarray(np.add(old.data, grad.data)))
 
 
+def owned(grad):
+    """``grad`` (a Tensor) as a gradient the caller may keep and write: itself when its array is
+    writable (the engine's own, handed over), else a copy; see Note [gradient ownership].
+
+    A copy is recorded where ``grad`` requires grad (create_graph: as torch's clone), and keeps
+    ``grad``'s tangents (forward-over-reverse).
+    """
+    if grad.data.flags.writeable:
+        return grad
+    if grad._requires_grad:
+        from .ops.elementwise import cast
+
+        return cast(grad, grad.data.dtype)  # astype: a differentiable copy
+    copy = Tensor._make(np.array(grad.data))
+    for level, tangent in (grad._fw or {}).items():
+        set_tangent(copy, level, tangent)
+    return copy
+
+
+def read_only(grad):
+    """``grad`` (an ndarray or a Tensor) as a read-only view, or itself when it is read-only
+    already: how a gradient that may be shared enters the engine (Note [gradient ownership]).
+
+    A Tensor that requires grad or carries tangents gets its view through ``alias``, so that it
+    stays differentiable.  Anything else is returned as it is (the engine names a wrong type).
+    """
+    if type(grad) is np.ndarray:
+        if not grad.flags.writeable:
+            return grad
+        view = grad.view()
+        view.flags.writeable = False
+        return view
+    if not isinstance(grad, Tensor) or not grad.data.flags.writeable:
+        return grad
+    view = grad.data.view()
+    view.flags.writeable = False
+    if not (grad._requires_grad or grad._fw):
+        return Tensor._make(view)
+    from .ops.movement import alias
+
+    out = alias(grad)
+    out.data = view
+    return out
+
+
+def _seal(grad):
+    """Make the engine's own gradient array read-only, where it is (an ndarray or a Tensor)."""
+    (grad if type(grad) is np.ndarray else grad.data).flags.writeable = False
+
+
 _ONE_OUTPUT = Node.output_meta
 
 
 class GraphTask:
-    """One backward pass from ``roots`` (edges) seeded with ``grads`` (Tensors)."""
+    """One backward pass from ``roots`` (edges) seeded with ``grads`` (Tensors or ndarrays).
+
+    The task takes over a writable seed or supplied array: it may write into it or hand it to a
+    leaf (see Note [gradient ownership]).
+    """
 
     def __init__(self, roots, grads, *, extra_roots=(), keep_graph=False, create_graph=False,
                  capture=None, accumulate=None, retain_grads=True):
@@ -177,10 +253,10 @@ class GraphTask:
             return
         arrays = self.arrays
         try:
-            if arrays and not node.takes_arrays:
-                outs = self._outside(node.apply, [None if g is None else _tensor(g) for g in grads])
-            else:
+            if node.takes_arrays:
                 outs = node.apply(grads)
+            else:
+                outs = self._apply_outside(node, grads)
         except BackwardError:
             raise
         except Exception as exc:
@@ -232,7 +308,20 @@ class GraphTask:
         else:
             pending.append(grad)
 
+    def _apply_outside(self, node, grads):
+        """Apply a node written by a user: with Tensors, array mode off (Note [array mode]); what
+        it returns enters read-only (Note [gradient ownership])."""
+        if self.arrays:
+            outs = self._outside(node.apply, [None if g is None else _tensor(g) for g in grads])
+            return [None if g is None else read_only(_array(node, i, g))
+                    for i, g in enumerate(outs)]
+        outs = node.apply(grads)
+        return [None if g is None else read_only(_tensor_of(node, i, g))
+                for i, g in enumerate(outs)]
+
     def _hooks_and_capture(self, node, grads):
+        """Run the hooks on ``node``'s gradients, then fill retained ``.grad``s and captured
+        gradients; see Note [gradient ownership] for who may write what."""
         hooks = node.pre_hooks or {}
         if type(node) is AccumulateGrad and node.variable._hooks:
             hooks = {0: node.variable._hooks}
@@ -240,6 +329,7 @@ class GraphTask:
             for fn in list(fns):
                 if grads[nr] is None:
                     break
+                _seal(grads[nr])
                 try:
                     replaced = self._outside(fn, _tensor(grads[nr]))
                 except Exception as exc:
@@ -248,14 +338,17 @@ class GraphTask:
                         f"{type(exc).__name__}: {exc}"
                     ) from exc
                 if replaced is not None:
-                    grads[nr] = self._value(replaced)
+                    grads[nr] = read_only(self._value(replaced))
         if node.retained and self.retain_grads:
             for nr, ref in node.retained.items():
                 tensor = ref()
                 if tensor is not None and grads[nr] is not None:
                     self._outside(accumulate_grad, tensor, _tensor(grads[nr]), self.create_graph)
+                    grads[nr] = read_only(grads[nr])  # the .grad may have kept the array
         for nr, index in self.capture_slots.get(node, ()):
-            self.captured[index] = None if grads[nr] is None else _tensor(grads[nr])
+            if grads[nr] is not None:
+                self.captured[index] = owned(_tensor(grads[nr]))
+                grads[nr] = read_only(grads[nr])
         return grads
 
 

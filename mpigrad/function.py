@@ -72,7 +72,9 @@ class BackwardNode(FunctionCtx, Node):
     """The ctx of a recorded Function call, and its node in the backward graph."""
 
     _forward_cls = None
-    takes_arrays = True  # a user's backward still gets Tensors: see apply
+    # A built-in rule takes arrays; a user's backward gets Tensors, and what it returns enters the
+    # engine read-only (Note [gradient ownership] in engine.py): set per op in __init_subclass__.
+    takes_arrays = True
     _saved_outputs = False  # whether _saved holds _SavedOutput entries to rebuild
     released = False
 
@@ -124,17 +126,7 @@ class BackwardNode(FunctionCtx, Node):
                 Tensor._make(np.zeros(shape, dtype)) if g is None else g
                 for g, (shape, dtype) in zip(grads, self.output_meta)
             ]
-        if _State.array_mode and not cls._array_forward:
-            # A user's rule is written for Tensors: give it Tensors, with array mode off.
-            grads = [None if g is None else g if isinstance(g, Tensor) else Tensor._make(g)
-                     for g in grads]
-            _State.array_mode = False
-            try:
-                result = cls.backward(self, *grads)
-            finally:
-                _State.array_mode = True
-        else:
-            result = cls.backward(self, *grads)
+        result = cls.backward(self, *grads)
         if not isinstance(result, tuple):
             result = (result,)
         n = len(self.next_functions)
@@ -159,10 +151,12 @@ class Function:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls._backward_cls = type(f"{cls.__name__}Backward", (BackwardNode,), {"_forward_cls": cls})
         # Built-in ops compute on ndarrays only, so their forward needs no switch of the grad
         # and forward-AD modes; a user's forward may call mpigrad ops and runs with both off.
         cls._array_forward = cls.__module__.startswith("mpigrad.ops.")
+        cls._backward_cls = type(f"{cls.__name__}Backward", (BackwardNode,), {
+            "_forward_cls": cls, "takes_arrays": cls._array_forward,
+        })
         if getattr(cls.apply, "short_path_of", cls) is not cls:
             # A subclass of a decorated op: the short path is bound to its base's forward.
             cls.apply = Function.__dict__["apply"]

@@ -8,8 +8,6 @@ a ``SliceGrad`` instead; the engine adds it in place into a dense gradient it su
 makes it dense only where it is alone.  No rule, hook or user code ever sees one.
 """
 
-import sys
-
 import numpy as np
 
 __all__ = ["SliceGrad", "sum_with_slices"]
@@ -31,17 +29,16 @@ class SliceGrad:
 
 def sum_with_slices(grads):
     """The sum of ``grads`` (ndarrays and SliceGrads, at least one SliceGrad) as an ndarray: the
-    first dense gradient (copied unless nothing else holds it) or the first slice made dense,
-    with the others added to it.  ``grads`` is the engine's list of what reached one input."""
+    first dense gradient, or the last slice made dense, with the others added to it in order.
+    ``grads`` is the engine's list of what reached one input: the first dense gradient is
+    written in place when it is writable, which makes it the engine's alone, and copied when it
+    is read-only (Note [gradient ownership] in engine.py)."""
     dense = [g for g in grads if type(g) is not SliceGrad]
     slices = [g for g in grads if type(g) is SliceGrad]
     if dense:
         total = dense.pop(0)
-        # A gradient may be shared (Add hands one array to both inputs) or viewed (a leaf's
-        # .grad): it is written only when no one else refers to it or to a view of it.  Then
-        # the references are grads, total and getrefcount's argument.
-        if total.base is not None or not total.flags.writeable or sys.getrefcount(total) > 3:
-            total = np.array(total, copy=True)
+        if not total.flags.writeable:
+            total = np.array(total)
         for g in dense:
             total += g
     else:

@@ -158,8 +158,9 @@ class Tensor:
         return bool(node is not None and node.retained and self._output_nr in node.retained)
 
     def zero_(self):
-        """Fill with zeros in place.  A read-only array (a gradient the engine stored by
-        reference) is replaced by fresh zeros rather than written."""
+        """Fill with zeros in place.  A read-only array (a broadcast view, say) is replaced by
+        fresh zeros rather than written; gradients the engine stores are writable (Note
+        [gradient ownership] in engine.py), so ``x.grad.zero_()`` zeroes the ``.grad`` array."""
         if self.data.flags.writeable:
             self.data[...] = 0
         else:

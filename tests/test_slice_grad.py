@@ -70,23 +70,52 @@ def test_a_shared_dense_gradient_is_never_written():
     np.testing.assert_array_equal(y.grad.data, [1, 6, 1, 1])
 
 
-def test_an_unshared_dense_gradient_is_summed_in_place_and_a_shared_one_is_copied():
+def test_the_first_dense_gradient_is_written_in_place_exactly_when_it_is_writable():
+    # Ownership is the writeable flag (Note [gradient ownership] in engine.py), not who else
+    # refers to the array: a writable gradient in the engine's list is the engine's alone.
     slice_grad = SliceGrad((4,), np.dtype(np.float64), slice(1, 2), np.array([5.0]))
-    grads = [np.ones(4), slice_grad]  # the engine's list: the only holder of the dense array
-    dense_id = id(grads[0])
-    total = sum_with_slices(grads)
-    assert id(total) == dense_id  # no copy of a block-sized array for one halo cell
+    dense = np.ones(4)
+    also_held = dense
+    total = sum_with_slices([dense, slice_grad])
+    assert total is also_held  # no copy of a block-sized array for one halo cell
     np.testing.assert_array_equal(total, [1, 6, 1, 1])
 
-    kept = np.ones(4)  # held elsewhere too (another input's gradient, say)
-    total = sum_with_slices([kept, slice_grad])
-    assert total is not kept
-    np.testing.assert_array_equal(kept, [1, 1, 1, 1])
+    viewed = np.ones(8)[::2]  # a view (a reshape's or a split's gradient) is the engine's too
+    assert sum_with_slices([viewed, slice_grad]) is viewed
+
+    shared = np.ones(4)  # shared (Add's, a hook's): it reaches the engine read-only
+    shared.flags.writeable = False
+    total = sum_with_slices([shared, slice_grad])
+    assert total is not shared and total.flags.writeable
+    np.testing.assert_array_equal(shared, [1, 1, 1, 1])
     np.testing.assert_array_equal(total, [1, 6, 1, 1])
 
-    viewed = np.ones(4)
-    leaf_grad = viewed.view()  # a leaf's .grad keeps a read-only view of the first gradient
-    grads = [viewed, slice_grad]
-    del viewed
-    sum_with_slices(grads)
-    np.testing.assert_array_equal(leaf_grad, [1, 1, 1, 1])
+
+def _reshaped_and_sliced(x):
+    """h's gradient is the sum of a dense gradient (through v, its reshape) and a slice's."""
+    h = x * 1.0
+    v = h.reshape(2, 2)
+    return v, (v * 2.0).sum() + h[1:2].sum() * 5.0
+
+
+def test_a_gradient_handed_to_user_code_is_never_written_by_a_sum_with_slices():
+    stored = []
+    x = mg.tensor(np.zeros(4), requires_grad=True)
+    v, loss = _reshaped_and_sliced(x)
+    v.register_hook(stored.append)
+    loss.backward()
+    np.testing.assert_array_equal(stored[0].data, [[2, 2], [2, 2]])
+    np.testing.assert_array_equal(x.grad.data, [2, 7, 2, 2])
+
+    x = mg.tensor(np.zeros(4), requires_grad=True)
+    v, loss = _reshaped_and_sliced(x)
+    v.retain_grad()
+    loss.backward()
+    np.testing.assert_array_equal(v.grad.data, [[2, 2], [2, 2]])
+    np.testing.assert_array_equal(x.grad.data, [2, 7, 2, 2])
+
+    x = mg.tensor(np.zeros(4), requires_grad=True)
+    v, loss = _reshaped_and_sliced(x)
+    grad_v, grad_x = mg.autograd.grad(loss, [v, x])
+    np.testing.assert_array_equal(grad_v.data, [[2, 2], [2, 2]])
+    np.testing.assert_array_equal(grad_x.data, [2, 7, 2, 2])

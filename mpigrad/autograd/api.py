@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from ..engine import GraphTask, accumulate_grad, unit_seed
+from ..engine import GraphTask, accumulate_grad, read_only, unit_seed
+from ..grad_mode import _State
 from ..graph import gradient_edge
 from ..tensor import Tensor
 
@@ -18,7 +19,7 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
     are freed.  ``create_graph=True`` records the backward pass so gradients can be differentiated.
     """
     tensors = _as_tuple(tensors, "tensors")
-    grads = _seed_grads(tensors, grad_tensors, "grad_tensors")
+    grads = _seed_grads(tensors, grad_tensors, "grad_tensors", create_graph)
     if retain_graph is None:
         retain_graph = create_graph
     capture = None
@@ -50,7 +51,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     inputs = _as_tuple(inputs, "inputs")
     if not inputs:
         raise RuntimeError("grad: inputs is empty")
-    grads = _seed_grads(outputs, grad_outputs, "grad_outputs")
+    grads = _seed_grads(outputs, grad_outputs, "grad_outputs", create_graph)
     if retain_graph is None:
         retain_graph = create_graph
     task = GraphTask(
@@ -101,8 +102,9 @@ def _input_edge(tensor, i, what):
     return gradient_edge(tensor)
 
 
-def _seed_grads(tensors, given, what):
-    """The seed gradient of each output: given, or ones for scalars."""
+def _seed_grads(tensors, given, what, create_graph):
+    """The seed gradient of each output: given, or ones for scalars; never an array the caller
+    can write (see Note [gradient ownership] in engine.py)."""
     if given is None:
         given = [None] * len(tensors)
     elif isinstance(given, (Tensor, np.ndarray)):
@@ -122,16 +124,21 @@ def _seed_grads(tensors, given, what):
                     f"shape {t.shape}; pass its gradient in {what}"
                 )
             g = Tensor._make(unit_seed(t.shape, t.dtype))
+        elif isinstance(g, Tensor) and (g.requires_grad or g._fw):
+            # Differentiated (or carrying tangents): a read-only view, recorded as the pass
+            # records (create_graph), so the gradients stay functions of the seed.
+            prev, _State.grad_enabled = _State.grad_enabled, create_graph
+            try:
+                g = read_only(g)
+            finally:
+                _State.grad_enabled = prev
         else:
-            if not (isinstance(g, Tensor) and (g.requires_grad or g._fw)):
-                # A copy: a leaf's .grad may keep the seed by reference (engine.accumulate_grad),
-                # and must not change when the caller later writes to its seed.  A seed that is
-                # differentiated (or carries tangents) is used as it is.
-                g = Tensor._make(np.array(g.data if isinstance(g, Tensor) else g, t.dtype))
-            if g.shape != t.shape:
-                raise RuntimeError(
-                    f"Mismatch in shape: {what}[{i}] has shape {g.shape} but output {i} has "
-                    f"shape {t.shape}"
-                )
+            # A copy in the output's dtype, which the pass may hand to a leaf as its .grad.
+            g = Tensor._make(np.array(g.data if isinstance(g, Tensor) else g, t.dtype))
+        if g.shape != t.shape:
+            raise RuntimeError(
+                f"Mismatch in shape: {what}[{i}] has shape {g.shape} but output {i} has "
+                f"shape {t.shape}"
+            )
         seeds.append(g)
     return seeds

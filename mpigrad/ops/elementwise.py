@@ -22,6 +22,9 @@ class Add(Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:
+            # One array for two inputs: see Note [gradient ownership] in engine.py.
+            data(grad).flags.writeable = False
         return grad, grad
 
     @staticmethod

@@ -12,7 +12,9 @@ The task is built for the distributed layer without knowing about it:
   runs even when no gradient reached it (it gets None);
 - ``accumulate(leaf, grad)`` decides where leaf gradients go: ``.grad`` by default, a
   per-context dict for distributed autograd; ``capture`` instead returns the gradients that reach
-  given edges and runs only the nodes needed for them (``autograd.grad``, ``inputs=``).
+  given edges and runs only the nodes needed for them (``autograd.grad``, ``inputs=``);
+- ``ordered=True`` makes every sum of gradients independent of the order they arrived in (see
+  Note [canonical order]).
 
 Note [broadcasting is undone at the edge]: a rule may return the gradient of an input in the
 output's (broadcast) shape, or in a promoted dtype.  The engine, not the rule, sums it back to the
@@ -47,6 +49,15 @@ stable across versions).  Who keeps it:
   captured gradient get the writable array, and the pass goes on with a read-only view of it;
 - the leaf sink (``added``) keeps a writable gradient and copies a read-only one (``owned``),
   so a ``.grad`` is the user's to write: ``x.grad.data /= n``, an in-place Allreduce, clipping.
+
+Note [canonical order]: a node sums the gradients that reached it in the order they arrived.
+Within one rank that order is fixed by the graph (ready nodes run newest-first), but gradients
+supplied from other ranks arrive when their messages do, and floating-point addition is not
+associative.  With ``ordered=True`` every node (every output of it) sums its gradients sorted by
+the sequence number of the node that produced each (a seed or a supplied gradient counts as
+produced before every node), stably, so that two gradients from one node keep their order: each
+node then computes the same bits whatever the arrival order, and so does the whole pass.
+Several supplies to one extra root are summed in the order they came.
 """
 
 import functools
@@ -161,14 +172,16 @@ class GraphTask:
     """One backward pass from ``roots`` (edges) seeded with ``grads`` (Tensors or ndarrays).
 
     The task takes over a writable seed or supplied array: it may write into it or hand it to a
-    leaf (see Note [gradient ownership]).
+    leaf (see Note [gradient ownership]).  ``ordered``: see Note [canonical order].
     """
 
     def __init__(self, roots, grads, *, extra_roots=(), keep_graph=False, create_graph=False,
-                 capture=None, accumulate=None, retain_grads=True):
+                 capture=None, accumulate=None, retain_grads=True, ordered=False):
         self.keep_graph = keep_graph
         self.create_graph = create_graph
         self.retain_grads = retain_grads
+        self.ordered = ordered
+        self.origins = {}  # ordered only: key -> sequence numbers of the gradients' producers
         self.accumulate = accumulate or (lambda t, g: accumulate_grad(t, g, create_graph))
         self.arrays = not create_graph and not open_levels()  # see Note [array mode]
         starts = [node for node, _ in roots]
@@ -229,8 +242,10 @@ class GraphTask:
             _State.array_mode = True
 
     def _run(self, node):
-        buffers, create_graph = self.buffers, self.create_graph
+        buffers, create_graph, ordered = self.buffers, self.create_graph, self.ordered
         pending = buffers.pop(node, None)
+        if ordered and pending is not None:
+            pending = self._in_order(node, pending)
         if pending is None:
             grads = [None]
         elif len(pending) == 1 and type(pending[0]) is not SliceGrad:
@@ -239,7 +254,10 @@ class GraphTask:
             grads = [_total(pending, create_graph)]
         if node.output_meta is not _ONE_OUTPUT:
             for nr in range(1, len(node.output_meta)):
-                grads.append(_total(buffers.pop((node, nr), None), create_graph))
+                pending = buffers.pop((node, nr), None)
+                if ordered and pending is not None:
+                    pending = self._in_order((node, nr), pending)
+                grads.append(_total(pending, create_graph))
         capture = self.capture_slots
         if node.pre_hooks or node.retained or (capture and node in capture) or (
             type(node) is AccumulateGrad and node.variable._hooks
@@ -288,6 +306,8 @@ class GraphTask:
                     buffers[key] = [grad]
                 else:
                     waiting.append(grad)
+                if ordered:
+                    self.origins.setdefault(key, []).append(node.sequence_nr)
             left = dependencies[nxt] - 1
             dependencies[nxt] = left
             if left == 0:
@@ -307,6 +327,16 @@ class GraphTask:
             self.buffers[key] = [grad]
         else:
             pending.append(grad)
+        if self.ordered:  # from outside: before every node's, see Note [canonical order]
+            self.origins.setdefault(key, []).append(-1)
+
+    def _in_order(self, key, pending):
+        """``pending`` (the gradients that reached ``key``) in the order of Note [canonical
+        order]."""
+        origins = self.origins.pop(key)
+        if len(pending) == 1:
+            return pending
+        return [pending[i] for i in sorted(range(len(pending)), key=origins.__getitem__)]
 
     def _apply_outside(self, node, grads):
         """Apply a node written by a user: with Tensors, array mode off (Note [array mode]); what

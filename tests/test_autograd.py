@@ -519,3 +519,20 @@ def test_graph_task_capture_and_retain_grads():
     GraphTask([gradient_edge(y)], [seed(y)], retain_grads=True).execute()
     np.testing.assert_allclose(h.grad.data, [4.0, 8.0])
     np.testing.assert_allclose(x.grad.data, [8.0, 16.0])
+
+
+def test_graph_task_retains_grads_beside_a_custom_leaf_sink():
+    # The distributed engine's case: leaves go to the context's dict, a retained non-leaf's
+    # gradient to its .grad, in a pass driven by supply.
+    x = leaf([1.0, 2.0])
+    h = x * 2.0
+    h.retain_grad()
+    send = SendFunction(h * 3.0)
+    grads = {}
+    task = GraphTask([], [], extra_roots=(send,), retain_grads=True,
+                     accumulate=lambda t, g: grads.__setitem__(t, g))
+    task.supply(send, mg.tensor([1.0, -1.0]))
+    task.execute()
+    np.testing.assert_allclose(h.grad.data, [3.0, -3.0])
+    assert list(grads) == [x] and x.grad is None
+    np.testing.assert_allclose(grads[x].data, [6.0, -6.0])

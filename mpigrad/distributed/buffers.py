@@ -1,35 +1,173 @@
 """Arrays to receive large payloads into, reused between transfers.
 
 Note [received buffers]: a fresh 64 MiB array costs 46 ms of page faults where a reused one costs
-4 ms (measured here), so large payloads (forward tensors and gradients alike) are received into
-buffers kept between transfers.  A buffer is reused only when nothing but the pool refers to it:
-the tensor or gradient it became was dropped.
+4 ms, so payloads of ``POOL_MIN_BYTES`` or more (forward tensors and gradients alike) are received
+into buffers kept between transfers.  Who holds a buffer is explicit, never read from a reference
+count (CPython's counts are not stable across versions, and a miscount would overwrite a live
+tensor):
+
+- the pool hands a buffer out through a ``Lease``, whose ``__array_interface__`` gives numpy the
+  buffer's memory with the payload's dtype and shape.  The array ``receive_buffer`` returns has
+  the lease as its base, and every view of that array keeps the array, and so the lease, alive:
+  the tensor or gradient the payload became owns the buffer while any array over it lives;
+- when the last of them dies the lease dies, and a weak reference's callback gives the buffer
+  back: it becomes idle, and the next payload of the same size is received into it.
+
+Idle buffers are bounded in total bytes, the least recently given back dropped first:
+``MPIGRAD_POOL_BYTES`` (default 256 MiB; read once, when the pool is first used; 0 turns pooling
+off).  Buffers handed out are not counted: they belong to tensors.  ``release()`` drops every idle
+buffer, and a buffer handed out before it is freed, not kept, when its last array dies.
 """
 
-import sys
+import os
+import threading
+import weakref
+from collections import deque
 
 import numpy as np
 
-__all__ = ["receive_buffer", "POOL_MIN_BYTES"]
+__all__ = [
+    "receive_buffer", "release", "pool", "BufferPool", "Lease", "POOL_MIN_BYTES",
+    "POOL_BYTES_VARIABLE", "DEFAULT_POOL_BYTES",
+]
 
 POOL_MIN_BYTES = 1 << 20
 """Payloads below this size get a fresh array: page faults are cheap there."""
-_PER_SIZE = 4  # buffers kept per payload size
-_pool = {}  # nbytes -> [uint8 buffers]
+POOL_BYTES_VARIABLE = "MPIGRAD_POOL_BYTES"
+DEFAULT_POOL_BYTES = 256 << 20
+
+
+class Lease:
+    """A pooled ``buffer`` handed out as an array of ``shape`` and ``dtype``: ``np.asarray(lease)``
+    is that array (see Note [received buffers])."""
+
+    __slots__ = ("__array_interface__", "buffer", "__weakref__")
+
+    def __init__(self, buffer, shape, dtype):
+        self.buffer = buffer  # keeps the memory alive, whatever becomes of the pool
+        self.__array_interface__ = {
+            "version": 3, "shape": shape, "typestr": dtype.str, "descr": dtype.descr,
+            "data": (buffer.ctypes.data, False), "strides": None,
+        }
+
+
+class BufferPool:
+    """Buffers for payloads of ``POOL_MIN_BYTES`` or more, reused between transfers, with at most
+    ``limit_bytes`` of them idle (0: none kept, every payload gets a fresh array)."""
+
+    def __init__(self, limit_bytes=DEFAULT_POOL_BYTES):
+        self.limit_bytes = limit_bytes
+        self._idle = []  # uint8 buffers given back, the least recently given back first
+        self._idle_bytes = 0
+        # Buffers whose lease died, not yet idle: a lease can die anywhere (a garbage collection
+        # inside receive included), so its callback only appends here and settles if it can.
+        self._back = deque()
+        self._leases = {}  # weak reference to each lease handed out -> its buffer
+        self._lock = threading.Lock()
+
+    @property
+    def idle_bytes(self):
+        """Total bytes of the idle buffers: at most ``limit_bytes``."""
+        self._settle()
+        return self._idle_bytes
+
+    def receive(self, shape, dtype):
+        """A writable array of ``shape`` and ``dtype`` to receive into: an idle buffer of its size
+        if there is one, else a new one, handed out through a ``Lease``; below
+        ``POOL_MIN_BYTES`` a fresh array."""
+        dtype = np.dtype(dtype)
+        shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(n) for n in shape)
+        nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+        if nbytes < POOL_MIN_BYTES or not self.limit_bytes:
+            return np.empty(shape, dtype)
+        with self._lock:
+            self._settle_locked()
+            buffer = self._take(nbytes)
+        self._settle()  # what came back while the lock was held
+        if buffer is None:
+            buffer = np.empty(nbytes, np.uint8)
+        lease = Lease(buffer, shape, dtype)
+        self._leases[weakref.ref(lease, self._given_back)] = buffer
+        return np.asarray(lease)
+
+    def release(self):
+        """Drop every idle buffer, and forget those handed out: they are freed when their last
+        array dies.  The pool stays usable."""
+        with self._lock:
+            self._leases.clear()  # their weak references, and so their callbacks, go
+            self._back.clear()
+            self._idle.clear()
+            self._idle_bytes = 0
+
+    def _take(self, nbytes):
+        idle = self._idle
+        for i in range(len(idle) - 1, -1, -1):  # the most recently given back: warmest in cache
+            if idle[i].nbytes == nbytes:
+                self._idle_bytes -= nbytes
+                return idle.pop(i)
+        return None
+
+    def _given_back(self, ref):
+        buffer = self._leases.pop(ref, None)
+        if buffer is not None:  # None: released meanwhile
+            self._back.append(buffer)
+            self._settle()
+
+    def _settle(self):
+        """Make the given-back buffers idle, unless the lock is held: its holder settles before
+        it lets go, and the loop catches a buffer given back between its check and letting go."""
+        while self._back and self._lock.acquire(blocking=False):
+            try:
+                self._settle_locked()
+            finally:
+                self._lock.release()
+
+    def _settle_locked(self):
+        back, idle = self._back, self._idle
+        while back:
+            buffer = back.popleft()
+            idle.append(buffer)
+            self._idle_bytes += buffer.nbytes
+        while self._idle_bytes > self.limit_bytes:
+            self._idle_bytes -= idle.pop(0).nbytes
+
+
+_pool = None
+
+
+def pool():
+    """This process's pool, made at the first call with the limit ``MPIGRAD_POOL_BYTES`` gives
+    (read then, once).  Raises ValueError naming the variable for a value that is not a whole
+    number of bytes, 0 or more."""
+    global _pool
+    if _pool is None:
+        _pool = BufferPool(_limit_from_environment())
+    return _pool
+
+
+def _limit_from_environment():
+    text = os.environ.get(POOL_BYTES_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_POOL_BYTES
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise ValueError(
+            f"{POOL_BYTES_VARIABLE}={text!r}: expected a whole number of bytes, 0 or more (the "
+            "most received buffers kept idle; 0 turns pooling off)"
+        )
+    return limit
 
 
 def receive_buffer(shape, dtype):
-    """An array of ``shape`` and ``dtype`` to receive into (see Note [received buffers])."""
-    dtype = np.dtype(dtype)
-    nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-    if nbytes < POOL_MIN_BYTES:
-        return np.empty(shape, dtype)
-    kept = _pool.setdefault(nbytes, [])
-    for buffer in kept:
-        # References: the list, this loop's name and getrefcount's argument; a view adds one.
-        if sys.getrefcount(buffer) == 3:
-            return buffer.view(dtype).reshape(shape)
-    buffer = np.empty(nbytes, np.uint8)
-    if len(kept) < _PER_SIZE:
-        kept.append(buffer)
-    return buffer.view(dtype).reshape(shape)
+    """An array of ``shape`` and ``dtype`` to receive into, from this process's pool (see Note
+    [received buffers]): writable, and the caller's until it and its views are gone."""
+    return pool().receive(shape, dtype)
+
+
+def release():
+    """Drop this process's idle buffers (``BufferPool.release``); ``destroy()`` calls it."""
+    if _pool is not None:
+        _pool.release()

@@ -29,8 +29,10 @@ class Node:
     output_meta = ((None, None),)  # (shape, dtype) per output; the engine needs only their count
     pre_hooks = None  # {output_nr: [hook, ...]}, from Tensor.register_hook
     retained = None  # {output_nr: weakref to a non-leaf Tensor that called retain_grad}
-    # Whether apply takes and may return plain ndarrays (see Note [array mode] in engine.py);
-    # otherwise it always gets Tensors.
+    # Whether apply takes and may return plain ndarrays (see Note [array mode] in engine.py),
+    # keeping Note [gradient ownership] there: it returns fresh arrays, views of its incoming
+    # gradients or those gradients, each to one input.  Otherwise it always gets Tensors, and
+    # what it returns enters the engine read-only.
     takes_arrays = False
 
     def __init__(self):

@@ -84,8 +84,8 @@ class BackwardError(RuntimeError):
 
 @functools.lru_cache(maxsize=32)
 def unit_seed(shape, dtype):
-    """The seed gradient of a scalar root: ones of ``shape``, read-only because it is shared
-    by every pass (the engine never writes into a gradient it was handed)."""
+    """The seed gradient of a scalar root: ones of ``shape``, read-only because every pass
+    shares it (see Note [gradient ownership])."""
     seed = np.ones(shape, dtype)
     seed.flags.writeable = False
     return seed

@@ -11,14 +11,14 @@ The objective is the sum of all roots on all ranks (see ``mpigrad.distributed``)
 """
 
 from .context import context, retrieve
-from .engine import TIMEOUT_ENV, BackwardTimeoutError, DistBackwardError, backward
+from .engine import backward
+from .errors import BackwardTimeoutError, DistBackwardError
 
-__all__ = [
-    "context", "backward", "get_gradients", "DistBackwardError", "BackwardTimeoutError",
-    "TIMEOUT_ENV",
-]
+__all__ = ["context", "backward", "get_gradients", "DistBackwardError", "BackwardTimeoutError"]
 
 
 def get_gradients(context_id):
-    """``{leaf Tensor: gradient Tensor}`` accumulated for this rank's leaves in the context."""
+    """``{leaf Tensor: gradient Tensor}`` accumulated for this rank's leaves in the context.
+
+    The gradients are the caller's: writable, sharing memory with nothing else."""
     return dict(retrieve(context_id, "dist_autograd.get_gradients").gradients)

@@ -1,25 +1,41 @@
-"""The communicators mpigrad talks on, duplicated from the user's, and rank checks.
+"""The communicators mpigrad talks on, duplicated from the user's, and checks of ranks and tags.
 
-``init(comm)`` duplicates the user's communicator (COMM_WORLD by default) four times, so that
-no message of mpigrad's can match a receive of the user's, nor one of its kinds another:
+``init(comm)`` duplicates the user's communicator (COMM_WORLD by default) six times, so that no
+message of mpigrad's can match a receive of the user's, nor one of its kinds another:
 
-- ``data``: headers of forward tensors (``send``/``recv``), under the user's tags;
-- ``payload``: the raw bytes of payloads too large to ride inline, under tags mpigrad
-  draws from a counter (see Note [inline payloads] in messages.py);
-- ``gradient``: the autograd layer's gradient and no-gradient messages in backward;
-- ``control``: the autograd layer's agreements (a pass's outcome, errors).
+- ``data_free``: headers of tensors sent outside any context (``send``/``recv``), under the
+  user's tags;
+- ``data[0]``, ``data[1]``: the same inside a context, by the parity of its id (see Note [data
+  communicators]);
+- ``payload``: the raw bytes of payloads too large to ride inline, under tags mpigrad draws
+  from a counter (see Note [inline payloads] in messages.py);
+- ``gradient``: the distributed backward's gradients, markers and agreement, under the tag of
+  the pass (see Note [pass tags] in engine.py);
+- ``control``: notices (a rank failed in a context, a rank's program ended), the agreement that
+  leaves a context, and the questions a stalled rank asks (see waiting.py).
 
-The last two are unused until the autograd layer exists; they are made here so that the set
-of duplications, which is collective, never changes with what a program does.
-
-``init`` is collective over the communicator, as a duplication is. Without an explicit call,
-the first call of any ``mpigrad.distributed`` function initializes on COMM_WORLD, so then
-every rank must make such a call.
+``init`` is collective over the communicator, as a duplication is.  Without an explicit call,
+the first call of any ``mpigrad.distributed`` function initializes on COMM_WORLD, so then every
+rank must make such a call.  ``init`` also arranges what happens when a rank's program ends
+(see shutdown.py).
 """
+
+# Note [data communicators]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~
+# A context's tensors travel on ``data[id % 2]``, so those of two consecutive contexts never
+# share a communicator.  When a context is left, the ranks agree on how many tensors were sent to
+# each of them in it (see context.py); a rank that received fewer finds the rest on its context's
+# communicator without ever taking a message of the next context, which a faster rank may already
+# have sent.  A tensor sent in a context other than the receiver's therefore never matches its
+# receive: the waiting receive looks for it on the other communicators and reports both contexts.
+
+import operator
 
 from mpi4py import MPI
 
-__all__ = ["init", "destroy", "is_initialized", "get_rank", "get_world_size", "Communicators"]
+__all__ = [
+    "init", "destroy", "is_initialized", "get_rank", "get_world_size", "Communicators", "get",
+]
 
 
 class Communicators:
@@ -29,55 +45,88 @@ class Communicators:
         self.user = comm
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
-        self.data = comm.Dup()
+        self.data_free = comm.Dup()
+        self.data = (comm.Dup(), comm.Dup())
         self.payload = comm.Dup()
         self.gradient = comm.Dup()
         self.control = comm.Dup()
-        for dup, name in ((self.data, "data"), (self.payload, "payload"),
-                          (self.gradient, "gradient"), (self.control, "control")):
+        for dup, name in self._named():
             dup.Set_name(f"mpigrad {name}")
-        self._tag_bound = self.payload.Get_attr(MPI.TAG_UB) + 1
-        self._next_tag = 0
+        self.tag_ub = self.data_free.Get_attr(MPI.TAG_UB)
+        # Control tags: one per context below the three reserved at the top.
+        self.exit_tag, self.query_tag = self.tag_ub, self.tag_ub - 1
+        self.answer_tag = self.tag_ub - 2
+        self.departed = {}  # rank -> what it said when its program ended (see shutdown.py)
 
-    def next_payload_tag(self):
-        """A fresh tag for a payload on ``payload``; wraps after MPI's TAG_UB messages."""
-        tag = self._next_tag
-        self._next_tag = (tag + 1) % self._tag_bound
-        return tag
+    def _named(self):
+        return ((self.data_free, "data"), (self.data[0], "data even"), (self.data[1], "data odd"),
+                (self.payload, "payload"), (self.gradient, "gradient"), (self.control, "control"))
+
+    def data_comm(self, context_id):
+        """The communicator of tensors sent in ``context_id`` (None: outside any context)."""
+        return self.data_free if context_id is None else self.data[context_id & 1]
+
+    def control_tag(self, context_id):
+        """The control tag of a context's notices and leaving agreement."""
+        return context_id % self.answer_tag
+
+    def gradient_tag(self, context_id, pass_index):
+        """The gradient tag of a context's pass (see Note [pass tags] in engine.py)."""
+        return (2 * context_id + (pass_index & 1)) % (self.tag_ub + 1)
 
     def check_peer(self, peer, op, role):
-        """ValueError unless peer is a rank of the communicator (no wildcards, no PROC_NULL)."""
-        if isinstance(peer, bool) or not isinstance(peer, int) or not 0 <= peer < self.size:
+        """``peer`` as an int if it is a rank of the communicator (any integer type: numpy's
+        too); ValueError otherwise (no wildcards, no PROC_NULL)."""
+        try:
+            index = operator.index(peer) if not isinstance(peer, bool) else None
+        except TypeError:
+            index = None
+        if index is None or not 0 <= index < self.size:
             raise ValueError(
                 f"{op}: {role} {peer!r} is not a rank of the communicator: ranks are 0 to "
                 f"{self.size - 1} (world size {self.size}; this is rank {self.rank}). "
                 "mpigrad.distributed takes explicit ranks only (no ANY_SOURCE, no PROC_NULL)"
             )
-        return int(peer)
+        return index
+
+    def check_tag(self, tag, op, role="tag"):
+        """``tag`` as an int if it is a valid user tag (0 to MPI's TAG_UB, any integer type);
+        ValueError otherwise (no ANY_TAG)."""
+        try:
+            index = operator.index(tag) if not isinstance(tag, bool) else None
+        except TypeError:
+            index = None
+        if index is None or not 0 <= index <= self.tag_ub:
+            raise ValueError(
+                f"{op}: {role} {tag!r} is not a valid tag: tags are integers from 0 to "
+                f"{self.tag_ub} (MPI's TAG_UB; this is rank {self.rank}). "
+                "mpigrad.distributed takes explicit tags only (no ANY_TAG)"
+            )
+        return index
 
     def free(self):
-        for dup in (self.data, self.payload, self.gradient, self.control):
+        for dup, _ in self._named():
             dup.Free()
 
 
 _comms = None
-_passes = 0  # backward passes so far in this process; see pass_tag
+_payload_tags = 0  # per process, so that a new init never reuses a tag of a message in flight
 
 
-def pass_tag():
-    """The gradient-communicator tag of a new backward pass (see Note [pass tags] in the
-    distributed engine).  Counted per process, not per communicator, so that a message of an
-    abandoned pass cannot match a later pass even on a communicator made again by init."""
-    global _passes
-    _passes += 1
-    return _passes % get()._tag_bound
+def next_payload_tag():
+    """A fresh tag for a payload on ``payload``; wraps after MPI's TAG_UB messages."""
+    global _payload_tags
+    tag = _payload_tags
+    _payload_tags = (tag + 1) % (get().tag_ub + 1)
+    return tag
 
 
 def init(comm=None):
     """Initialize on comm (COMM_WORLD if None): collective over it. Returns nothing.
 
     Calling it again with the same communicator does nothing; with another one it raises
-    (call ``destroy()`` first).
+    (call ``destroy()`` first).  ``destroy()`` then ``init()`` also brings ranks whose contexts
+    went out of step (a failed program) back into step: see Note [context ids] in context.py.
     """
     global _comms
     comm = MPI.COMM_WORLD if comm is None else comm
@@ -90,15 +139,29 @@ def init(comm=None):
             f"{comm.Get_name()!r} (size {comm.Get_size()}) without destroy() first. Note that "
             "any mpigrad.distributed call initializes on COMM_WORLD if init was not called."
         )
+    from . import context, shutdown
+
     _comms = Communicators(comm)
+    context.align_ids(_comms.control)
+    shutdown.install()
 
 
 def destroy():
-    """Free mpigrad's communicators (collective); a later call initializes again."""
+    """Free mpigrad's communicators and pooled receive buffers (collective); a later call
+    initializes again.  Raises if a context is open."""
     global _comms
-    if _comms is not None:
-        comms, _comms = _comms, None
-        comms.free()
+    if _comms is None:
+        return
+    from . import buffers, context
+
+    if context.current() is not None:
+        raise RuntimeError(
+            f"rank {_comms.rank}: destroy() inside context {context.current().context_id}: "
+            "leave the context first"
+        )
+    comms, _comms = _comms, None
+    comms.free()
+    buffers.release()
 
 
 def is_initialized():

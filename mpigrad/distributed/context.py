@@ -2,32 +2,61 @@
 
 A context owns everything of its passes, so leaving it frees everything in one call: the send
 functions (by message id), the recv functions, the gradients accumulated for this rank's leaves,
-and the pass in progress.  Contexts do not nest.
+the pass in progress and the tally of tensors sent and received in it.  Contexts do not nest.
 
 Note [context ids]: ``context()`` is collective: every rank enters its contexts in the same
 order, so a per-process counter gives every rank the same id with no communication.  Messages
 carry the id, and a rank that receives a message of another context raises an error naming both.
+``init`` starts the ranks' counters at the same value (the largest of them), so they agree again
+after a program whose ranks went out of step is re-initialized; an id is never used twice in a
+process, so no message of an earlier context can be taken for one of a later context.
+
+Note [leaving a context]: leaving is collective too.  The ranks agree (see Note [agreements] in
+agreement.py) on how many tensors each of them sent to each rank in the context and how many each
+received, on the context's id and on the number of backward passes each ran in it.  A rank that
+was sent more than it received takes the rest from its context's data communicator (see Note
+[data communicators] in comm.py) to name them, and every rank raises ``DistributedError`` listing
+the tensors left unreceived: a message never received is reported where it was lost, not blamed
+on the next context.  A rank that leaves by an exception does not agree: it tells the others
+(see Note [failing together] in waiting.py), who raise naming it.
 """
 
 import contextlib
 import itertools
+import weakref
+
+from mpi4py import MPI
 
 from ..engine import added
 from . import comm as _comm
+from . import transport, waiting
+from .agreement import Agreement
+from .errors import DistributedError, DistTimeoutError
+from .messages import Kind
 
-__all__ = ["DistAutogradContext", "context", "current", "retrieve"]
+__all__ = ["DistAutogradContext", "context", "current", "retrieve", "last_id", "align_ids"]
+
+_ID_MODULUS = 1_000_003  # a prime: ids are compared modulo it (see _check_agreement)
 
 
 class DistAutogradContext:
-    """Send and recv functions and accumulated gradients of one context, on this rank."""
+    """Send and recv functions, accumulated gradients and message tallies of one context, on this
+    rank."""
 
-    def __init__(self, context_id):
+    def __init__(self, context_id, size):
         self.context_id = context_id
         self.send_functions = {}  # message id -> SendBackward
         self.recv_functions = []  # RecvBackward, in the order the tensors arrived
         self.gradients = {}  # leaf Tensor -> its accumulated gradient (a Tensor)
         self.graph_freed = False  # a backward without retain_graph ran
         self.running = None  # the pass in progress (mpigrad.distributed.engine)
+        self.passes = 0  # backward passes started in this context
+        self.sent_to = [0] * size  # tensors sent to each rank in this context
+        self.received = 0  # tensors received in this context
+        self.receiving = weakref.WeakSet()  # RecvRequests posted in it, not yet complete
+        self.failures = {}  # rank -> (its stage, its failure text): Note [failing together]
+        self.reported = False  # whether this rank has raised for the failures
+        self.stash = []  # leaving-agreement messages that came before this rank left
         self._message_ids = itertools.count()
 
     def next_message_id(self):
@@ -37,38 +66,95 @@ class DistAutogradContext:
         """Add ``grad`` to ``leaf``'s gradient in this context (the engine's leaf sink)."""
         self.gradients[leaf] = added(self.gradients.get(leaf), grad)
 
+    def stage(self):
+        """Where this rank is among the context's backward passes: ``2 p - 1`` inside pass p
+        (counted from 1), ``2 p`` after it.  A failure is told with its rank's stage, so that a
+        pass that can still finish (the failed rank finished it) is not failed by it."""
+        return 2 * self.passes - (self.running is not None)
+
+    def failed(self, stage=None):
+        """Whether a failure is known (at ``stage`` or before it, if given)."""
+        return any(stage is None or s <= stage for s, _ in self.failures.values())
+
+    def failure(self, where, error=DistributedError):
+        """The error to raise at ``where`` on this rank for the failures (which it then has
+        reported)."""
+        self.reported = True
+        ranks = sorted(self.failures)
+        return error(f"{where} on rank {_comm.get().rank}: context {self.context_id} failed on "
+                     f"rank(s) {ranks}:\n" + "\n".join(self.failures[r][1] for r in ranks))
+
+    def fail(self, text):
+        """This rank's part failed (the caller raises): record it and tell every other rank; no
+        agreement follows."""
+        comms = _comm.get()
+        self.reported = True
+        if comms.rank not in self.failures:
+            self.failures[comms.rank] = (self.stage(), f"rank {comms.rank}: {text}")
+            waiting.send_notice(comms, Kind.ERROR, self.failures[comms.rank][1],
+                                comms.control_tag(self.context_id), self.context_id,
+                                self.stage())
+
+    def check_open(self, what, stage=None):
+        """Raise if the context has failed (it stays failed: leave it, enter a new one)."""
+        if self.failed(stage):
+            raise self.failure(what)
+
     def clear(self):
         self.send_functions.clear()
         self.recv_functions.clear()
         self.gradients.clear()
+        self.stash.clear()
         self.running = None
 
 
 _open = None  # the open context, or None
 _next_id = itertools.count()
+_last = -1  # the id of the last context entered
+
+
+def align_ids(comm):
+    """Start every rank's context ids at the same value (collective over ``comm``)."""
+    global _next_id
+    _next_id = itertools.count(comm.allreduce(_last + 1, op=MPI.MAX))
+
+
+def last_id():
+    """The id of the last context this rank entered (-1: none yet)."""
+    return _last
 
 
 @contextlib.contextmanager
-def context():
+def context(timeout=None):
     """Enter a distributed autograd context; yields its id, the same on every rank.
 
-    Collective: every rank of the communicator enters it, in the same order (see Note [context
-    ids]).  Leaving it frees its send and recv functions, saved tensors and gradients.
+    Collective: every rank of the communicator enters it, in the same order, and leaves it (see
+    Notes [context ids] and [leaving a context]).  Leaving frees its send and recv functions, saved
+    tensors and gradients; it raises ``DistributedError`` on every rank if a tensor sent in it was
+    never received, or if another rank's part failed.  ``timeout`` bounds the wait for the other
+    ranks when leaving (default ``MPIGRAD_TIMEOUT``).
     """
-    global _open
+    global _open, _last
     comms = _comm.get()
     if _open is not None:
         raise RuntimeError(
             f"rank {comms.rank}: distributed autograd contexts do not nest; context "
             f"{_open.context_id} is already open"
         )
-    ctx = DistAutogradContext(next(_next_id))
-    _open = ctx
+    ctx = DistAutogradContext(next(_next_id), comms.size)
+    _open, _last = ctx, ctx.context_id
     try:
         yield ctx.context_id
+    except BaseException as exc:
+        if not ctx.failures:
+            ctx.fail(f"left context {ctx.context_id} by an exception: "
+                     f"{type(exc).__name__}: {exc}")
+        raise
+    else:
+        _leave(comms, ctx, timeout)
     finally:
-        ctx.clear()
         _open = None
+        ctx.clear()
 
 
 def current():
@@ -85,3 +171,96 @@ def retrieve(context_id, what):
         f"{what}: unknown context id {context_id!r} on rank {_comm.get().rank} (it was exited "
         f"or never entered; {now})"
     )
+
+
+# --- leaving: see Note [leaving a context] --------------------------------------------------------
+
+
+def _leave(comms, ctx, timeout):
+    waiting.read_notices(ctx)
+    if ctx.failures:
+        if ctx.reported:  # this rank has raised for them already
+            return
+        raise ctx.failure(waiting.LEAVING)
+    size, cid = comms.size, ctx.context_id
+    unmatched = _settle_receives(ctx)
+    h = cid % _ID_MODULUS
+    received = [0] * size
+    received[comms.rank] = ctx.received
+    agreement = Agreement(comms, comms.control, comms.control_tag(cid), cid)
+    for message in ctx.stash:
+        agreement.offer(*message)
+    ctx.stash.clear()
+    vector = ctx.sent_to + received + [len(unmatched), ctx.passes, ctx.passes ** 2, h, h * h]
+    with waiting.Waiter(waiting.LEAVING, timeout, lambda: agreement.step, context=ctx,
+                        on_notice=agreement.offer) as waiter:
+
+        def poll():
+            waiting.read_notices(ctx, agreement.offer)
+            ctx.check_open(waiting.LEAVING)
+            waiter.pause()
+
+        try:
+            total = agreement.run(vector, [ctx.passes], poll).tolist()
+        except (DistributedError, DistTimeoutError) as exc:
+            if not ctx.reported:  # this rank gives up: the others must not wait for it
+                ctx.fail(f"gave up leaving context {cid}: {exc}")
+            raise
+        sent, got = total[:size], total[size:2 * size]
+        posted, passes, passes_sq, ids, ids_sq = total[2 * size:]
+        problems = []
+        if size * ids_sq != ids ** 2:  # equal iff all ids are (Cauchy-Schwarz)
+            problems.append(f"the ranks left different contexts (this rank: context {cid})")
+        if size * passes_sq != passes ** 2:
+            problems.append(f"the ranks ran different numbers of backward passes in it (this "
+                            f"rank: {ctx.passes})")
+        lost = [r for r in range(size) if sent[r] != got[r]]
+        if lost:
+            details = _take_unreceived(comms, ctx, sent[comms.rank], waiter) \
+                if comms.rank in lost else []
+            problems.append(
+                "tensors sent in it were never received ("
+                + ", ".join(f"rank {r} received {got[r]} of the {sent[r]} sent to it"
+                            for r in lost) + ")"
+                + "".join(f"\n  {line}" for line in details)
+            )
+        if posted:
+            problems.append(
+                f"{posted} receive(s) posted in it were not waited for in it, and were cancelled"
+                + "".join(f"\n  {line}" for line in unmatched)
+            )
+    if problems:
+        raise DistributedError(f"rank {comms.rank}: leaving context {cid}: "
+                               + "; ".join(problems))
+
+
+def _settle_receives(ctx):
+    """Complete the receives posted in the context whose tensor has come, cancel the others so
+    that no later tensor can land in them, and say which those were."""
+    cancelled = []
+    for request in list(ctx.receiving):
+        if request.cancel():
+            cancelled.append(f"rank {_comm.get().rank}: a receive from rank {request.source} "
+                             f"with tag {request.tag}")
+    ctx.receiving = weakref.WeakSet()
+    return cancelled
+
+
+def _take_unreceived(comms, ctx, expected, waiter):
+    """Receive the tensors sent to this rank in the context that it never received, and say
+    what they were: sender, tag, shape and dtype."""
+    channel, status = comms.data_comm(ctx.context_id), MPI.Status()
+    lines = []
+    while ctx.received < expected:
+        message = channel.improbe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
+        if message is None:
+            waiter.pause()
+            continue
+        tag = status.Get_tag()
+        header, array, source = transport.receive_probed(comms, message, status)
+        if header.context_id != ctx.context_id:
+            continue  # left by a failed context: see Note [data communicators]
+        ctx.received += 1
+        lines.append(f"rank {source} sent rank {comms.rank} a tensor of shape {array.shape} "
+                     f"and dtype {array.dtype} with tag {tag}, never received")
+    return lines

@@ -10,7 +10,9 @@ Header (``HEADER_WORDS`` int64 words, in this order)::
 
 - ``version`` is ``FORMAT_VERSION``; a receiver rejects any other.
 - ``kind`` is a ``Kind``: TENSOR (forward data), GRADIENT, NO_GRADIENT (the marker a recv
-  function sends when it has no gradient), ERROR.
+  function sends when it has no gradient), ERROR (a rank's failure in a context, as text), AGREE
+  (a round of an agreement: ``message_id`` is the round), QUERY and ANSWER (a stalled rank asks
+  what the others are doing: ``message_id`` numbers the question), EXIT (a rank's program ended).
 - ``context_id`` is ``NO_CONTEXT`` (-1) outside a distributed autograd context, and
   ``message_id`` is -1 when the message is not recorded in one.
 - ``dtype`` is a code of ``DTYPE_CODES``; unused ``shape`` entries are 0.
@@ -38,10 +40,10 @@ import numpy as np
 __all__ = [
     "FORMAT_VERSION", "MAX_NDIM", "INLINE_LIMIT", "HEADER_WORDS", "MESSAGE_WORDS", "NO_CONTEXT",
     "Kind", "Header", "DTYPE_CODES", "dtype_code", "encode_header", "decode_header", "pack",
-    "unpack_inline", "empty_message",
+    "unpack_inline", "empty_message", "text_array", "text_of", "check_sendable",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAX_NDIM = 8
 INLINE_LIMIT = 512  # bytes; see Note [inline payloads]
 NO_CONTEXT = -1
@@ -60,6 +62,10 @@ class Kind(IntEnum):
     GRADIENT = 1
     NO_GRADIENT = 2
     ERROR = 3
+    AGREE = 4
+    QUERY = 5
+    ANSWER = 6
+    EXIT = 7
 
 
 DTYPE_CODES = {
@@ -106,6 +112,12 @@ def dtype_code(dtype):
 _HEADER = struct.Struct(f"={HEADER_WORDS}q")  # the header's words, packed in one call
 _PADDING = [(0,) * (MAX_NDIM - n) for n in range(MAX_NDIM + 1)]  # unused shape entries
 _KINDS = tuple(Kind)  # by value
+
+
+def check_sendable(array):
+    """ValueError naming the problem unless ``array``'s dtype and dimensions can be sent."""
+    dtype_code(array.dtype)
+    _check_ndim(array.shape)
 
 
 def _check_ndim(shape):
@@ -218,3 +230,13 @@ def unpack_inline(header, words):
 def empty_message():
     """A receive buffer for any message (receive it as MPI_BYTE): MESSAGE_WORDS int64 words."""
     return np.empty(MESSAGE_WORDS, dtype=np.int64)
+
+
+def text_array(text):
+    """A text as a uint8 payload."""
+    return np.frombuffer(text.encode(), np.uint8)
+
+
+def text_of(array):
+    """The text of a ``text_array`` payload."""
+    return array.tobytes().decode(errors="replace")

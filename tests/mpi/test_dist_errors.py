@@ -5,7 +5,6 @@ state left over from a failed pass must not leak into the next. Errors are check
 words (the failing rank, the context and message ids, the original message), not their class.
 """
 
-import contextlib
 import re
 import time
 
@@ -15,6 +14,7 @@ import pytest
 import mpigrad as mg
 import mpigrad.distributed as dist
 import mpigrad.distributed.autograd as dist_autograd
+from mpigrad.autograd import forward_ad as fwAD
 
 TOL = 1e-12
 # Ranks that wait for a failed peer must raise within this many seconds (4 ranks on 2 cores).
@@ -106,94 +106,84 @@ def test_a_failure_on_one_rank_raises_on_every_rank(comm, k, how):
 # --- ranks that disagree -------------------------------------------------------------------------
 
 
-def _enter_as_many_contexts_as_the_others(comm, entered):
-    """After a test that made ranks enter different contexts: empty contexts until every rank
-    has entered as many as the others, so that the ranks' contexts match again."""
-    for _ in range(max(comm.allgather(entered)) - entered):
-        with dist_autograd.context():
-            pass
+def _step_again(comm):
+    """After a test that put the ranks' contexts out of step: destroy and init, which starts
+    every rank's context ids at the same value again."""
+    dist.destroy()
+    dist.init(comm)
 
 
 @pytest.mark.min_ranks(2)
-@pytest.mark.parametrize("sender", ["outside-a-context", "in-another-context"])
-def test_receiving_a_tensor_of_another_context_names_both_ids(comm, sender):
-    # Rank 1 sends a small tensor (it leaves at once, so rank 1 never waits) and tells rank 0
-    # its context id; rank 0 receives the tensor in a context of its own. Rank 1's context, when
-    # it has one, is its second alone, so the ids differ.
+def test_receiving_in_a_context_a_tensor_sent_outside_names_both(comm):
+    # Rank 1 sends a small tensor before the context (it leaves at once); rank 0 receives it in
+    # the context. It can never match there: rank 0 finds it and raises, naming both sides.
     rank = comm.rank
-    entered = 0
     if rank == 1:
-        x = _leaf(np.ones(3))
-        if sender == "outside-a-context":
-            dist.send(x * 2.0, 0)
-            theirs = -1
-        else:
-            with dist_autograd.context():
-                pass
-            with dist_autograd.context() as theirs:
-                dist.send(x * 2.0, 0)
-            entered = 2
-        comm.send(theirs, dest=0)
-    elif rank == 0:
-        with dist_autograd.context() as context_id:
+        dist.send(np.ones(3), 0)
+    with dist_autograd.context() as context_id:
+        if rank == 0:
+            start = time.monotonic()
             with pytest.raises(Exception) as info:
                 dist.recv(1)
-        entered = 1
-        theirs = comm.recv(source=1)
-        assert theirs != context_id
+            elapsed = time.monotonic() - start
+    if rank == 0:
         message = str(info.value)
-        assert re.search(rf"(?<![\d-]){context_id}\b", message), message
-        if sender == "outside-a-context":
-            assert re.search(r"-1\b|outside|no context|not in a context", message), message
-        else:
-            assert re.search(rf"(?<![\d-]){theirs}\b", message), message
-    _enter_as_many_contexts_as_the_others(comm, entered)
+        assert re.search(rf"received a tensor from rank 1 \(tag 0\) sent outside any context, "
+                         rf"but this rank is in context {context_id}\b", message), message
+        assert elapsed < PROMPT, f"recv raised after {elapsed:.1f} s"
     _assert_a_normal_pass_works(comm)
 
 
 @pytest.mark.min_ranks(2)
-def test_receiving_outside_a_context_a_tensor_sent_in_one_raises(comm):
+def test_a_rank_in_another_context_than_backward_fails_every_rank(comm):
+    # Rank 1 enters a context the others do not, so its ids run one ahead: it leaves its extra
+    # context (id c) while the others run backward in theirs (id c too). Neither can finish;
+    # both must raise promptly, each naming what the other does.
     rank = comm.rank
-    entered = 0
-    if rank == 1:
-        with dist_autograd.context() as theirs:
-            dist.send(_leaf(np.ones(3)) * 2.0, 0)
-        entered = 1
-        comm.send(theirs, dest=0)
-    elif rank == 0:
-        with pytest.raises(Exception) as info:
-            dist.recv(1)
-        theirs = comm.recv(source=1)
-        message = str(info.value)
-        assert re.search(rf"(?<![\d-]){theirs}\b", message), message
-    _enter_as_many_contexts_as_the_others(comm, entered)
-    _assert_a_normal_pass_works(comm)
-
-
-@pytest.mark.min_ranks(2)
-def test_backward_in_different_contexts_raises_on_every_rank(comm):
-    # Rank 1 enters one context more than the others first, so its context id differs; there
-    # is no message to tell, only backward itself.
-    rank = comm.rank
-    entered = 0
-    if rank == 1:
-        with dist_autograd.context():
-            entered += 1
     x = _leaf(np.ones(2) + rank)
-    with dist_autograd.context() as context_id:
-        entered += 1
-        ids = comm.allgather(context_id)
-        assert ids[1] != ids[0]
-        start = time.monotonic()
+    start = time.monotonic()
+    if rank == 1:
         with pytest.raises(Exception) as info:
-            dist_autograd.backward(context_id, [(x * x).sum()])
-        elapsed = time.monotonic() - start
+            with dist_autograd.context() as context_id:
+                pass
+    else:
+        with dist_autograd.context() as context_id:
+            with pytest.raises(Exception) as info:
+                dist_autograd.backward(context_id, [(x * x).sum()])
+    elapsed = time.monotonic() - start
     message = str(info.value)
-    assert re.search(rf"(?<![\d-]){ids[0]}\b", message), message
-    assert re.search(rf"(?<![\d-]){ids[1]}\b", message), message
-    assert elapsed < PROMPT, f"backward raised after {elapsed:.1f} s"
-    _enter_as_many_contexts_as_the_others(comm, entered)
+    assert re.search(rf"rank 1 left context {context_id} after 0 backward pass\(es\), without "
+                     "calling this one", message), message
+    if rank != 1:
+        assert isinstance(info.value, dist_autograd.DistBackwardError), repr(info.value)
+    assert elapsed < PROMPT, f"raised after {elapsed:.1f} s"
+    _step_again(comm)
     _assert_a_normal_pass_works(comm)
+
+
+@pytest.mark.min_ranks(2)
+def test_a_rank_waiting_in_another_context_is_found_by_asking(comm):
+    # Rank 1 runs one context ahead and waits in a recv from rank 0 there; rank 0 waits in a
+    # recv from rank 1 in its context. No message tells either of the other: after about a
+    # second of waiting each asks the other what it waits in, and raises.
+    rank = comm.rank
+    if rank > 1:
+        return
+    start = time.monotonic()
+    with pytest.raises(Exception) as info:
+        if rank == 1:
+            with dist_autograd.context():
+                pass  # its leaving agreement waits for rank 0, who never leaves this context
+        with dist_autograd.context():
+            dist.recv(1 - rank)
+    elapsed = time.monotonic() - start
+    message = str(info.value)
+    assert "so it will never come" in message, message
+    # Whichever rank asks first raises and tells the other.
+    assert re.search(r"rank 0 waits in recv for this rank, which is in leaving the context|"
+                     r"rank 1 is in leaving the context \(context \d+\) and sends nothing",
+                     message), message
+    assert elapsed < PROMPT, f"raised after {elapsed:.1f} s"
 
 
 # --- context ids ---------------------------------------------------------------------------------
@@ -225,7 +215,18 @@ def test_backward_in_an_exited_context_raises(comm):
 # --- bad roots -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", ["not-a-scalar", "no-grad", "a-number"])
+BAD_ROOTS = {  # what rank k passes as its roots, and the words of its error
+    "not-a-scalar": (lambda root, y, x: [y * x], "roots[0] has shape (3,); roots must be scalars"),
+    "no-grad": (lambda root, y, x: [mg.tensor(1.0)], "roots[0] does not require grad"),
+    "a-number": (lambda root, y, x: [1.0], "roots[0] is a float, not a Tensor"),
+    "a-generator": (lambda root, y, x: (r for r in [root]),
+                    "roots must be a Tensor or a list or tuple of Tensors, got generator"),
+    "a-set": (lambda root, y, x: {root}, "roots must be a Tensor or a list or tuple of Tensors, "
+              "got set"),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_ROOTS))
 @pytest.mark.parametrize("k", _each_rank())
 def test_bad_roots_on_one_rank_raise_on_every_rank(comm, k, bad):
     rank, size = comm.rank, comm.size
@@ -235,33 +236,53 @@ def test_bad_roots_on_one_rank_raise_on_every_rank(comm, k, bad):
         request = dist.isend(mg.sin(x), dest)
         y = dist.recv(source)
         request.wait()
-        root = (y * x).sum()
+        comm.Barrier()  # the forward is done everywhere: a failure can only stop backward
+        roots = [(y * x).sum()]
+        make, words = BAD_ROOTS[bad]
         if rank == k:
-            root = {"not-a-scalar": y * x, "no-grad": mg.tensor(1.0), "a-number": 1.0}[bad]
+            roots = make(roots[0], y, x)
         start = time.monotonic()
         with pytest.raises(Exception) as info:
-            dist_autograd.backward(context_id, [root])
+            dist_autograd.backward(context_id, roots)
         elapsed = time.monotonic() - start
     message = str(info.value)
     assert re.search(rf"\brank {k}\b", message), message
-    if rank == k:
-        words = {"not-a-scalar": "scalar", "no-grad": "require", "a-number": "Tensor"}[bad]
-        assert words in message, message
+    assert f"rank {k}: {words}" in message, message
     assert elapsed < PROMPT, f"backward raised after {elapsed:.1f} s"
     _assert_a_normal_pass_works(comm)
+
+
+@pytest.mark.parametrize("how", ["a-tensor", "a-tuple", "an-empty-list"])
+def test_roots_may_be_one_tensor_or_any_sequence(comm, how):
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    x = _leaf(np.arange(3.0) + rank)
+    with dist_autograd.context() as context_id:
+        request = dist.isend(x * 2.0, dest)
+        y = dist.recv(source)
+        request.wait()
+        loss = (y * y).sum()
+        roots = {"a-tensor": loss, "a-tuple": (loss,), "an-empty-list": []}[how]
+        dist_autograd.backward(context_id, roots)
+        grads = dist_autograd.get_gradients(context_id)
+    if how == "an-empty-list":
+        assert grads == {}
+    else:  # the next rank's root is sum((2x)^2): gradient 8x
+        np.testing.assert_allclose(grads[x].data, 8.0 * x.data, rtol=TOL)
 
 
 # --- timeout -------------------------------------------------------------------------------------
 
 
-@pytest.mark.min_ranks(2)
-def test_timeout_lists_what_a_stalled_rank_waits_for(comm):
-    # Rank 0 sends to rank 1, which calls backward only after rank 0's timeout has passed:
-    # rank 0 must raise, listing the message it waits for and the peer. Rank 1 and the others
-    # may then fail or not; each has a timeout of its own, so nothing hangs. After it, mpigrad
-    # is destroyed and initialized again.
+@pytest.mark.min_ranks(3)
+def test_a_timeout_on_one_rank_ends_every_rank(comm):
+    # Rank 0 sends to rank 1 and calls backward with a timeout; rank 1 enters backward only
+    # LATE seconds later; the others call it at once. Ranks 1 and up set no timeout of their own.
+    # Rank 0 raises at its timeout, naming the message it waits for and the rank that has not
+    # entered; the others raise within a second of that, naming rank 0 and what it waited for;
+    # rank 1 raises as soon as it enters. Then a new context works, with no destroy and init.
     rank = comm.rank
-    timeout, late = 1.0, 4.0
+    timeout, late = 2.0, 5.0
     x = _leaf(np.ones(3))
     with dist_autograd.context() as context_id:
         if rank == 0:
@@ -273,25 +294,190 @@ def test_timeout_lists_what_a_stalled_rank_waits_for(comm):
         else:
             roots = []
         comm.Barrier()
-        if rank == 0:
-            start = time.monotonic()
-            with pytest.raises(Exception) as info:
-                dist_autograd.backward(context_id, roots, timeout=timeout)
-            elapsed = time.monotonic() - start
-        elif rank == 1:
+        start = time.monotonic()
+        if rank == 1:
             time.sleep(late)
-            with contextlib.suppress(Exception):
-                dist_autograd.backward(context_id, roots, timeout=timeout)
+        with pytest.raises(Exception) as info:
+            dist_autograd.backward(context_id, roots, timeout=timeout if rank == 0 else None)
+        elapsed = time.monotonic() - start
+    message = str(info.value)
+    if rank == 0:
+        assert isinstance(info.value, dist_autograd.BackwardTimeoutError), repr(info.value)
+        assert timeout * 0.9 <= elapsed < timeout + 2, f"raised after {elapsed:.2f} s: {message}"
+    else:
+        assert isinstance(info.value, dist_autograd.DistBackwardError), repr(info.value)
+        if rank == 1:
+            assert late <= elapsed < late + 1, f"raised after {elapsed:.2f} s: {message}"
         else:
-            with contextlib.suppress(Exception):
-                dist_autograd.backward(context_id, roots, timeout=late + timeout)
-    comm.Barrier()
-    dist.destroy()
-    dist.init(comm)
+            assert timeout <= elapsed < timeout + 3, f"raised after {elapsed:.2f} s: {message}"
+        assert re.search(r"failed on rank\(s\) \[0\]", message), message
+    # Every rank's message carries rank 0's: what it waited for, and who had not come.
+    assert re.search(rf"rank 0: dist_autograd.backward in context {context_id} timed out after "
+                     rf"{timeout:g} s still waiting for: message id 0 from rank 1;",
+                     message), message
+    assert re.search(r"ranks that have not entered this backward: \[1\] \(rank 1: not waiting "
+                     r"in mpigrad", message), message
     _assert_a_normal_pass_works(comm)
-    if rank == 0:  # checked last, so that a failure here leaves no rank blocked
-        message = str(info.value)
-        assert timeout * 0.9 <= elapsed < late - 0.5, f"raised after {elapsed:.2f} s: {message}"
-        assert re.search(r"\brank 1\b", message), message
-        assert re.search(r"message ids?\b", message), message
-        assert re.search(rf"\b{context_id}\b", message), message
+
+
+def test_a_rank_that_has_received_a_failure_does_not_wait_out_its_timeout(comm):
+    # Rank 0's part of backward fails at once; every other rank waits with a long timeout of
+    # its own, and must raise promptly with rank 0's error, not wait out the timeout.
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    x = _leaf(np.arange(3.0) + rank)
+    with dist_autograd.context() as context_id:
+        request = dist.isend(x * 1.0, dest)
+        y = dist.recv(source)
+        request.wait()
+        comm.Barrier()  # the forward is done everywhere: a failure can only stop backward
+        h = FailingBackward.apply(y) if rank == 0 else y
+        start = time.monotonic()
+        with pytest.raises(Exception) as info:
+            dist_autograd.backward(context_id, [(h * h).sum()], timeout=60)
+        elapsed = time.monotonic() - start
+    assert FAILURE in str(info.value), str(info.value)
+    assert elapsed < PROMPT, f"raised after {elapsed:.1f} s"
+    _assert_a_normal_pass_works(comm)
+
+
+# --- leaving a context ---------------------------------------------------------------------------
+
+
+@pytest.mark.min_ranks(2)
+def test_a_tensor_never_received_is_reported_when_its_context_is_left(comm):
+    # Rank 1 sends rank 0 a tensor without gradient that rank 0 never receives: leaving the
+    # context fails on every rank, and rank 0 names the tensor. The next context is not blamed.
+    rank = comm.rank
+    with pytest.raises(dist.DistributedError) as info:
+        with dist_autograd.context() as context_id:
+            if rank == 1:
+                dist.isend(np.arange(3.0), 0, tag=7).wait()
+    message = str(info.value)
+    assert (f"rank {rank}: leaving context {context_id}: tensors sent in it were never received "
+            "(rank 0 received 0 of the 1 sent to it)") in message, message
+    if rank == 0:
+        assert ("rank 1 sent rank 0 a tensor of shape (3,) and dtype float64 with tag 7, never "
+                "received") in message, message
+    _assert_a_normal_pass_works(comm)
+
+
+def test_a_receive_never_waited_for_is_reported_and_cancelled_when_its_context_is_left(comm):
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    with pytest.raises(dist.DistributedError) as info:
+        with dist_autograd.context() as context_id:
+            request = dist.irecv(source, tag=4)  # nothing is sent with tag 4 in the context
+    message = str(info.value)
+    assert (f"leaving context {context_id}: {size} receive(s) posted in it were not waited for "
+            "in it, and were cancelled") in message, message
+    assert f"rank {rank}: a receive from rank {source} with tag 4" in message, message
+    with pytest.raises(RuntimeError, match="was cancelled: its context was left"):
+        request.wait()
+    # The cancelled receive takes nothing: this tensor goes to the next receive.
+    sent = dist.isend(np.full(2, float(rank)), dest, tag=4)
+    np.testing.assert_array_equal(dist.recv(source, tag=4).data, np.full(2, float(source)))
+    sent.wait()
+
+
+def test_a_receive_whose_tensor_came_is_completed_when_its_context_is_left(comm):
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    with dist_autograd.context():
+        request = dist.irecv(source, tag=4)
+        dist.isend(np.full(2, float(rank)), dest, tag=4).wait()
+        comm.Barrier()
+        time.sleep(0.05)  # the header has arrived; nobody waits for it in the context
+    np.testing.assert_array_equal(request.wait().data, np.full(2, float(source)))
+
+
+@pytest.mark.min_ranks(2)
+def test_a_rank_that_leaves_by_an_exception_fails_the_others(comm):
+    # Rank 1 raises in the forward, before it sends; rank 0 waits for its tensor; the others
+    # leave. Every rank raises promptly, naming rank 1 and its exception.
+    rank = comm.rank
+    start = time.monotonic()
+    with pytest.raises(Exception) as info:
+        with dist_autograd.context():
+            if rank == 1:
+                raise ValueError("the forward failed on purpose")
+            if rank == 0:
+                dist.recv(1)
+    elapsed = time.monotonic() - start
+    message = str(info.value)
+    assert "the forward failed on purpose" in message, message
+    if rank != 1:
+        assert re.search(r"failed on rank\(s\) \[1\]:\nrank 1: left context \d+ by an exception: "
+                         "ValueError", message), message
+    assert elapsed < PROMPT, f"raised after {elapsed:.1f} s"
+    _assert_a_normal_pass_works(comm)
+
+
+@pytest.mark.min_ranks(2)
+def test_a_rank_that_skips_backward_fails_the_others(comm):
+    # Rank 0 catches an error in its forward and skips backward; the others call it. Every rank
+    # raises promptly: rank 0 is seen leaving the context without the pass (by its leaving
+    # agreement's first message, or by asking).
+    rank = comm.rank
+    x = _leaf(np.ones(2) + rank)
+    start = time.monotonic()
+    with pytest.raises(Exception) as info:
+        with dist_autograd.context() as context_id:
+            if rank != 0:
+                dist_autograd.backward(context_id, [(x * x).sum()])
+    elapsed = time.monotonic() - start
+    message = str(info.value)
+    # Whichever rank sees it first tells the others: by rank 0's leaving agreement, or by asking
+    # what the others do (rank 0 may already be on in the next context when asked).
+    assert re.search(rf"rank 0 (left|is leaving) context {context_id} after 0 backward "
+                     r"pass\(es\), without|rank \d+ runs backward pass 1 of context "
+                     rf"{context_id}, which this rank is leaving after 0|rank 0 waits in "
+                     rf"\S+ in context {context_id + 1}", message), message
+    assert elapsed < PROMPT, f"raised after {elapsed:.1f} s"
+    _assert_a_normal_pass_works(comm)
+
+
+# --- a graph that crosses ranks, outside its pass ------------------------------------------------
+
+
+@pytest.mark.parametrize("when", ["in-the-context", "after-it"])
+def test_a_local_backward_through_a_received_tensor_says_what_to_do(comm, when):
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    x = _leaf(np.arange(3.0))
+    with dist_autograd.context() as context_id:
+        request = dist.isend(x * 2.0, dest)
+        y = dist.recv(source)
+        request.wait()
+        loss = (y * y).sum()
+        if when == "in-the-context":
+            with pytest.raises(Exception) as info:
+                loss.backward()
+        dist_autograd.backward(context_id, [])  # the pass every rank owes: no roots here
+    if when == "after-it":
+        with pytest.raises(Exception) as info:
+            loss.backward()
+    message = str(info.value)
+    assert (f"this graph crosses ranks: it holds a tensor received from rank {source} in "
+            f"context {context_id}, which ") in message, message
+    assert {"in-the-context": "is open, but no dist_autograd.backward is running",
+            "after-it": "has been left"}[when] in message, message
+    assert f"call dist_autograd.backward({context_id}, roots) on every rank" in message, message
+
+
+def test_a_gradient_that_carries_tangents_fails_backward_on_every_rank(comm):
+    # Forward-over-reverse across ranks needs tangents to travel with gradients: not yet.
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    x = _leaf(np.arange(3.0) + rank)
+    with dist_autograd.context() as context_id:
+        request = dist.isend(x * 2.0, dest)
+        y = dist.recv(source)
+        request.wait()
+        comm.Barrier()
+        with fwAD.dual_level():
+            w = fwAD.make_dual(mg.tensor(np.ones(3)), mg.ones(3))
+            with pytest.raises(dist_autograd.DistBackwardError) as info:
+                dist_autograd.backward(context_id, [(y * w).sum()])
+    assert "carries forward-mode tangents" in str(info.value), str(info.value)
+    _assert_a_normal_pass_works(comm)

@@ -4,12 +4,17 @@ Each test runs on its own duplicate of COMM_WORLD (the harness's ``comm``): mpig
 initialized on it before the test and destroyed after it.
 """
 
+import re
+import time
+
 import numpy as np
 import pytest
 from mpi4py import MPI
 
 import mpigrad as mg
 import mpigrad.distributed as dist
+import mpigrad.distributed.autograd as dist_autograd
+from mpigrad.autograd import forward_ad as fwAD
 
 DTYPES = [np.float32, np.float64, np.int64, np.bool_]
 # 0-d, empty, inline-sized and payload-sized (see Note [inline payloads] in messages.py).
@@ -185,3 +190,149 @@ def test_non_contiguous_input_arrives_correctly(comm):
         _check(dist.recv(source, tag=i), expected)
     for request in sends:
         request.wait()
+
+
+# --- ranks and tags ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [np.int32, np.int64, np.uint8, int])
+def test_any_integer_type_names_a_rank_and_a_tag(comm, kind):
+    rank, size = comm.rank, comm.size
+    dest, source = kind((rank + 1) % size), kind((rank - 1) % size)
+    request = dist.isend(np.full(2, float(rank)), dest, tag=kind(5))
+    _check(dist.recv(source, tag=kind(5)), np.full(2, float((rank - 1) % size)))
+    request.wait()
+    out = dist.sendrecv(np.full(2, float(rank)), dest, source, sendtag=kind(6), recvtag=kind(6))
+    _check(out, np.full(2, float((rank - 1) % size)))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda tag: dist.isend(np.zeros(2), 0, tag=tag),
+        lambda tag: dist.irecv(0, tag=tag),
+        lambda tag: dist.recv(0, tag=tag),
+        lambda tag: dist.sendrecv(np.zeros(2), 0, 0, sendtag=tag),
+        lambda tag: dist.sendrecv(np.zeros(2), 0, 0, sendtag=1, recvtag=tag),
+    ],
+    ids=["isend", "irecv", "recv", "sendrecv-sendtag", "sendrecv-recvtag"],
+)
+@pytest.mark.parametrize("tag", [-1, MPI.ANY_TAG, 2**62, True, 1.0, "1"],
+                         ids=["minus-1", "any-tag", "2**62", "bool", "float", "str"])
+def test_a_bad_tag_raises_the_same_way_everywhere(comm, call, tag):
+    upper = comm.Get_attr(MPI.TAG_UB)
+    with pytest.raises(ValueError) as info:
+        call(tag)
+    assert (f"{tag!r} is not a valid tag: tags are integers from 0 to {upper} (MPI's TAG_UB; "
+            f"this is rank {comm.rank})") in str(info.value), str(info.value)
+
+
+# --- a call that raises leaves nothing behind ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda x, dest, source: dist.send(x.astype(np.float16), dest),
+        lambda x, dest, source: dist.isend(x.reshape((1,) * 8 + (2,)), dest),
+        lambda x, dest, source: dist.isend(x, dest, tag=-1),
+        lambda x, dest, source: dist.sendrecv(x, dest, source, sendtag=-1),
+        lambda x, dest, source: dist.sendrecv(x, dest, comm_size_plus_one(), sendtag=3),
+        lambda x, dest, source: dist.sendrecv(x.astype(np.float16), dest, source, sendtag=3),
+    ],
+    ids=["send-float16", "isend-9-dims", "isend-negative-tag", "sendrecv-negative-tag",
+         "sendrecv-bad-source", "sendrecv-float16"],
+)
+def test_a_send_that_raises_records_and_posts_nothing(comm, bad):
+    # Inside a context: the failed call must leave no send function (backward would wait for
+    # its gradient) and no posted receive (it would take the next tensor sent with its tag);
+    # leaving the context checks that no tensor went out.
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    x = mg.tensor(np.arange(2.0) + rank, requires_grad=True)
+    with dist_autograd.context() as context_id:
+        with pytest.raises((ValueError, TypeError)):
+            bad(x * 1.0, dest, source)
+        request = dist.isend(x * 3.0, dest, tag=3)
+        y = dist.recv(source, tag=3)
+        request.wait()
+        dist_autograd.backward(context_id, [(y * y).sum()], timeout=30)
+        (grad,) = dist_autograd.get_gradients(context_id).values()
+    np.testing.assert_allclose(grad.data, 18.0 * x.data)
+
+
+def comm_size_plus_one():
+    return dist.get_world_size() + 1
+
+
+@pytest.mark.parametrize("call", ["send", "isend", "sendrecv"])
+def test_a_tensor_with_tangents_is_refused_before_it_is_sent(comm, call):
+    # Tangents do not travel yet: dropping them would give the receiver a wrong derivative.
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    x = mg.tensor(np.arange(2.0) + rank)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, mg.ones(2))
+        with pytest.raises(RuntimeError) as info:
+            {"send": lambda: dist.send(dual * 2.0, dest),
+             "isend": lambda: dist.isend(dual * 2.0, dest),
+             "sendrecv": lambda: dist.sendrecv(dual * 2.0, dest, source)}[call]()
+    assert (f"{call}: rank {rank}: the tensor carries forward-mode tangents") in str(info.value)
+    # Nothing went out: the next exchange gets the next tensor.
+    out = dist.sendrecv(np.full(2, float(rank)), dest, source, sendtag=9)
+    _check(out, np.full(2, float(source)))
+
+
+# --- timeouts ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call", ["recv", "irecv-wait", "sendrecv"])
+def test_a_receive_that_times_out_is_cancelled(comm, call):
+    # Nothing is sent with tag 7 until every rank's receive has timed out; the tensor sent then
+    # must reach the next receive, not the cancelled one.
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    start = time.monotonic()
+    with pytest.raises(dist.DistTimeoutError) as info:
+        if call == "recv":
+            dist.recv(source, tag=7, timeout=0.3)
+        elif call == "irecv-wait":
+            dist.irecv(source, tag=7).wait(timeout=0.3)
+        else:
+            dist.sendrecv(np.zeros(1), dest, source, sendtag=8, recvtag=7, timeout=0.3)
+    elapsed = time.monotonic() - start
+    assert 0.3 <= elapsed < 5, elapsed
+    assert (f"rank {rank}: {call.split('-')[0]} timed out after 0.3 s still waiting for: a tensor "
+            f"from rank {source} with tag 7 (outside any context)") in str(info.value)
+    comm.Barrier()
+    if call == "sendrecv":
+        _check(dist.recv(source, tag=8), np.zeros(1))  # the send went out as usual
+    request = dist.isend(np.full(3, float(rank)), dest, tag=7)
+    _check(dist.recv(source, tag=7), np.full(3, float(source)))
+    request.wait()
+
+
+@pytest.mark.min_ranks(2)
+def test_a_send_that_waits_too_long_raises_and_can_be_waited_again(comm):
+    # A 4 MiB send to rank 1 cannot complete before rank 1 receives it (rendezvous).
+    rank = comm.rank
+    n = 2**19
+    if rank == 0:
+        request = dist.isend(np.ones(n), 1, tag=5)
+        with pytest.raises(dist.DistTimeoutError) as info:
+            request.wait(timeout=0.3)
+        assert "rank 1 to receive the tensor sent to it with tag 5" in str(info.value)
+        comm.Barrier()
+        request.wait(timeout=30)
+    elif rank == 1:
+        comm.Barrier()
+        _check(dist.recv(0, tag=5), np.ones(n))
+    else:
+        comm.Barrier()
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "soon", float("nan")])
+def test_a_timeout_that_is_not_a_positive_number_raises(comm, timeout):
+    with pytest.raises(ValueError, match=r"recv: timeout must be a positive number of seconds, "
+                                         rf"got {re.escape(repr(timeout))}"):
+        dist.recv(comm.rank, timeout=timeout)

@@ -1,7 +1,7 @@
 """recv and irecv: a tensor from another rank, as a new Tensor.
 
 Collective: no; point to point. The rank ``source`` must post a matching ``send``/``isend``
-(same dest and tag) on the same communicator.
+(same dest and tag) on the same communicator, in the same context (or both outside any).
 
 Adjoint: send to ``source``. Inside a distributed autograd context, a tensor sent with
 requires_grad gets a recv function (``RecvBackward``) holding (source, context id, message id)
@@ -11,15 +11,17 @@ unreachable from the roots or its gradient is undefined, so that the matching se
 never waits in vain.
 """
 
-import numpy as np
+import weakref
+
 from mpi4py import MPI
 
 from ...grad_mode import is_grad_enabled
 from ...graph import Node
 from ...tensor import Tensor
-from .. import buffers, messages
 from .. import comm as _comm
 from .. import context as _context
+from .. import messages, transport, waiting
+from ..errors import DistributedError
 from ..messages import NO_CONTEXT, Kind
 
 __all__ = ["recv", "irecv", "RecvRequest", "RecvBackward"]
@@ -28,19 +30,32 @@ __all__ = ["recv", "irecv", "RecvRequest", "RecvBackward"]
 class RecvBackward(Node):
     """The ``grad_fn`` of a received tensor: hands its gradient back to ``source``.
 
-    Applied exactly once per backward pass (with None when no gradient reached it); the pass in
-    progress of its context sends the gradient, or a no-gradient marker, keyed by
-    (context id, message id).
+    Applied exactly once per distributed backward pass (with None when no gradient reached it);
+    the pass in progress of its context sends the gradient, or a no-gradient marker, keyed by
+    (context id, message id).  It holds its context weakly (the context owns it), as PyTorch's
+    ``RecvRpcBackward`` does.
     """
 
     takes_arrays = True
 
     def __init__(self, source, ctx, message_id):
         super().__init__()
-        self.source, self.context, self.message_id = source, ctx, message_id
+        self.source, self.context_id, self.message_id = source, ctx.context_id, message_id
+        self._context = weakref.ref(ctx)
 
     def apply(self, grads):
-        self.context.running.send_gradient(self, grads[0])
+        ctx = self._context()
+        running = None if ctx is None else ctx.running
+        if running is None:
+            state = ("which has been left" if ctx is None or _context.current() is not ctx
+                     else "which is open, but no dist_autograd.backward is running")
+            raise RuntimeError(
+                f"this graph crosses ranks: it holds a tensor received from rank {self.source} "
+                f"in context {self.context_id}, {state}. Its gradient can only travel back "
+                f"inside the context: call dist_autograd.backward({self.context_id}, roots) on "
+                "every rank, not a local backward"
+            )
+        running.send_gradient(self, grads[0])
         return ()
 
 
@@ -53,71 +68,154 @@ class RecvRequest:
 
     The header, with any inline payload, is received as soon as it arrives (its receive is
     posted by ``irecv``); a payload too large to ride inline is received at ``wait()``, once
-    the header has told its shape and dtype. See Note [inline payloads] in messages.py.
+    the header has told its shape and dtype. See Note [inline payloads] in messages.py.  A receive
+    posted in a context must be waited for in it: leaving the context completes it if its tensor
+    has arrived, and cancels it otherwise.
     """
 
     def __init__(self, comms, source, tag, op):
-        self._comms, self._source, self._op = comms, source, op
-        self._words = messages.empty_message()
-        self._request = comms.data.Irecv([self._words, MPI.BYTE], source, tag)
+        self._comms, self.source, self.tag, self._op = comms, source, tag, op
+        ctx = _context.current()
+        self._context_id = NO_CONTEXT if ctx is None else ctx.context_id
+        self._context = None if ctx is None else weakref.ref(ctx)
+        self._channel = comms.data_comm(ctx and ctx.context_id)
         self._tensor = None
+        self._header_in = False
+        self._void = None  # why the receive was cancelled
+        self._post()
+        if ctx is not None:
+            ctx.receiving.add(self)
 
-    def wait(self):
+    def _post(self):
+        self._words = messages.empty_message()
+        self._request = self._channel.Irecv([self._words, MPI.BYTE], self.source, self.tag)
+
+    def wait(self, timeout=None):
+        """The received Tensor.  ``DistTimeoutError`` after ``timeout`` seconds (default
+        ``MPIGRAD_TIMEOUT``): the receive is then cancelled, and a tensor sent later stays for a
+        later receive."""
         if self._tensor is None:
-            self._request.Wait()
-            header, array = self._receive_payload()
-            self._tensor = self._record(header, array)
+            if self._void is not None:
+                raise RuntimeError(f"{self._op}: rank {self._comms.rank}: this receive from rank "
+                                   f"{self.source} (tag {self.tag}) {self._void}")
+            try:
+                waiting.wait_for(self._arrived, self._op, timeout, self._describe,
+                                 context=self._context and self._context(),
+                                 peers=[self.source], check=self._look_elsewhere)
+            except BaseException:
+                if self.cancel("was cancelled after an error while it waited"):
+                    raise
+            else:
+                self._finish()
         return self._tensor
 
-    def _record(self, header, array):
-        """The received Tensor; in a context, with a recv function when it requires grad."""
-        ctx = _context.current()
-        here = NO_CONTEXT if ctx is None else ctx.context_id
-        if header.context_id != here:
-            raise RuntimeError(
-                f"{self._op}: rank {self._comms.rank} received a tensor from rank {self._source} "
-                f"sent {_context_name(header.context_id)}, but this rank is "
-                f"{_context_name(here)}: every rank must enter the same contexts in the same order"
-            )
-        if ctx is None or not header.requires_grad:
-            return Tensor._make(array)
-        node = RecvBackward(self._source, ctx, header.message_id)
-        ctx.recv_functions.append(node)  # even unused, it owes the sender one message
-        if is_grad_enabled() and array.dtype.kind == "f":
-            return Tensor._make(array, node)
-        return Tensor._make(array)
+    def cancel(self, why="was cancelled: its context was left before it was waited for"):
+        """Complete the receive if its tensor has come, else cancel it; True if cancelled."""
+        if self._tensor is None and self._void is None:
+            if not self._header_in and self._request:  # (null once it completed)
+                self._request.Cancel()
+                status = MPI.Status()
+                self._request.Wait(status)
+                if not status.Is_cancelled():
+                    self._arrived(done=True)
+            if self._header_in:
+                self._finish()
+            else:  # cancelled, or a message of a failed context took it: see _arrived
+                self._void = why
+                ctx = self._context and self._context()
+                if ctx is not None:
+                    ctx.receiving.discard(self)
+        return self._void is not None
 
-    def _receive_payload(self):
+    def _describe(self):
+        return (f"a tensor from rank {self.source} with tag {self.tag} "
+                f"({_context_name(self._context_id)})")
+
+    def _arrived(self, done=False):
+        """Whether the header has come (``done``: the request has completed); one left by a
+        failed context is dropped and the receive posted again, unless ``done``."""
+        if not self._header_in:
+            if not (done or self._request.Test()):
+                return False
+            header = self._header()
+            if header.context_id < self._context_id:  # see Note [data communicators]
+                transport.receive(self._comms, self._words, self.source)
+                if done:
+                    return False
+                self._post()
+                return False
+            self._header_in = True
+        return True
+
+    def _header(self):
         try:
             header = messages.decode_header(self._words)
         except ValueError as e:
-            raise ValueError(
-                f"{self._op}: a malformed message from rank {self._source} at rank "
-                f"{self._comms.rank}: {e}"
-            ) from None
+            raise ValueError(f"{self._op}: a malformed message from rank {self.source} at rank "
+                             f"{self._comms.rank}: {e}") from None
         if header.kind != Kind.TENSOR:
             raise ValueError(
                 f"{self._op}: rank {self._comms.rank} expected a tensor from rank "
-                f"{self._source}, got a {header.kind.name} message (context id "
+                f"{self.source}, got a {header.kind.name} message (context id "
                 f"{header.context_id}, message id {header.message_id})"
             )
-        if header.inline:
-            return header, messages.unpack_inline(header, self._words)
-        array = buffers.receive_buffer(header.shape, header.dtype)
-        payload = array.reshape(-1).view(np.uint8)
-        self._comms.payload.Recv([payload, MPI.BYTE], self._source, header.payload_tag)
-        return header, array
+        return header
+
+    def _finish(self):
+        """Receive the payload and record the tensor (the header has come)."""
+        header, array = transport.receive(self._comms, self._words, self.source)
+        ctx = self._context and self._context()
+        if ctx is not None:
+            ctx.receiving.discard(self)
+            ctx.received += 1
+        self._tensor = _record(ctx, header, array, self.source)
+
+    def _look_elsewhere(self):
+        """Raise if the tensor this receive waits for was sent in another context (or outside
+        any): it travels on another communicator (Note [data communicators]) and would never
+        match."""
+        comms, status = self._comms, MPI.Status()
+        for channel in (comms.data_free, *comms.data):
+            if channel is self._channel:
+                continue
+            message = channel.improbe(self.source, self.tag, status)
+            if message is None:
+                continue
+            header, _, _ = transport.receive_probed(comms, message, status)
+            if header.context_id == NO_CONTEXT or header.context_id > _context.last_id():
+                raise DistributedError(
+                    f"{self._op}: rank {comms.rank} received a tensor from rank {self.source} "
+                    f"(tag {self.tag}) sent {_context_name(header.context_id)}, but this rank "
+                    f"is {_context_name(self._context_id)}: every rank must enter the same "
+                    "contexts in the same order"
+                )
+
+
+def _record(ctx, header, array, source):
+    """The received Tensor; in a context, with a recv function when it requires grad."""
+    if ctx is None or not header.requires_grad:
+        return Tensor._make(array)
+    node = RecvBackward(source, ctx, header.message_id)
+    ctx.recv_functions.append(node)  # even unused, it owes the sender one message
+    if is_grad_enabled() and array.dtype.kind == "f":
+        return Tensor._make(array, node)
+    return Tensor._make(array)
 
 
 def irecv(source, tag=0):
     """Start receiving a tensor from rank source; returns a ``RecvRequest``."""
     comms = _comm.get()
     source = comms.check_peer(source, "irecv", "source")
+    tag = comms.check_tag(tag, "irecv")
     return RecvRequest(comms, source, tag, "irecv")
 
 
-def recv(source, tag=0):
-    """Receive a tensor from rank source: a new Tensor with the sent shape and dtype."""
+def recv(source, tag=0, timeout=None):
+    """Receive a tensor from rank source: a new Tensor with the sent shape and dtype.
+
+    Blocks until it arrives; ``DistTimeoutError`` after ``timeout`` seconds (default
+    ``MPIGRAD_TIMEOUT``)."""
     comms = _comm.get()
     source = comms.check_peer(source, "recv", "source")
-    return RecvRequest(comms, source, tag, "recv").wait()
+    tag = comms.check_tag(tag, "recv")
+    return RecvRequest(comms, source, tag, "recv").wait(timeout)

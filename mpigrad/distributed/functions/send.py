@@ -1,27 +1,35 @@
 """send and isend: a tensor's data to another rank.
 
 Collective: no; point to point. The rank ``dest`` must post a matching ``recv``/``irecv``
-(same source and tag) on the same communicator.
+(same source and tag) on the same communicator, in the same context (or both outside any).
 
 Adjoint: recv from ``dest``. Inside a distributed autograd context, sending a tensor that
 requires grad records a send function (``SendBackward``) under a fresh message id; in backward it
 receives exactly one message for it from ``dest`` on the gradient communicator (the gradient of
 the received tensor, or a no-gradient marker) and passes it on to the sent tensor's ``grad_fn``.
 Under the loss convention of ``mpigrad.distributed`` this is the exact adjoint of the transfer.
+
+Everything is checked before anything is recorded or sent: a call that raises leaves the context
+as it was.  Forward-mode tangents do not travel yet: sending a dual tensor raises.
 """
 
+import warnings
+
 import numpy as np
-from mpi4py import MPI
 
 from ...grad_mode import is_grad_enabled
 from ...graph import Node, gradient_edge
 from ...tensor import Tensor
 from .. import comm as _comm
 from .. import context as _context
-from .. import messages
-from ..messages import Kind
+from .. import messages, transport
+from ..transport import SendRequest
 
-__all__ = ["send", "isend", "SendRequest", "SendBackward"]
+__all__ = ["send", "isend", "SendRequest", "SendBackward", "NoContextWarning"]
+
+
+class NoContextWarning(UserWarning):
+    """A tensor that requires grad was sent outside any distributed autograd context."""
 
 
 class SendBackward(Node):
@@ -43,57 +51,66 @@ class SendBackward(Node):
         return grads
 
 
-def _record(tensor, dest):
-    """The header fields for sending ``tensor``: in a context, and recorded when it requires
-    grad (see Note [context ids] in context.py)."""
-    ctx = _context.current()
-    if ctx is None:
-        return {}
-    if not (isinstance(tensor, Tensor) and tensor.requires_grad and is_grad_enabled()):
-        return {"context_id": ctx.context_id}
-    message_id = ctx.next_message_id()
-    ctx.send_functions[message_id] = SendBackward(tensor, dest, ctx.context_id, message_id)
-    return {"context_id": ctx.context_id, "message_id": message_id, "requires_grad": True}
+class Outgoing:
+    """A checked send, not yet recorded nor started: ``start()`` records it in the open context
+    (if any) and posts it."""
+
+    def __init__(self, comms, tensor, dest, tag, op):
+        self.comms, self.tensor, self.op = comms, tensor, op
+        self.dest = comms.check_peer(dest, op, "dest")
+        self.tag = comms.check_tag(tag, op)
+        if isinstance(tensor, Tensor):
+            array = tensor.data
+        elif isinstance(tensor, (np.ndarray, np.generic)):
+            array = np.asarray(tensor)
+        else:
+            raise TypeError(
+                f"{op}: expected a Tensor or a numpy array, got {type(tensor).__name__}")
+        messages.check_sendable(array)
+        if isinstance(tensor, Tensor) and tensor._fw:
+            raise RuntimeError(
+                f"{op}: rank {comms.rank}: the tensor carries forward-mode tangents (dual levels "
+                f"{sorted(tensor._fw)}), and mpigrad.distributed does not send tangents yet: "
+                "send fwAD.unpack_dual(x).primal and the tangent as two tensors"
+            )
+        self.array = array
+        self.context = _context.current()
+        if self.context is not None:
+            self.context.check_open(op)
+
+    def start(self):
+        """Record the send (see the module docstring) and post it; a ``SendRequest``."""
+        ctx, tensor = self.context, self.tensor
+        header = {}
+        tracked = isinstance(tensor, Tensor) and tensor.requires_grad and is_grad_enabled()
+        if ctx is not None:
+            header["context_id"] = ctx.context_id
+            if tracked:
+                message_id = ctx.next_message_id()
+                ctx.send_functions[message_id] = SendBackward(tensor, self.dest, ctx.context_id,
+                                                              message_id)
+                header.update(message_id=message_id, requires_grad=True)
+            ctx.sent_to[self.dest] += 1
+        elif tracked:
+            _warn_no_context(self.op)
+        channel = self.comms.data_comm(ctx and ctx.context_id)
+        return transport.post(self.comms, channel, self.array, self.dest, self.tag, **header)
 
 
-class SendRequest:
-    """A pending send; ``wait()`` returns once the tensor's buffer may be reused."""
-
-    def __init__(self, requests, buffers):
-        self._requests = requests
-        self._buffers = buffers  # kept alive until the sends complete
-
-    def wait(self):
-        if self._requests:
-            MPI.Request.Waitall(self._requests)
-            self._requests, self._buffers = [], ()
-
-    def test(self):
-        """True once complete (then ``wait()`` returns at once)."""
-        if self._requests and MPI.Request.Testall(self._requests):
-            self._requests, self._buffers = [], ()
-        return not self._requests
+_warned = False
 
 
-def _as_array(tensor, op):
-    """The ndarray to send: a Tensor's data, or tensor itself if it is an ndarray."""
-    if isinstance(tensor, Tensor):
-        return tensor.data
-    if isinstance(tensor, (np.ndarray, np.generic)):
-        return np.asarray(tensor)
-    raise TypeError(f"{op}: expected a Tensor or a numpy array, got {type(tensor).__name__}")
-
-
-def post_send(comms, array, dest, tag, kind=Kind.TENSOR, channel=None, **header):
-    """Start sending array's message to dest: header (with inline payload) on ``channel``
-    (default ``comms.data``) under tag, and a large payload on ``comms.payload``.
-    See Note [inline payloads]."""
-    payload_tag = comms.next_payload_tag() if array.nbytes > messages.INLINE_LIMIT else -1
-    words, payload = messages.pack(array, kind, payload_tag=payload_tag, **header)
-    requests = [(channel or comms.data).Isend([words, MPI.BYTE], dest, tag)]
-    if payload is not None:
-        requests.append(comms.payload.Isend([payload, MPI.BYTE], dest, payload_tag))
-    return SendRequest(requests, (words, payload))
+def _warn_no_context(op):
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            f"{op}: a tensor that requires grad was sent outside any distributed autograd "
+            "context, so no gradient will flow back across this message. Send it inside "
+            "`with dist_autograd.context() as context_id:` to record it (this warning is shown "
+            "once per process)",
+            NoContextWarning, stacklevel=4,
+        )
 
 
 def isend(tensor, dest, tag=0):
@@ -101,19 +118,14 @@ def isend(tensor, dest, tag=0):
 
     The data is not copied when C-contiguous: do not modify it before ``wait()``.
     """
-    comms = _comm.get()
-    dest = comms.check_peer(dest, "isend", "dest")
-    array = _as_array(tensor, "isend")
-    return post_send(comms, array, dest, tag, **_record(tensor, dest))
+    return Outgoing(_comm.get(), tensor, dest, tag, "isend").start()
 
 
-def send(tensor, dest, tag=0):
+def send(tensor, dest, tag=0, timeout=None):
     """Send tensor (a Tensor or ndarray) to rank dest; returns when its buffer may be reused.
 
     Like MPI_Send, a large message may wait for the matching receive: to send to oneself or
-    around a ring use ``isend`` or ``sendrecv``.
+    around a ring use ``isend`` or ``sendrecv``.  ``DistTimeoutError`` after ``timeout`` seconds
+    (default ``MPIGRAD_TIMEOUT``), the send still pending.
     """
-    comms = _comm.get()
-    dest = comms.check_peer(dest, "send", "dest")
-    array = _as_array(tensor, "send")
-    post_send(comms, array, dest, tag, **_record(tensor, dest)).wait()
+    Outgoing(_comm.get(), tensor, dest, tag, "send").start().wait(timeout)

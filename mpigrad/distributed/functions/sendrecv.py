@@ -12,25 +12,29 @@ tensor's gradient comes from ``dest``.
 """
 
 from .. import comm as _comm
+from .. import transport
 from .recv import RecvRequest
-from .send import _as_array, _record, post_send
+from .send import Outgoing
 
 __all__ = ["sendrecv"]
 
 
-def sendrecv(tensor, dest, source, sendtag=0, recvtag=None):
+def sendrecv(tensor, dest, source, sendtag=0, recvtag=None, timeout=None):
     """Send tensor to dest and return the Tensor received from source.
 
-    recvtag defaults to sendtag.
+    recvtag defaults to sendtag.  ``DistTimeoutError`` when the receive, or then the send, waits
+    longer than ``timeout`` seconds (default ``MPIGRAD_TIMEOUT``).
     """
     comms = _comm.get()
-    dest = comms.check_peer(dest, "sendrecv", "dest")
+    outgoing = Outgoing(comms, tensor, dest, sendtag, "sendrecv")  # checks everything first
     source = comms.check_peer(source, "sendrecv", "source")
-    recvtag = sendtag if recvtag is None else recvtag
-    array = _as_array(tensor, "sendrecv")
+    recvtag = comms.check_tag(sendtag if recvtag is None else recvtag, "sendrecv", "recvtag")
     receiving = RecvRequest(comms, source, recvtag, "sendrecv")
-    sending = post_send(comms, array, dest, sendtag, **_record(tensor, dest))
+    sending = outgoing.start()
     try:
-        return receiving.wait()
-    finally:
-        sending.wait()
+        received = receiving.wait(timeout)
+    except BaseException:
+        transport.keep_until_sent(sending)
+        raise
+    sending.wait(timeout)
+    return received

@@ -110,7 +110,8 @@ class _Pass:
         self.started = time.monotonic()
         ctx.running = self
         try:
-            waiting.read_notices(ctx, self._notice)
+            # Notices are read once this rank waits: a failure it does not know of yet stops the
+            # pass's agreement, so the pass waits, and reads it then.
             ctx.check_open(_OP, ctx.stage())
             self._start()
             while self.waiting or self.task.ready:
@@ -196,8 +197,8 @@ class _Pass:
         if self.waiter is None:
             self.waiter = waiting.Waiter(_OP, self.timeout, self._describe, context=self.ctx,
                                          summarize=self._summarize, on_notice=self._notice,
-                                         started=self.started, stage=self.ctx.stage())
-        self.waiter.state = self._state()
+                                         started=self.started, stage=self.ctx.stage(),
+                                         state=self._state)
         self.waiter.pause()
 
     def _handle(self, header, array, source):

@@ -69,7 +69,8 @@ from .messages import Kind
 
 __all__ = [
     "TIMEOUT_ENV", "STALL_ENV", "DEFAULT_TIMEOUT", "DEFAULT_STALL_WARNING", "Waiter", "wait_for",
-    "resolve_timeout", "ask", "describe_answers", "send_notice", "read_notices", "current",
+    "resolve_timeout", "ask", "Question", "describe_answers", "send_notice", "read_notices",
+    "current",
 ]
 
 TIMEOUT_ENV = "MPIGRAD_TIMEOUT"
@@ -148,7 +149,7 @@ class Waiter:
     docstring.  ``describe()`` says what the call waits for; ``context`` is the open context the
     call belongs to (its notices are read; leaving-agreement messages go to ``on_notice(header,
     array, source)``, default the context's stash); ``check()`` runs with the notices;
-    ``state`` goes into this rank's answers; ``started`` is when the call began (default: now);
+    ``state()`` goes into this rank's answers; ``started`` is when the call began (default: now);
     ``stage`` limits the failures that fail the call (see ``DistAutogradContext.stage``);
     ``peers`` are the ranks it depends on (None: all);
     ``summarize(answers, ranks)`` turns the answers of the ranks asked into text (default
@@ -170,6 +171,7 @@ class Waiter:
         self.next_warning = None if stall is None else self.start + stall
         self.next_check = self.start + CHECK_INTERVAL
         self.next_question = self.start + QUESTION_AFTER
+        self.question = None  # the question out now, if any
         self.shared_cores = _shared_cores()
         self.sleep = _SLEEP_MIN
         self.outer, _current = _current, self
@@ -225,33 +227,46 @@ class Waiter:
             )
         timed_out = self.deadline is not None and now > self.deadline
         warn = self.next_warning is not None and now > self.next_warning
-        if not (timed_out or warn or now > self.next_question):
+        if self.question is None and now > self.next_question:
+            self.question = Question(comms, self._ranks())  # answered while this rank polls
+        if self.question is not None and (self.question.collect() or timed_out or warn):
+            answers, self.question = self.question.answers, None
+            self.next_question = time.monotonic() + QUESTION_EVERY
+            reasons = self._reasons(answers)
+            if reasons and not timed_out:
+                raise self.failure(
+                    f"rank {comms.rank}: {self._where()} waits for: {self.describe()}; but "
+                    f"{reasons[0]}, so it will never come (every rank must enter the same "
+                    "contexts, and run the same backward passes in them, in the same order)"
+                )
+        if not (timed_out or warn):
             return
-        ranks = [r for r in (range(comms.size) if self.peers is None else self.peers)
-                 if r != comms.rank]
+        ranks = self._ranks()
         answers = ask(comms, ranks)
-        self.next_question = time.monotonic() + QUESTION_EVERY
-        mine = self.answer()
-        reasons = [reason for r in sorted(answers)
-                   if (reason := diverged(mine, answers[r], r, comms.rank)) is not None]
         others = self.summarize(answers, ranks) if ranks else "no other rank takes part"
         if timed_out:
             raise self.timeout_error(
                 f"rank {comms.rank}: {self._where()} timed out after {self.timeout:g} s still "
                 f"waiting for: {self.describe()}; {others}"
-                + "".join(f"; {reason}, so it will never come" for reason in reasons)
-            )
-        if reasons:
-            raise self.failure(
-                f"rank {comms.rank}: {self._where()} waits for: {self.describe()}; but "
-                f"{reasons[0]}, so it will never come (every rank must enter the same contexts, "
-                "and run the same backward passes in them, in the same order)"
+                + "".join(f"; {reason}, so it will never come"
+                          for reason in self._reasons(answers))
             )
         if warn:
             self.next_warning = now + _stall_warning()
             print(f"mpigrad: rank {comms.rank} has waited {now - self.start:.1f} s in "
                   f"{self._where()} for: {self.describe()}; {others}",
                   file=sys.stderr, flush=True)
+
+    def _ranks(self):
+        """The other ranks this call depends on."""
+        ranks = range(self.comms.size) if self.peers is None else self.peers
+        return [r for r in ranks if r != self.comms.rank]
+
+    def _reasons(self, answers):
+        """Why the answers prove that what this call waits for will never come (see diverged)."""
+        mine = self.answer()
+        return [reason for r in sorted(answers)
+                if (reason := diverged(mine, answers[r], r, self.comms.rank)) is not None]
 
     def _where(self):
         if self.context is None:
@@ -264,7 +279,8 @@ class Waiter:
 
         context = self.context
         return {
-            "op": self.op, "waiting": self.describe(), "state": self.state,
+            "op": self.op, "waiting": self.describe(),
+            "state": None if self.state is None else self.state(),
             "context": None if context is None else context.context_id, "last": last_id(),
             "passes": 0 if context is None else context.passes,
             "peers": None if self.peers is None else list(self.peers),
@@ -340,24 +356,35 @@ def answer_questions(comms):
             comms.answer_tag, Kind.ANSWER, message_id=header.message_id))
 
 
+class Question:
+    """A question sent to ``ranks`` (departed ranks are not asked): ``answers`` fills in as
+    ``collect()`` reads them; answers of earlier questions are dropped."""
+
+    def __init__(self, comms, ranks, seconds=ASK_SECONDS):
+        self.comms, self.number = comms, next(_questions)
+        self.asked = [r for r in ranks if r not in comms.departed]
+        self.deadline = time.monotonic() + seconds
+        self.answers = {}
+        for r in self.asked:
+            transport.keep_until_sent(transport.post(
+                comms, comms.control, messages.text_array(""), r, comms.query_tag, Kind.QUERY,
+                message_id=self.number))
+
+    def collect(self):
+        """Read the answers that have come; True once all have, or the time is up."""
+        answer_questions(self.comms)  # a rank asking this one meanwhile gets its answer
+        for header, array, source in _received(self.comms, self.comms.answer_tag):
+            if header.message_id == self.number:
+                self.answers[source] = json.loads(messages.text_of(array))
+        return len(self.answers) == len(self.asked) or time.monotonic() > self.deadline
+
+
 def ask(comms, ranks, seconds=ASK_SECONDS):
-    """{rank: answer} of those of ``ranks`` that answer within ``seconds`` (departed ranks are
-    not asked); answers of earlier questions are dropped."""
-    number = next(_questions)
-    asked = [r for r in ranks if r not in comms.departed]
-    for r in asked:
-        transport.keep_until_sent(transport.post(
-            comms, comms.control, messages.text_array(""), r, comms.query_tag, Kind.QUERY,
-            message_id=number))
-    answers = {}
-    deadline = time.monotonic() + seconds
-    while len(answers) < len(asked) and time.monotonic() < deadline:
-        answer_questions(comms)  # a rank asking this one meanwhile gets its answer
-        for header, array, source in _received(comms, comms.answer_tag):
-            if header.message_id == number:
-                answers[source] = json.loads(messages.text_of(array))
+    """{rank: answer} of those of ``ranks`` that answer within ``seconds``."""
+    question = Question(comms, ranks, seconds)
+    while not question.collect():
         time.sleep(1e-3)
-    return answers
+    return question.answers
 
 
 BACKWARD, LEAVING = "dist_autograd.backward", "leaving the context"

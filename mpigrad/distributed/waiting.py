@@ -20,12 +20,14 @@ A call that completes at once costs nothing of this: the Waiter is made on its f
 # MPICH's blocking calls spin a core.  A rank waiting here polls instead.  With a core to itself
 # it spins for up to 10 ms (measured: backing off after 50 us made a 1 MiB backward 4x slower, as
 # the waiting rank overslept the message), then sleeps between polls.  When ranks share cores
-# (more ranks than cores on the node) it sleeps from the start, 20 us growing to 200 us between
-# polls, and up to 1 ms once it has waited 10 ms (the extra latency is then at most a tenth of the
-# wait): short waits stay responsive, long ones cost the working ranks next to nothing
-# (measured: 4 ranks on 2 cores, computing ranks ran at 1.00-1.03x their speed beside idle ranks;
-# 1.6-2.0x beside MPICH's spinning Recv).  Every CHECK_INTERVAL the Waiter also reads notices,
-# answers questions, and checks its deadline and stall time.
+# (more ranks than cores on the node) it yields its core between polls for the first millisecond
+# (a rank it waits for that shares the core runs at once: an agreement's rounds pass from rank
+# to rank without a sleep each), then sleeps, 20 us growing to 200 us between polls, and up to
+# 1 ms once it has waited 10 ms (the extra latency is then at most a tenth of the wait): short
+# waits stay responsive, long ones cost the working ranks next to nothing (measured: 4 ranks on
+# 2 cores, computing ranks ran at 1.00-1.03x their speed beside idle ranks; 1.6-2.0x beside
+# MPICH's spinning Recv).  Every CHECK_INTERVAL the Waiter also reads notices, answers
+# questions, and checks its deadline and stall time.
 #
 # Note [failing together]
 # ~~~~~~~~~~~~~~~~~~~~~~~

@@ -22,6 +22,7 @@ class SendRequest:
         self._requests = requests
         self._buffers = buffers  # kept alive until the sends complete
         self._dest, self._tag = dest, tag
+        self.context = None  # a weak reference to the context the tensor was sent in, if any
 
     def wait(self, timeout=None):
         """Block until the send completed; ``DistTimeoutError`` after ``timeout`` seconds
@@ -30,7 +31,7 @@ class SendRequest:
             from . import waiting
 
             waiting.wait_for(self.test, "SendRequest.wait", timeout, self._describe,
-                             peers=[self._dest])
+                             peers=[self._dest], context=self.context and self.context())
 
     def _describe(self):
         return f"rank {self._dest} to receive the tensor sent to it with tag {self._tag}"

@@ -14,6 +14,7 @@ as it was.  Forward-mode tangents do not travel yet: sending a dual tensor raise
 """
 
 import warnings
+import weakref
 
 import numpy as np
 
@@ -94,7 +95,10 @@ class Outgoing:
         elif tracked:
             _warn_no_context(self.op)
         channel = self.comms.data_comm(ctx and ctx.context_id)
-        return transport.post(self.comms, channel, self.array, self.dest, self.tag, **header)
+        request = transport.post(self.comms, channel, self.array, self.dest, self.tag, **header)
+        if ctx is not None:
+            request.context = weakref.ref(ctx)  # its wait reads the context's notices
+        return request
 
 
 _warned = False

@@ -37,6 +37,7 @@ def run_under_mpiexec(tmp_path, test_source, n=2, test_timeout=30):
         "no:cacheprovider",
         "-p",
         "no:pytest_mpi",
+        "--color=no",  # the cases match plain text; Open MPI gives ranks a terminal for stdout
         f"--timeout={test_timeout}",
         "--timeout-method=thread",
     ]

@@ -145,12 +145,12 @@ def read_only(grad):
         if not grad.flags.writeable:
             return grad
         view = grad.view()
-        view.flags.writeable = False
+        view.setflags(write=False)
         return view
     if not isinstance(grad, Tensor) or not grad.data.flags.writeable:
         return grad
     view = grad.data.view()
-    view.flags.writeable = False
+    view.setflags(write=False)
     if not (grad._requires_grad or grad._fw):
         return Tensor._make(view)
     from .ops.movement import alias
@@ -162,7 +162,7 @@ def read_only(grad):
 
 def _seal(grad):
     """Make the engine's own gradient array read-only, where it is (an ndarray or a Tensor)."""
-    (grad if type(grad) is np.ndarray else grad.data).flags.writeable = False
+    (grad if type(grad) is np.ndarray else grad.data).setflags(write=False)
 
 
 _ONE_OUTPUT = Node.output_meta

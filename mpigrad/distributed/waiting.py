@@ -172,8 +172,10 @@ class Waiter:
         stall = _stall_warning()
         self.next_warning = None if stall is None else self.start + stall
         self.next_check = self.start + CHECK_INTERVAL
-        self.next_question = self.start + QUESTION_AFTER
         self.question = None  # the question out now, if any
+        self.next_question = self.start + QUESTION_AFTER
+        if self.deadline is not None:  # its answers are in when the deadline comes
+            self.next_question = min(self.next_question, self.deadline - ASK_SECONDS)
         self.shared_cores = _shared_cores()
         self.sleep = _SLEEP_MIN
         self.outer, _current = _current, self
@@ -229,29 +231,31 @@ class Waiter:
             )
         timed_out = self.deadline is not None and now > self.deadline
         warn = self.next_warning is not None and now > self.next_warning
-        if self.question is None and now > self.next_question:
+        if self.question is None and (now > self.next_question or timed_out or warn):
             self.question = Question(comms, self._ranks())  # answered while this rank polls
-        if self.question is not None and (self.question.collect() or timed_out or warn):
-            answers, self.question = self.question.answers, None
-            self.next_question = time.monotonic() + QUESTION_EVERY
-            reasons = self._reasons(answers)
-            if reasons and not timed_out:
-                raise self.failure(
-                    f"rank {comms.rank}: {self._where()} waits for: {self.describe()}; but "
-                    f"{reasons[0]}, so it will never come (every rank must enter the same "
-                    "contexts, and run the same backward passes in them, in the same order)"
-                )
-        if not (timed_out or warn):
+        if self.question is None or not (self.question.collect() or timed_out or warn):
             return
-        ranks = self._ranks()
-        answers = ask(comms, ranks)
+        question, self.question = self.question, None
+        while not question.collect():  # the answers are needed now
+            time.sleep(1e-3)
+        self._schedule_question(time.monotonic())
+        answers, ranks = question.answers, question.asked
+        reasons = []
+        if now - self.start >= QUESTION_AFTER:  # what was sent has arrived: see diverged
+            reasons = [reason for r in sorted(answers)
+                       if (reason := diverged(self.answer(), answers[r], r, comms.rank))]
         others = self.summarize(answers, ranks) if ranks else "no other rank takes part"
         if timed_out:
             raise self.timeout_error(
                 f"rank {comms.rank}: {self._where()} timed out after {self.timeout:g} s still "
                 f"waiting for: {self.describe()}; {others}"
-                + "".join(f"; {reason}, so it will never come"
-                          for reason in self._reasons(answers))
+                + "".join(f"; {reason}, so it will never come" for reason in reasons)
+            )
+        if reasons:
+            raise self.failure(
+                f"rank {comms.rank}: {self._where()} waits for: {self.describe()}; but "
+                f"{reasons[0]}, so it will never come (every rank must enter the same contexts, "
+                "and run the same backward passes in them, in the same order)"
             )
         if warn:
             self.next_warning = now + _stall_warning()
@@ -259,16 +263,17 @@ class Waiter:
                   f"{self._where()} for: {self.describe()}; {others}",
                   file=sys.stderr, flush=True)
 
+    def _schedule_question(self, now):
+        """The next question: QUESTION_EVERY from now, or sooner, so that its answers are in
+        when the deadline comes."""
+        self.next_question = now + QUESTION_EVERY
+        if self.deadline is not None and self.deadline - ASK_SECONDS > now:
+            self.next_question = min(self.next_question, self.deadline - ASK_SECONDS)
+
     def _ranks(self):
         """The other ranks this call depends on."""
         ranks = range(self.comms.size) if self.peers is None else self.peers
         return [r for r in ranks if r != self.comms.rank]
-
-    def _reasons(self, answers):
-        """Why the answers prove that what this call waits for will never come (see diverged)."""
-        mine = self.answer()
-        return [reason for r in sorted(answers)
-                if (reason := diverged(mine, answers[r], r, self.comms.rank)) is not None]
 
     def _where(self):
         if self.context is None:

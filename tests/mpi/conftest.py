@@ -35,8 +35,8 @@ a test does. See Note [failing ranks].
 #    to stderr and calls Abort(1) instead of pytest-timeout's os._exit.
 # 3. Only rank 0 writes pytest's normal output; the others write to stderr only what
 #    precedes an abort, every line prefixed with "[rank r]".
-# 4. MPIEXEC_TIMEOUT (honoured by MPICH's mpiexec) and coreutils timeout around mpiexec,
-#    both set by the Makefile, are the backstops if all of this fails.
+# 4. MPIEXEC_TIMEOUT (honoured by MPICH's mpiexec and by Open MPI's) and coreutils timeout
+#    around mpiexec, both set by the Makefile, are the backstops if all of this fails.
 
 import os
 import re

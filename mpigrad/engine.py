@@ -384,12 +384,14 @@ class GraphTask:
 
 def _count_dependencies(starts, want_parents):
     """Incoming-edge count of every node reachable from ``starts`` (which may repeat a node), and
-    (if ``want_parents``) each node's parents."""
+    (if ``want_parents``) each node's parents.  Calls each node's ``before_pass``, if any."""
     dependencies, parents = {}, {}
     starts = set(starts)
     stack = list(starts)
     while stack:
         node = stack.pop()
+        if node.before_pass is not None:
+            node.before_pass()
         for nxt, _ in node.next_functions:
             if nxt is None:
                 continue

@@ -34,6 +34,9 @@ class Node:
     # gradients or those gradients, each to one input.  Otherwise it always gets Tensors, and
     # what it returns enters the engine read-only.
     takes_arrays = False
+    # A method that a backward pass reaching this node calls before it runs any node (so before
+    # it frees any): it raises to refuse the pass (a recv function outside its context's pass).
+    before_pass = None
 
     def __init__(self):
         self.sequence_nr = next_sequence_nr()

@@ -440,8 +440,10 @@ def test_a_rank_that_skips_backward_fails_the_others(comm):
 # --- a graph that crosses ranks, outside its pass ------------------------------------------------
 
 
-@pytest.mark.parametrize("when", ["in-the-context", "after-it"])
-def test_a_local_backward_through_a_received_tensor_says_what_to_do(comm, when):
+@pytest.mark.parametrize("when", ["in-the-context", "after-it", "in-the-next-context"])
+def test_a_backward_through_a_received_tensor_outside_its_pass_says_what_to_do(comm, when):
+    # The pass is refused before it runs any node, so the graph is still whole: the distributed
+    # backward the message asks for then works.
     rank, size = comm.rank, comm.size
     dest, source = (rank + 1) % size, (rank - 1) % size
     x = _leaf(np.arange(3.0))
@@ -451,18 +453,29 @@ def test_a_local_backward_through_a_received_tensor_says_what_to_do(comm, when):
         request.wait()
         loss = (y * y).sum()
         if when == "in-the-context":
-            with pytest.raises(Exception) as info:
+            with pytest.raises(RuntimeError) as info:
                 loss.backward()
-        dist_autograd.backward(context_id, [])  # the pass every rank owes: no roots here
+            dist_autograd.backward(context_id, [loss])
+            (grad,) = dist_autograd.get_gradients(context_id).values()
+            np.testing.assert_allclose(grad.data, 8.0 * x.data, rtol=TOL)
+        else:
+            dist_autograd.backward(context_id, [], retain_graph=True)
     if when == "after-it":
-        with pytest.raises(Exception) as info:
+        with pytest.raises(RuntimeError) as info:
             loss.backward()
+    elif when == "in-the-next-context":
+        with dist_autograd.context() as next_id:
+            with pytest.raises(dist_autograd.DistBackwardError) as info:
+                dist_autograd.backward(next_id, [loss])
     message = str(info.value)
     assert (f"this graph crosses ranks: it holds a tensor received from rank {source} in "
-            f"context {context_id}, which ") in message, message
-    assert {"in-the-context": "is open, but no dist_autograd.backward is running",
-            "after-it": "has been left"}[when] in message, message
-    assert f"call dist_autograd.backward({context_id}, roots) on every rank" in message, message
+            f"context {context_id}, ") in message, message
+    if when == "in-the-context":
+        assert (f"and no dist_autograd.backward of it is running: call dist_autograd.backward("
+                f"{context_id}, roots) on every rank instead of a local backward") in message
+    else:
+        assert ("which has been left: gradients cross ranks only in the dist_autograd.backward "
+                "of the context the tensor was received in") in message, message
 
 
 def test_a_gradient_that_carries_tangents_fails_backward_on_every_rank(comm):

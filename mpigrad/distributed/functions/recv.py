@@ -43,19 +43,25 @@ class RecvBackward(Node):
         self.source, self.context_id, self.message_id = source, ctx.context_id, message_id
         self._context = weakref.ref(ctx)
 
-    def apply(self, grads):
+    def before_pass(self):
+        """Refuse a backward pass other than its context's distributed one."""
         ctx = self._context()
-        running = None if ctx is None else ctx.running
-        if running is None:
-            state = ("which has been left" if ctx is None or _context.current() is not ctx
-                     else "which is open, but no dist_autograd.backward is running")
+        if ctx is None or _context.current() is not ctx:
             raise RuntimeError(
                 f"this graph crosses ranks: it holds a tensor received from rank {self.source} "
-                f"in context {self.context_id}, {state}. Its gradient can only travel back "
-                f"inside the context: call dist_autograd.backward({self.context_id}, roots) on "
-                "every rank, not a local backward"
+                f"in context {self.context_id}, which has been left: gradients cross ranks only "
+                f"in the dist_autograd.backward of the context the tensor was received in"
             )
-        running.send_gradient(self, grads[0])
+        if ctx.running is None:
+            raise RuntimeError(
+                f"this graph crosses ranks: it holds a tensor received from rank {self.source} "
+                f"in context {self.context_id}, and no dist_autograd.backward of it is running: "
+                f"call dist_autograd.backward({self.context_id}, roots) on every rank instead of "
+                "a local backward"
+            )
+
+    def apply(self, grads):
+        self._context().running.send_gradient(self, grads[0])
         return ()
 
 

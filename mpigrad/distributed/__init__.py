@@ -19,16 +19,14 @@ allreduce(SUM).
 Importing this module imports mpi4py (and so initializes MPI); ``import mpigrad`` does not.
 """
 
-from . import autograd
+from . import autograd, settings
 from .comm import destroy, get_rank, get_world_size, init, is_initialized
 from .errors import DistBackwardError, DistributedError, DistTimeoutError
 from .functions import RecvRequest, SendRequest, irecv, isend, recv, send, sendrecv
 from .functions.send import NoContextWarning
-from .waiting import STALL_ENV, TIMEOUT_ENV
 
 __all__ = [
-    "autograd", "init", "destroy", "is_initialized", "get_rank", "get_world_size",
+    "autograd", "settings", "init", "destroy", "is_initialized", "get_rank", "get_world_size",
     "send", "recv", "isend", "irecv", "sendrecv", "SendRequest", "RecvRequest",
     "DistributedError", "DistBackwardError", "DistTimeoutError", "NoContextWarning",
-    "TIMEOUT_ENV", "STALL_ENV",
 ]

@@ -19,22 +19,20 @@ off).  Buffers handed out are not counted: they belong to tensors.  ``release()`
 buffer, and a buffer handed out before it is freed, not kept, when its last array dies.
 """
 
-import os
 import threading
 import weakref
 from collections import deque
 
 import numpy as np
 
+from . import settings
+
 __all__ = [
     "receive_buffer", "release", "pool", "BufferPool", "Lease", "POOL_MIN_BYTES",
-    "POOL_BYTES_VARIABLE", "DEFAULT_POOL_BYTES",
 ]
 
 POOL_MIN_BYTES = 1 << 20
 """Payloads below this size get a fresh array: page faults are cheap there."""
-POOL_BYTES_VARIABLE = "MPIGRAD_POOL_BYTES"
-DEFAULT_POOL_BYTES = 256 << 20
 
 
 class Lease:
@@ -55,7 +53,7 @@ class BufferPool:
     """Buffers for payloads of ``POOL_MIN_BYTES`` or more, reused between transfers, with at most
     ``limit_bytes`` of them idle (0: none kept, every payload gets a fresh array)."""
 
-    def __init__(self, limit_bytes=DEFAULT_POOL_BYTES):
+    def __init__(self, limit_bytes):
         self.limit_bytes = limit_bytes
         self._idle = []  # uint8 buffers given back, the least recently given back first
         self._idle_bytes = 0
@@ -141,24 +139,11 @@ def pool():
     number of bytes, 0 or more."""
     global _pool
     if _pool is None:
-        _pool = BufferPool(_limit_from_environment())
+        _pool = BufferPool(settings.pool_bytes())
     return _pool
 
 
-def _limit_from_environment():
-    text = os.environ.get(POOL_BYTES_VARIABLE, "").strip()
-    if not text:
-        return DEFAULT_POOL_BYTES
-    try:
-        limit = int(text)
-    except ValueError:
-        limit = -1
-    if limit < 0:
-        raise ValueError(
-            f"{POOL_BYTES_VARIABLE}={text!r}: expected a whole number of bytes, 0 or more (the "
-            "most received buffers kept idle; 0 turns pooling off)"
-        )
-    return limit
+
 
 
 def receive_buffer(shape, dtype):

@@ -10,7 +10,6 @@
 """
 
 import atexit
-import os
 import sys
 import time
 import traceback
@@ -18,12 +17,10 @@ import traceback
 from mpi4py import MPI
 
 from . import comm as _comm
+from . import settings
 from .messages import Kind
 
-__all__ = ["ABORT_ENV", "install"]
-
-ABORT_ENV = "MPIGRAD_ABORT_ON_EXCEPTION"
-"""Environment variable: ``0`` keeps Python's excepthook (no abort on an uncaught exception)."""
+__all__ = ["install"]
 
 _SEND_SECONDS = 1.0  # what the exit notices get to leave; the process exits anyway after it
 _installed = False
@@ -37,7 +34,7 @@ def install():
         return
     _installed = True
     atexit.register(_notify_exit)
-    if os.environ.get(ABORT_ENV, "1").strip() != "0":
+    if settings.abort_on_exception():
         sys.excepthook = _aborting_hook(sys.excepthook)
 
 
@@ -48,8 +45,8 @@ def _aborting_hook(previous):
         rank = MPI.COMM_WORLD.Get_rank()
         text = "".join(traceback.format_exception(kind, value, tb))
         sys.stderr.write("".join(f"[rank {rank}] {line}\n" for line in text.splitlines()))
-        sys.stderr.write(f"[rank {rank}] mpigrad: uncaught exception on rank {rank}: aborting "
-                         f"the job (set {ABORT_ENV}=0 to keep Python's handling)\n")
+        sys.stderr.write(f"[rank {rank}] mpigrad: uncaught exception on rank {rank}: aborting the "
+                         f"job (set {settings.ABORT_ON_EXCEPTION}=0 to keep Python's handling)\n")
         sys.stderr.flush()
         MPI.COMM_WORLD.Abort(1)
 

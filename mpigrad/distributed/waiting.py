@@ -65,22 +65,16 @@ from mpi4py import MPI
 
 from ..kernels import threads
 from . import comm as _comm
-from . import messages, transport
+from . import messages, settings, transport
 from .errors import DistributedError, DistTimeoutError
 from .messages import Kind
 
 __all__ = [
-    "TIMEOUT_ENV", "STALL_ENV", "DEFAULT_TIMEOUT", "DEFAULT_STALL_WARNING", "Waiter", "wait_for",
+    "Waiter", "wait_for",
     "resolve_timeout", "ask", "Question", "describe_answers", "send_notice", "read_notices",
     "current",
 ]
 
-TIMEOUT_ENV = "MPIGRAD_TIMEOUT"
-"""Environment variable: the default ``timeout`` of every blocking call, in seconds (0: none)."""
-STALL_ENV = "MPIGRAD_STALL_WARNING"
-"""Environment variable: seconds of waiting before a stall line on stderr (0: never)."""
-DEFAULT_TIMEOUT = 1800.0
-DEFAULT_STALL_WARNING = 60.0
 
 CHECK_INTERVAL = 1e-3  # seconds between reading notices and checking the clock
 QUESTION_AFTER, QUESTION_EVERY = 1.0, 5.0  # when a waiting rank asks the others: see diverged
@@ -92,37 +86,11 @@ _SLEEP_MIN, _SLEEP_MAX, _SLEEP_PATIENT = 20e-6, 200e-6, 1e-3
 _PATIENT_AFTER = 10e-3  # waited this long, a rank may sleep up to _SLEEP_PATIENT between polls
 
 
-def _seconds(name, default):
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:  # also refuses nan
-        raise ValueError(f"{name} must be a number of seconds (0: none), got {value!r}")
-    return seconds or None
-
-
-@functools.cache
-def _default_timeout():
-    if "MPIGRAD_BACKWARD_TIMEOUT" in os.environ:
-        raise ValueError(f"MPIGRAD_BACKWARD_TIMEOUT is no longer read: {TIMEOUT_ENV} sets the "
-                         "timeout of every blocking call of mpigrad.distributed, backward too")
-    return _seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT)
-
-
-@functools.cache
-def _stall_warning():
-    return _seconds(STALL_ENV, DEFAULT_STALL_WARNING)
-
-
 def resolve_timeout(timeout, op):
     """``timeout`` in seconds, None for no limit: None takes ``MPIGRAD_TIMEOUT``'s default
     (read once per process); ``float('inf')`` means no limit."""
     if timeout is None:
-        return _default_timeout()
+        return settings.timeout()
     try:
         seconds = float(timeout)
     except (TypeError, ValueError):
@@ -169,7 +137,7 @@ class Waiter:
         self.start = time.monotonic() if started is None else started
         self.timeout = resolve_timeout(timeout, op)
         self.deadline = None if self.timeout is None else self.start + self.timeout
-        stall = _stall_warning()
+        stall = settings.stall_warning()
         self.next_warning = None if stall is None else self.start + stall
         self.next_check = self.start + CHECK_INTERVAL
         self.question = None  # the question out now, if any
@@ -258,7 +226,7 @@ class Waiter:
                 "and run the same backward passes in them, in the same order)"
             )
         if warn:
-            self.next_warning = now + _stall_warning()
+            self.next_warning = now + settings.stall_warning()
             print(f"mpigrad: rank {comms.rank} has waited {now - self.start:.1f} s in "
                   f"{self._where()} for: {self.describe()}; {others}",
                   file=sys.stderr, flush=True)

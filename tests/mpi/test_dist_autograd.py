@@ -35,6 +35,14 @@ def _leaf(array):
     return mg.tensor(array, dtype=np.float64, requires_grad=True)
 
 
+def _pass_around(tensor, dest, source):
+    """Send ``tensor`` to ``dest`` and return the tensor ``source`` sent (a ring at any size)."""
+    request = dist.isend(tensor, dest)
+    received = dist.recv(source)
+    request.wait()
+    return received
+
+
 def _reference(objective, arrays):
     """The gradients of objective(*leaves) for leaves holding arrays, on this rank alone.
 
@@ -92,9 +100,7 @@ def test_context_ids_agree_across_ranks_and_differ_between_contexts(comm):
 def test_outside_a_context_send_and_recv_record_nothing(comm):
     rank, size, dest, source = _ring(comm)
     x = _leaf(np.arange(3.0) + rank)
-    request = dist.isend(x * 2.0, dest)
-    y = dist.recv(source)
-    request.wait()
+    y = _pass_around(x * 2.0, dest, source)
     assert y.grad_fn is None and not y.requires_grad
     np.testing.assert_array_equal(y.data, (np.arange(3.0) + source) * 2.0)
     # Nor after a context was left.
@@ -110,9 +116,7 @@ def test_inside_a_context_the_received_tensor_has_a_recv_function(comm):
     rank, size, dest, source = _ring(comm)
     x = _leaf(np.arange(3.0) + rank)
     with dist_autograd.context() as context_id:
-        request = dist.isend(x * 2.0, dest)
-        y = dist.recv(source)
-        request.wait()
+        y = _pass_around(x * 2.0, dest, source)
         assert y.requires_grad and y.grad_fn is not None
         assert "recv" in type(y.grad_fn).__name__.lower(), type(y.grad_fn).__name__
         np.testing.assert_array_equal(y.data, (np.arange(3.0) + source) * 2.0)
@@ -126,9 +130,7 @@ def test_retain_grad_fills_grad_in_a_distributed_backward(comm):
     rank, size, dest, source = _ring(comm)
     x = _leaf(np.arange(3.0) + rank)
     with dist_autograd.context() as context_id:
-        request = dist.isend(x * 2.0, dest)
-        y = dist.recv(source)
-        request.wait()
+        y = _pass_around(x * 2.0, dest, source)
         z = y * 3.0
         z.retain_grad()
         dist_autograd.backward(context_id, [(z * z).sum()])
@@ -144,9 +146,7 @@ def test_gradients_handed_out_are_writable_and_the_callers_own(comm):
     x = _leaf(np.arange(3.0) + rank)
     w = _leaf(np.ones(3))
     with dist_autograd.context() as context_id:
-        request = dist.isend(x, dest)  # the leaf itself: its gradient is the received one
-        y = dist.recv(source)
-        request.wait()
+        y = _pass_around(x, dest, source)  # the leaf itself: its gradient is the received one
         dist_autograd.backward(context_id, [(y * w).sum() + (y * y).sum() * 0.5])
         grads = dist_autograd.get_gradients(context_id)
     for leaf in (x, w):
@@ -161,9 +161,7 @@ def test_leaving_a_context_frees_it(comm):
     rank, size, dest, source = _ring(comm)
     x = _leaf(np.ones(2))
     with dist_autograd.context() as context_id:
-        request = dist.isend(x * 2.0, dest)
-        y = dist.recv(source)
-        request.wait()
+        y = _pass_around(x * 2.0, dest, source)
         dist_autograd.backward(context_id, [y.sum()])
         assert len(dist_autograd.get_gradients(context_id)) == 1
     with pytest.raises(Exception, match=rf"\b{context_id}\b"):
@@ -178,9 +176,7 @@ def test_1500_contexts_leave_memory_flat(comm):
         for i in range(n):
             with dist_autograd.context() as context_id:
                 if i % 100 == 0:  # most contexts are only entered and left
-                    request = dist.isend(x * 2.0, dest)
-                    y = dist.recv(source)
-                    request.wait()
+                    y = _pass_around(x * 2.0, dest, source)
                     dist_autograd.backward(context_id, [(y * y).sum()])
                     (grad,) = dist_autograd.get_gradients(context_id).values()
                     np.testing.assert_allclose(grad.data, 8.0 * x.data, rtol=TOL)
@@ -475,9 +471,7 @@ def test_roots_on_several_ranks_add_up(comm):
     expected = _reference(objective, xs)
     x = _leaf(xs[rank])
     with dist_autograd.context() as context_id:
-        request = dist.isend(mg.sin(x), dest)
-        y = dist.recv(source)
-        request.wait()
+        y = _pass_around(mg.sin(x), dest, source)
         roots = [(y @ x).sum()]
         if rank == 0:
             roots.append((x * x).sum() * 0.5)
@@ -497,9 +491,7 @@ def test_retain_graph_lets_backward_run_again_and_gradients_accumulate(comm):
     (expected,) = _reference(objective, xs)[rank:rank + 1]
     x = _leaf(xs[rank])
     with dist_autograd.context() as context_id:
-        request = dist.isend(mg.exp(x * 0.5), dest)
-        y = dist.recv(source)
-        request.wait()
+        y = _pass_around(mg.exp(x * 0.5), dest, source)
         root = (y * x).sum()
         dist_autograd.backward(context_id, [root], retain_graph=True)
         _check(dist_autograd.get_gradients(context_id), {0: x}, [expected])
@@ -513,9 +505,7 @@ def test_backward_twice_without_retain_graph_raises_on_every_rank(comm):
     rank, size, dest, source = _ring(comm)
     x = _leaf(np.arange(3.0) + rank)
     with dist_autograd.context() as context_id:
-        request = dist.isend(x * x, dest)
-        y = dist.recv(source)
-        request.wait()
+        y = _pass_around(x * x, dest, source)
         root = (mg.sin(y) * x).sum()
         dist_autograd.backward(context_id, [root])
         start = time.monotonic()
@@ -645,9 +635,7 @@ def test_large_gradients_of_an_earlier_context_stay_intact(comm):
     for i in range(2):
         x = _leaf(np.full(n, rank + 1.0 + i))
         with dist_autograd.context() as context_id:
-            request = dist.isend(x, dest)  # the leaf itself: its gradient is the received one
-            y = dist.recv(source)
-            request.wait()
+            y = _pass_around(x, dest, source)  # the leaf itself: its gradient is the received one
             dist_autograd.backward(context_id, [(y * y).sum() * 0.5])
             grads = dist_autograd.get_gradients(context_id)
         (grad,) = grads.values()

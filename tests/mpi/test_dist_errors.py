@@ -38,15 +38,21 @@ def _leaf(array):
     return mg.tensor(array, dtype=np.float64, requires_grad=True)
 
 
+def _pass_around(tensor, dest, source):
+    """Send ``tensor`` to ``dest`` and return the tensor ``source`` sent (a ring at any size)."""
+    request = dist.isend(tensor, dest)
+    received = dist.recv(source)
+    request.wait()
+    return received
+
+
 def _assert_a_normal_pass_works(comm):
     """A new context after whatever went before: a ring exchange with the right gradients."""
     rank, size = comm.rank, comm.size
     dest, source = (rank + 1) % size, (rank - 1) % size
     x = _leaf(np.array([0.25, -0.5]) + rank)
     with dist_autograd.context() as context_id:
-        request = dist.isend(x * x, dest)
-        y = dist.recv(source)
-        request.wait()
+        y = _pass_around(x * x, dest, source)
         dist_autograd.backward(context_id, [(y * 3.0).sum()])
         grads = dist_autograd.get_gradients(context_id)
     # The next rank's root is sum(3 x^2): gradient 6x.
@@ -233,9 +239,7 @@ def test_bad_roots_on_one_rank_raise_on_every_rank(comm, k, bad):
     dest, source = (rank + 1) % size, (rank - 1) % size
     x = _leaf(np.arange(3.0) + rank)
     with dist_autograd.context() as context_id:
-        request = dist.isend(mg.sin(x), dest)
-        y = dist.recv(source)
-        request.wait()
+        y = _pass_around(mg.sin(x), dest, source)
         comm.Barrier()  # the forward is done everywhere: a failure can only stop backward
         roots = [(y * x).sum()]
         make, words = BAD_ROOTS[bad]
@@ -258,9 +262,7 @@ def test_roots_may_be_one_tensor_or_any_sequence(comm, how):
     dest, source = (rank + 1) % size, (rank - 1) % size
     x = _leaf(np.arange(3.0) + rank)
     with dist_autograd.context() as context_id:
-        request = dist.isend(x * 2.0, dest)
-        y = dist.recv(source)
-        request.wait()
+        y = _pass_around(x * 2.0, dest, source)
         loss = (y * y).sum()
         roots = {"a-tensor": loss, "a-tuple": (loss,), "an-empty-list": []}[how]
         dist_autograd.backward(context_id, roots)
@@ -327,9 +329,7 @@ def test_a_rank_that_has_received_a_failure_does_not_wait_out_its_timeout(comm):
     dest, source = (rank + 1) % size, (rank - 1) % size
     x = _leaf(np.arange(3.0) + rank)
     with dist_autograd.context() as context_id:
-        request = dist.isend(x * 1.0, dest)
-        y = dist.recv(source)
-        request.wait()
+        y = _pass_around(x * 1.0, dest, source)
         comm.Barrier()  # the forward is done everywhere: a failure can only stop backward
         h = FailingBackward.apply(y) if rank == 0 else y
         start = time.monotonic()
@@ -448,9 +448,7 @@ def test_a_backward_through_a_received_tensor_outside_its_pass_says_what_to_do(c
     dest, source = (rank + 1) % size, (rank - 1) % size
     x = _leaf(np.arange(3.0))
     with dist_autograd.context() as context_id:
-        request = dist.isend(x * 2.0, dest)
-        y = dist.recv(source)
-        request.wait()
+        y = _pass_around(x * 2.0, dest, source)
         loss = (y * y).sum()
         if when == "in-the-context":
             with pytest.raises(RuntimeError) as info:
@@ -484,9 +482,7 @@ def test_a_gradient_that_carries_tangents_fails_backward_on_every_rank(comm):
     dest, source = (rank + 1) % size, (rank - 1) % size
     x = _leaf(np.arange(3.0) + rank)
     with dist_autograd.context() as context_id:
-        request = dist.isend(x * 2.0, dest)
-        y = dist.recv(source)
-        request.wait()
+        y = _pass_around(x * 2.0, dest, source)
         comm.Barrier()
         with fwAD.dual_level():
             w = fwAD.make_dual(mg.tensor(np.ones(3)), mg.ones(3))

@@ -9,8 +9,9 @@ rounds, as an allreduce.  It is not an allreduce because a rank that fails leave
 collective that some ranks never join can be neither cancelled nor freed safely (under UCX,
 freeing its communicator let the stale operation pair with the next one, on a new communicator
 of the same identity), while a point-to-point message no one receives stays unmatched under a
-tag that no later agreement uses.  A waiting rank learns of the failure from the failed rank's
-notice (see Note [failing together] in waiting.py).
+tag that no later agreement uses, until ``destroy`` receives it (``transport.drain``).  A
+waiting rank learns of the failure from the failed rank's notice (see Note [failing together]
+in waiting.py).
 
 Each message also carries its sender's own ``extra`` words, unsummed, so a receiver can check
 them (the context uses it to see a rank leave a context without its backward pass).

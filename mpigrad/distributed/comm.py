@@ -30,6 +30,7 @@ rank must make such a call.  ``init`` also arranges what happens when a rank's p
 # receive: the waiting receive looks for it on the other communicators and reports both contexts.
 
 import operator
+import weakref
 
 from mpi4py import MPI
 
@@ -57,6 +58,12 @@ class Communicators:
         self.exit_tag, self.query_tag = self.tag_ub, self.tag_ub - 1
         self.answer_tag = self.tag_ub - 2
         self.departed = {}  # rank -> what it said when its program ended (see shutdown.py)
+        # Messages posted to each rank and messages received, per communicator (by id), and the
+        # receives posted and not complete: what destroy() must settle (transport.drain).
+        self.channels = tuple(dup for dup, _ in self._named())
+        self.sent = {id(c): [0] * self.size for c in self.channels}
+        self.received = dict.fromkeys(map(id, self.channels), 0)
+        self.receiving = weakref.WeakSet()
 
     def _named(self):
         return ((self.data_free, "data"), (self.data[0], "data even"), (self.data[1], "data odd"),
@@ -146,22 +153,32 @@ def init(comm=None):
     shutdown.install()
 
 
-def destroy():
+def destroy(timeout=None):
     """Free mpigrad's communicators and pooled receive buffers (collective); a later call
-    initializes again.  Raises if a context is open."""
+    initializes again.  Raises if a context is open.
+
+    Messages still in flight on the communicators are received and dropped first, and receives
+    still posted are cancelled (see ``transport.drain``).  If that does not finish within
+    ``timeout`` seconds (default ``MPIGRAD_TIMEOUT``; a rank that never calls destroy), it raises
+    ``DistTimeoutError`` and leaves the communicators allocated: a later ``init`` makes new ones.
+    """
     global _comms
     if _comms is None:
         return
-    from . import buffers, context
+    from . import buffers, context, transport
 
     if context.current() is not None:
         raise RuntimeError(
             f"rank {_comms.rank}: destroy() inside context {context.current().context_id}: "
             "leave the context first"
         )
-    comms, _comms = _comms, None
-    comms.free()
+    comms = _comms
     buffers.release()
+    try:
+        transport.drain(comms, timeout)
+    finally:
+        _comms = None
+    comms.free()
 
 
 def is_initialized():

@@ -257,7 +257,7 @@ def _take_unreceived(comms, ctx, expected, waiter):
             waiter.pause()
             continue
         tag = status.Get_tag()
-        header, array, source = transport.receive_probed(comms, message, status)
+        header, array, source = transport.receive_probed(comms, channel, message, status)
         if header.context_id != ctx.context_id:
             continue  # left by a failed context: see Note [data communicators]
         ctx.received += 1

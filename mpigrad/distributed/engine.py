@@ -187,7 +187,8 @@ class _Pass:
                 return False
             self._pause()
             message = probe(MPI.ANY_SOURCE, tag, status)
-        header, array, source = transport.receive_probed(self.comms, message, status)
+        header, array, source = transport.receive_probed(self.comms, self.comms.gradient, message,
+                                                         status)
         if self.waiter is not None:
             self.waiter.reset_pace()
         self._handle(header, array, source)

@@ -12,7 +12,9 @@ from . import buffers, messages
 from . import comm as _comm
 from .messages import Kind
 
-__all__ = ["SendRequest", "post", "receive", "receive_probed", "keep_until_sent", "settle"]
+__all__ = [
+    "SendRequest", "post", "receive", "receive_probed", "keep_until_sent", "settle", "drain",
+]
 
 
 class SendRequest:
@@ -68,8 +70,11 @@ def post(comms, channel, array, dest, tag, kind=Kind.TENSOR, **header):
     payload_tag = _comm.next_payload_tag() if array.nbytes > messages.INLINE_LIMIT else -1
     words, payload = messages.pack(array, kind, payload_tag=payload_tag, **header)
     requests = [channel.Isend([words, MPI.BYTE], dest, tag)]
+    sent = comms.sent
+    sent[id(channel)][dest] += 1
     if payload is not None:
         requests.append(comms.payload.Isend([payload, MPI.BYTE], dest, payload_tag))
+        sent[id(comms.payload)][dest] += 1
     return SendRequest(requests, (words, payload), dest, tag)
 
 
@@ -82,13 +87,52 @@ def receive(comms, words, source):
         return header, messages.unpack_inline(header, words)
     array = buffers.receive_buffer(header.shape, header.dtype)
     comms.payload.Recv([array.reshape(-1).view(np.uint8), MPI.BYTE], source, header.payload_tag)
+    comms.received[id(comms.payload)] += 1
     return header, array
 
 
-def receive_probed(comms, message, status):
-    """Receive the message a matched probe found: (header, array, source)."""
+def receive_probed(comms, channel, message, status):
+    """Receive the message a matched probe on ``channel`` found: (header, array, source)."""
     words = messages.empty_message()
     message.Recv([words, MPI.BYTE])
+    comms.received[id(channel)] += 1
     source = status.Get_source()
     header, array = receive(comms, words, source)
     return header, array, source
+
+
+def drain(comms, timeout):
+    """Make mpigrad's communicators safe to free (collective): cancel or complete the receives
+    posted on them, receive and drop every message sent to this rank that it never received, and
+    complete this rank's sends.  The ranks first agree on how many messages each was sent on each
+    communicator (every message is counted where it is posted and where it is received).
+
+    Freeing a communicator with a message in flight is not safe: MPI may give a new communicator
+    the freed one's identity, and Open MPI's ob1 then matched a stale message of the old one in
+    place of the new one's (a hang); under UCX a stale collective paired with a new one."""
+    from . import waiting
+
+    for request in list(comms.receiving):
+        request.cancel("was cancelled: mpigrad.distributed.destroy() ran before it was waited for")
+    channels = comms.channels
+    local = np.array([comms.sent[id(c)] for c in channels], np.int64)
+    total = np.empty_like(local)
+    agreement = comms.control.Iallreduce(local, total, op=MPI.SUM)
+    waiting.wait_for(agreement.Test, "destroy", timeout,
+                     lambda: "the other ranks to call destroy() (it is collective)")
+    status = MPI.Status()
+    for channel, expected in zip(channels, total[:, comms.rank].tolist()):
+
+        def drained(channel=channel, expected=expected):
+            while comms.received[id(channel)] < expected:
+                message = channel.improbe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
+                if message is None:
+                    return False
+                message.Recv([bytearray(status.Get_count(MPI.BYTE)), MPI.BYTE])
+                comms.received[id(channel)] += 1
+            return True
+
+        name = channel.Get_name()
+        waiting.wait_for(drained, "destroy", timeout,
+                         lambda name=name: f"the messages still owed to this rank on {name}")
+    waiting.wait_for(settle, "destroy", timeout, lambda: "this rank's sends to complete")

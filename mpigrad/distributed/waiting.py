@@ -293,7 +293,7 @@ def _received(comms, tag):
         message = comms.control.improbe(MPI.ANY_SOURCE, tag, status)
         if message is None:
             return
-        yield transport.receive_probed(comms, message, status)
+        yield transport.receive_probed(comms, comms.control, message, status)
 
 
 def read_exits(comms):

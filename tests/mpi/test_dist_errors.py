@@ -169,27 +169,28 @@ def test_a_rank_in_another_context_than_backward_fails_every_rank(comm):
 
 @pytest.mark.min_ranks(2)
 def test_a_rank_waiting_in_another_context_is_found_by_asking(comm):
-    # Rank 1 runs one context ahead and waits in a recv from rank 0 there; rank 0 waits in a
-    # recv from rank 1 in its context. No message tells either of the other: after about a
-    # second of waiting each asks the other what it waits in, and raises.
+    # Rank 1 runs one context ahead: it leaves a context of its own (id c) while rank 0 waits in
+    # a recv from it in the context every other rank entered (id c too). No message tells
+    # either of the other: after about a second of waiting one asks the other what it waits in,
+    # raises and tells every rank.
     rank = comm.rank
-    if rank > 1:
-        return
     start = time.monotonic()
     with pytest.raises(Exception) as info:
         if rank == 1:
             with dist_autograd.context():
                 pass  # its leaving agreement waits for rank 0, who never leaves this context
         with dist_autograd.context():
-            dist.recv(1 - rank)
+            if rank == 0:
+                dist.recv(1)
     elapsed = time.monotonic() - start
     message = str(info.value)
     assert "so it will never come" in message, message
-    # Whichever rank asks first raises and tells the other.
     assert re.search(r"rank 0 waits in recv for this rank, which is in leaving the context|"
                      r"rank 1 is in leaving the context \(context \d+\) and sends nothing",
                      message), message
     assert elapsed < PROMPT, f"raised after {elapsed:.1f} s"
+    _step_again(comm)
+    _assert_a_normal_pass_works(comm)
 
 
 # --- context ids ---------------------------------------------------------------------------------

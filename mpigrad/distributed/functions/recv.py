@@ -89,6 +89,7 @@ class RecvRequest:
         self._header_in = False
         self._void = None  # why the receive was cancelled
         self._post()
+        comms.receiving.add(self)
         if ctx is not None:
             ctx.receiving.add(self)
 
@@ -128,10 +129,15 @@ class RecvRequest:
                 self._finish()
             else:  # cancelled, or a message of a failed context took it: see _arrived
                 self._void = why
-                ctx = self._context and self._context()
-                if ctx is not None:
-                    ctx.receiving.discard(self)
+                self._settled()
         return self._void is not None
+
+    def _settled(self):
+        """The receive is complete or void: nothing need settle it any more."""
+        self._comms.receiving.discard(self)
+        ctx = self._context and self._context()
+        if ctx is not None:
+            ctx.receiving.discard(self)
 
     def _describe(self):
         return (f"a tensor from rank {self.source} with tag {self.tag} "
@@ -143,6 +149,7 @@ class RecvRequest:
         if not self._header_in:
             if not (done or self._request.Test()):
                 return False
+            self._comms.received[id(self._channel)] += 1
             header = self._header()
             if header.context_id < self._context_id:  # see Note [data communicators]
                 transport.receive(self._comms, self._words, self.source)
@@ -170,9 +177,9 @@ class RecvRequest:
     def _finish(self):
         """Receive the payload and record the tensor (the header has come)."""
         header, array = transport.receive(self._comms, self._words, self.source)
+        self._settled()
         ctx = self._context and self._context()
         if ctx is not None:
-            ctx.receiving.discard(self)
             ctx.received += 1
         self._tensor = _record(ctx, header, array, self.source)
 
@@ -187,7 +194,7 @@ class RecvRequest:
             message = channel.improbe(self.source, self.tag, status)
             if message is None:
                 continue
-            header, _, _ = transport.receive_probed(comms, message, status)
+            header, _, _ = transport.receive_probed(comms, channel, message, status)
             if header.context_id == NO_CONTEXT or header.context_id > _context.last_id():
                 raise DistributedError(
                     f"{self._op}: rank {comms.rank} received a tensor from rank {self.source} "

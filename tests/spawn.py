@@ -22,9 +22,17 @@ MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shut
 needs_mpiexec = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec beside python or on PATH")
 
 
+# Launcher variables (MPICH's hydra, Open MPI's, PMIx): a child that inherits them believes it
+# is a rank of this job, and Open MPI's mpiexec refuses to start inside one. Open MPI's switches
+# for running as root are not about the job, and are kept.
+LAUNCHER_PREFIXES = ("PMI_", "HYDRA_", "MPI_", "OMPI_", "PMIX_")
+KEPT = ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM")
+
+
 def child_env(**extra):
     """This process's environment without launcher variables, importing this run's mpigrad."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_", "MPI_"))}
+    env = {k: v for k, v in os.environ.items()
+           if k in KEPT or not k.startswith(LAUNCHER_PREFIXES)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [IMPORT_ROOT, env.get("PYTHONPATH")]))
     env.update(extra)
     return env

@@ -244,7 +244,7 @@ class GraphTask:
     def _run(self, node):
         buffers, create_graph, ordered = self.buffers, self.create_graph, self.ordered
         pending = buffers.pop(node, None)
-        if ordered and pending is not None:
+        if ordered and pending is not None and len(pending) > 1:
             pending = self._in_order(node, pending)
         if pending is None:
             grads = [None]
@@ -255,7 +255,7 @@ class GraphTask:
         if node.output_meta is not _ONE_OUTPUT:
             for nr in range(1, len(node.output_meta)):
                 pending = buffers.pop((node, nr), None)
-                if ordered and pending is not None:
+                if ordered and pending is not None and len(pending) > 1:
                     pending = self._in_order((node, nr), pending)
                 grads.append(_total(pending, create_graph))
         capture = self.capture_slots
@@ -333,9 +333,7 @@ class GraphTask:
     def _in_order(self, key, pending):
         """``pending`` (the gradients that reached ``key``) in the order of Note [canonical
         order]."""
-        origins = self.origins.pop(key)
-        if len(pending) == 1:
-            return pending
+        origins = self.origins[key]
         return [pending[i] for i in sorted(range(len(pending)), key=origins.__getitem__)]
 
     def _apply_outside(self, node, grads):

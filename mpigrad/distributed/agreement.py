@@ -18,67 +18,77 @@ them (the context uses it to see a rank leave a context without its backward pas
 """
 
 import numpy as np
+from mpi4py import MPI
 
 from . import transport
-from .messages import Kind
 
 __all__ = ["Agreement"]
 
-_FOLD, _RESULT = -1, -2  # the rounds of the folded ranks' messages (rounds 0 and up: exchanges)
-
 
 class Agreement:
-    """The sum over all ranks of an int64 vector, reached by messages of kind AGREE on
-    ``channel`` under ``tag``.  Messages of the agreement that the caller receives go to
-    ``offer`` (also before ``run``); ``run(vector, extra, poll)`` calls ``poll()`` until the
-    messages it needs have come."""
+    """The sum over all ranks of an int64 vector, reached by messages of raw int64 words on
+    ``channel`` under ``tag`` (nothing else travels under it, so each message is received into
+    a receive posted for it; no header).  ``run(vector, extra, poll)`` calls ``poll()`` while it
+    waits; a message the caller took before ``run`` (its source's whole message) goes into
+    ``early[source]``."""
 
-    def __init__(self, comms, channel, tag, context_id):
-        self.comms, self.channel, self.tag, self.context_id = comms, channel, tag, context_id
-        self.inbox = {}  # (source, round) -> the sender's message
-        self.sent = []
-        self.total = self.extra = None
+    def __init__(self, comms, channel, tag):
+        self.comms, self.channel, self.tag = comms, channel, tag
+        self.early = {}  # source -> its message, taken by the caller before run
+        self.waiting = None  # the posted receive now waited for
+        self.started = False
         self.step = "this rank to finish its part"
-
-    def offer(self, header, array, source):
-        """Take a message of this agreement (``header.message_id`` is its round)."""
-        self.inbox[(source, header.message_id)] = array
 
     def run(self, vector, extra, poll):
         """The total of ``vector`` over all ranks; each message also carries this rank's
-        ``extra`` words (its last ones).  ``poll()`` must receive what arrives, and may raise to
-        abandon the agreement."""
-        self.total = np.array(vector, np.int64)
-        self.extra = np.array(extra, np.int64)
+        ``extra`` words (its last ones).  ``poll()`` may raise to abandon the agreement (then
+        call ``cancel``)."""
+        self.started = True
+        total = np.array(vector, np.int64)
+        extra = np.array(extra, np.int64)
         rank, size = self.comms.rank, self.comms.size
         p = 1 << (size.bit_length() - 1)
         if rank >= p:
-            self._send(rank - p, _FOLD)
-            self.total[:] = self._take(rank - p, _RESULT, poll)
+            self._send(rank - p, total, extra)
+            total[:] = self._take(rank - p, len(total), len(extra), poll, "its total")
         else:
             if rank + p < size:
-                self.total += self._take(rank + p, _FOLD, poll)
+                total += self._take(rank + p, len(total), len(extra), poll, "its share")
             for k in range(p.bit_length() - 1):
                 partner = rank ^ (1 << k)
-                self._send(partner, k)
-                self.total += self._take(partner, k, poll)
+                self._send(partner, total, extra)
+                total += self._take(partner, len(total), len(extra), poll,
+                                    f"its share (round {k})")
             if rank + p < size:
-                self._send(rank + p, _RESULT)
-        for request in self.sent:
-            transport.keep_until_sent(request)
+                self._send(rank + p, total, extra)
         self.step = "done"
-        return self.total
+        return total
 
-    def _send(self, dest, round_):
-        message = np.concatenate([self.total, self.extra])
-        self.sent.append(transport.post(self.comms, self.channel, message, dest, self.tag,
-                                        Kind.AGREE, context_id=self.context_id,
-                                        message_id=round_))
+    def _send(self, dest, total, extra):
+        message = total.tobytes() + extra.tobytes()
+        request = self.channel.Isend([message, MPI.BYTE], dest, self.tag)
+        self.comms.sent[id(self.channel)][dest] += 1
+        transport.keep_until_sent(transport.SendRequest([request], message, dest, self.tag))
 
-    def _take(self, source, round_, poll):
-        what = "its total" if round_ == _RESULT else f"its share (round {round_})"
+    def _take(self, source, length, extra, poll, what):
+        """The summed words of ``source``'s message (each source sends this rank one)."""
         self.step = f"rank {source} to send {what} of the agreement"
-        key = (source, round_)
-        while key not in self.inbox:
-            poll()
-        return self.inbox.pop(key)[:len(self.total)]
+        message = self.early.pop(source, None)
+        if message is None:
+            message = np.empty(length + extra, np.int64)
+            self.waiting = self.channel.Irecv([message, MPI.BYTE], source, self.tag)
+            while not self.waiting.Test():
+                poll()
+            self.waiting = None
+            self.comms.received[id(self.channel)] += 1
+        return message[:length]
+
+    def cancel(self):
+        """Cancel the receive the agreement waits for (it is being abandoned)."""
+        if self.waiting is not None:
+            self.waiting.Cancel()
+            status = MPI.Status()
+            self.waiting.Wait(status)
+            if not status.Is_cancelled():
+                self.comms.received[id(self.channel)] += 1
+            self.waiting = None

@@ -54,9 +54,13 @@ class Communicators:
         for dup, name in self._named():
             dup.Set_name(f"mpigrad {name}")
         self.tag_ub = self.data_free.Get_attr(MPI.TAG_UB)
-        # Control tags: one per context below the three reserved at the top.
+        # Control tags: two per context (its notices, its leaving agreement) below the three
+        # reserved at the top; gradient tags: four per context (two passes' messages and
+        # agreements).  The spans keep the parity (and the pair) of a tag through the modulo.
         self.exit_tag, self.query_tag = self.tag_ub, self.tag_ub - 1
         self.answer_tag = self.tag_ub - 2
+        self._control_span = self.answer_tag & ~1
+        self._gradient_span = (self.tag_ub + 1) & ~3
         self.departed = {}  # rank -> what it said when its program ended (see shutdown.py)
         # Messages posted to each rank and messages received, per communicator (by id), and the
         # receives posted and not complete: what destroy() must settle (transport.drain).
@@ -73,13 +77,14 @@ class Communicators:
         """The communicator of tensors sent in ``context_id`` (None: outside any context)."""
         return self.data_free if context_id is None else self.data[context_id & 1]
 
-    def control_tag(self, context_id):
-        """The control tag of a context's notices and leaving agreement."""
-        return context_id % self.answer_tag
+    def control_tag(self, context_id, agreement=False):
+        """The control tag of a context's notices, or of its leaving agreement."""
+        return (2 * context_id + agreement) % self._control_span
 
-    def gradient_tag(self, context_id, pass_index):
-        """The gradient tag of a context's pass (see Note [pass tags] in engine.py)."""
-        return (2 * context_id + (pass_index & 1)) % (self.tag_ub + 1)
+    def gradient_tag(self, context_id, pass_index, agreement=False):
+        """The gradient tag of a context's pass's messages, or of its agreement (see Note
+        [pass tags] in engine.py)."""
+        return (4 * context_id + 2 * (pass_index & 1) + agreement) % self._gradient_span
 
     def check_peer(self, peer, op, role):
         """``peer`` as an int if it is a rank of the communicator (any integer type: numpy's

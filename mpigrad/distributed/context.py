@@ -31,7 +31,7 @@ from ..engine import added
 from . import comm as _comm
 from . import transport, waiting
 from .agreement import Agreement
-from .errors import DistributedError, DistTimeoutError
+from .errors import DistributedError
 from .messages import Kind
 
 __all__ = ["DistAutogradContext", "context", "current", "retrieve", "last_id", "align_ids"]
@@ -56,7 +56,7 @@ class DistAutogradContext:
         self.receiving = weakref.WeakSet()  # RecvRequests posted in it, not yet complete
         self.failures = {}  # rank -> (its stage, its failure text): Note [failing together]
         self.reported = False  # whether this rank has raised for the failures
-        self.stash = []  # leaving-agreement messages that came before this rank left
+        self.early_leavers = {}  # rank -> its leaving-agreement message, read before this rank left
         self._message_ids = itertools.count()
 
     def next_message_id(self):
@@ -74,7 +74,8 @@ class DistAutogradContext:
 
     def failed(self, stage=None):
         """Whether a failure is known (at ``stage`` or before it, if given)."""
-        return any(stage is None or s <= stage for s, _ in self.failures.values())
+        return bool(self.failures) and any(stage is None or s <= stage
+                                           for s, _ in self.failures.values())
 
     def failure(self, where, error=DistributedError):
         """The error to raise at ``where`` on this rank for the failures (which it then has
@@ -104,7 +105,7 @@ class DistAutogradContext:
         self.send_functions.clear()
         self.recv_functions.clear()
         self.gradients.clear()
-        self.stash.clear()
+        self.early_leavers.clear()
         self.running = None
 
 
@@ -187,24 +188,16 @@ def _leave(comms, ctx, timeout):
     h = cid % _ID_MODULUS
     received = [0] * size
     received[comms.rank] = ctx.received
-    agreement = Agreement(comms, comms.control, comms.control_tag(cid), cid)
-    for message in ctx.stash:
-        agreement.offer(*message)
-    ctx.stash.clear()
+    agreement = Agreement(comms, comms.control, comms.control_tag(cid, agreement=True))
+    agreement.early, ctx.early_leavers = ctx.early_leavers, {}
     vector = ctx.sent_to + received + [len(unmatched), ctx.passes, ctx.passes ** 2, h, h * h]
-    with waiting.Waiter(waiting.LEAVING, timeout, lambda: agreement.step, context=ctx,
-                        on_notice=agreement.offer) as waiter:
-
-        def poll():
-            waiting.read_notices(ctx, agreement.offer)
-            ctx.check_open(waiting.LEAVING)
-            waiter.pause()
-
+    with waiting.Waiter(waiting.LEAVING, timeout, lambda: agreement.step, context=ctx) as waiter:
         try:
-            total = agreement.run(vector, [ctx.passes], poll).tolist()
-        except (DistributedError, DistTimeoutError) as exc:
+            total = agreement.run(vector, [ctx.passes], waiter.pause).tolist()
+        except BaseException as exc:
+            agreement.cancel()
             if not ctx.reported:  # this rank gives up: the others must not wait for it
-                ctx.fail(f"gave up leaving context {cid}: {exc}")
+                ctx.fail(f"gave up leaving context {cid}: {type(exc).__name__}: {exc}")
             raise
         sent, got = total[:size], total[size:2 * size]
         posted, passes, passes_sq, ids, ids_sq = total[2 * size:]

@@ -91,6 +91,7 @@ class _Pass:
         self.comms, self.context_id, self.roots = comms, context_id, roots
         self.retain_graph, self.timeout = retain_graph, timeout
         self.ctx = self.task = self.agreement = self.waiter = None
+        self.spins = 0
         self.waiting = {}  # message id -> send function still waiting for its gradient
         self.sent_to = [0] * comms.size
         self.received = 0
@@ -106,9 +107,27 @@ class _Pass:
         index = ctx.passes
         ctx.passes += 1
         self.tag = self.comms.gradient_tag(self.context_id, index)
-        self.agreement = Agreement(self.comms, self.comms.gradient, self.tag, self.context_id)
+        self.agreement = Agreement(self.comms, self.comms.gradient,
+                                   self.comms.gradient_tag(self.context_id, index, agreement=True))
         self.started = time.monotonic()
         ctx.running = self
+        try:
+            self._run()
+        except BaseException:  # the pass is abandoned: see Note [failing together]
+            self.agreement.cancel()
+            for request in self.requests:  # they may never be received
+                transport.keep_until_sent(request)
+            raise
+        finally:
+            ctx.running = None
+            if self.waiter is not None:
+                self.waiter.close()
+        if not self.retain_graph:
+            ctx.graph_freed = True
+
+    def _run(self):
+        """The pass, raising what every rank raises on a failure (Note [failing together])."""
+        ctx = self.ctx
         try:
             # Notices are read once this rank waits: a failure it does not know of yet stops the
             # pass's agreement, so the pass waits, and reads it then.
@@ -120,22 +139,13 @@ class _Pass:
                     self._receive(block=True)
             self._finish()
         except DistributedError as exc:  # another rank failed: the context has failed
-            self._abandon()
             raise DistBackwardError(str(exc)) from None
         except DistTimeoutError as exc:
-            self._abandon()
             ctx.fail(f"gave up: {exc}")
             raise BackwardTimeoutError(str(exc)) from None
         except Exception as exc:  # this rank's part failed
-            self._abandon()
             ctx.fail(f"{type(exc).__name__}: {exc}")
             raise ctx.failure(_OP, DistBackwardError) from exc
-        finally:
-            ctx.running = None
-            if self.waiter is not None:
-                self.waiter.close()
-        if not self.retain_graph:
-            ctx.graph_freed = True
 
     def _start(self):
         rank = self.comms.rank
@@ -196,8 +206,11 @@ class _Pass:
 
     def _pause(self):
         if self.waiter is None:
+            self.spins += 1
+            if self.spins < waiting.FREE_POLLS:  # a short wait needs no Waiter
+                return
             self.waiter = waiting.Waiter(_OP, self.timeout, self._describe, context=self.ctx,
-                                         summarize=self._summarize, on_notice=self._notice,
+                                         summarize=self._summarize, check=self._read_leavers,
                                          started=self.started, stage=self.ctx.stage(),
                                          state=self._state)
         self.waiter.pause()
@@ -210,9 +223,6 @@ class _Pass:
                 f"{header.context_id} while running backward for context {self.context_id}: "
                 "every rank must call backward for the same context"
             )
-        if header.kind == Kind.AGREE:
-            self.agreement.offer(header, array, source)
-            return
         self.received += 1
         node = self.waiting.pop(header.message_id, None)
         if node is None:
@@ -228,23 +238,29 @@ class _Pass:
             )
         self.task.supply(node, array if header.kind == Kind.GRADIENT else None)
 
-    def _notice(self, header, array, source):
-        """A leaving-agreement message of this context, read while this pass runs: the sender
-        has left the context; if it ran fewer passes, it never ran this one."""
-        sender_passes = int(array[-1])
-        if sender_passes < self.ctx.passes:
-            raise RuntimeError(
-                f"rank {source} left context {self.context_id} after {sender_passes} backward "
-                f"pass(es), without calling this one (pass {self.ctx.passes})"
-            )
-        self.ctx.stash.append((header, array, source))
+    def _read_leavers(self):
+        """Read the leaving-agreement messages of this context that have come: a rank that sent
+        one has left the context (its last word is its number of passes); if it ran fewer passes,
+        it never ran this one.  The messages are kept for this rank's own leaving."""
+        comms, status = self.comms, MPI.Status()
+        tag, length = comms.control_tag(self.context_id, agreement=True), 2 * comms.size + 6
+        while comms.control.iprobe(MPI.ANY_SOURCE, tag, status):
+            source, message = status.Get_source(), np.empty(length, np.int64)
+            comms.control.Recv(message, source, tag)
+            comms.received[id(comms.control)] += 1
+            self.ctx.early_leavers[source] = message
+            if message[-1] < self.ctx.passes:
+                raise RuntimeError(
+                    f"rank {source} left context {self.context_id} after {message[-1]} backward "
+                    f"pass(es), without calling this one (pass {self.ctx.passes})"
+                )
 
     # --- what this rank waits for -------------------------------------------------------------
     def _state(self):
-        return "agreeing" if self.agreement.total is not None else "running"
+        return "agreeing" if self.agreement.started else "running"
 
     def _describe(self):
-        if self.agreement.total is None:
+        if not self.agreement.started:
             return ", ".join(f"message id {mid} from rank {node.dest}"
                              for mid, node in sorted(self.waiting.items()))
         return (f"the other ranks to finish (this rank's part is done; waiting for "
@@ -278,7 +294,7 @@ class _Pass:
         comms, size = self.comms, self.comms.size
         h = self.context_id % _ID_MODULUS  # small, so that its square sums in int64 on any size
         total = self.agreement.run(self.sent_to + [h, h * h, self.retain_graph], (),
-                                   lambda: self._receive(block=True)).tolist()
+                                   self._pause).tolist()
         while self.received < total[comms.rank]:
             self._receive(block=True)
         id_sum, id_squares, retained = total[size:]
@@ -292,9 +308,3 @@ class _Pass:
             raise DistBackwardError(
                 f"rank {comms.rank}: the ranks disagree on retain_graph ({retained} of {size} set "
                 "it)")
-
-    def _abandon(self):
-        """A failed pass: its sends may never be received; keep them until they are."""
-        for request in self.requests:
-            transport.keep_until_sent(request)
-        self.requests = []

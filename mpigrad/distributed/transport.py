@@ -45,16 +45,18 @@ class SendRequest:
         return not self._requests
 
 
-_unsent = []  # SendRequests of failed operations, kept (with their buffers) until they complete
+_unsent = []  # SendRequests no one waits for, kept (with their buffers) until they complete
+_SETTLE_EVERY = 64  # kept requests between two looks at which have completed
 
 
 def keep_until_sent(request):
-    """Keep ``request`` and its buffers alive until its sends complete (notices, and the sends
-    of a failed pass or context, which no one may ever wait for: MPI must not read freed memory
-    meanwhile)."""
-    settle()
+    """Keep ``request`` and its buffers alive until its sends complete: notices, agreements' and
+    passes' sends, which no one waits for (a failed pass's may never be received), and MPI must
+    not read freed memory meanwhile."""
     if not request.test():
         _unsent.append(request)
+        if len(_unsent) % _SETTLE_EVERY == 0:
+            settle()
 
 
 def settle():
@@ -118,7 +120,7 @@ def drain(comms, timeout):
     local = np.array([comms.sent[id(c)] for c in channels], np.int64)
     total = np.empty_like(local)
     agreement = comms.control.Iallreduce(local, total, op=MPI.SUM)
-    waiting.wait_for(agreement.Test, "destroy", timeout,
+    waiting.wait_for(agreement.Test, waiting.DESTROY, timeout,
                      lambda: "the other ranks to call destroy() (it is collective)")
     status = MPI.Status()
     for channel, expected in zip(channels, total[:, comms.rank].tolist()):
@@ -133,6 +135,6 @@ def drain(comms, timeout):
             return True
 
         name = channel.Get_name()
-        waiting.wait_for(drained, "destroy", timeout,
+        waiting.wait_for(drained, waiting.DESTROY, timeout,
                          lambda name=name: f"the messages still owed to this rank on {name}")
-    waiting.wait_for(settle, "destroy", timeout, lambda: "this rank's sends to complete")
+    waiting.wait_for(settle, waiting.DESTROY, timeout, lambda: "this rank's sends to complete")

@@ -12,7 +12,7 @@ leaving a context) loops on a test of what it waits for with a ``Waiter``, which
   Horovod's);
 - reads the notices of other ranks (see Note [failing together]) and answers their questions.
 
-A call that completes at once costs nothing of this: the Waiter is made on its first miss.
+A call that completes soon costs nothing of this: the Waiter is made after FREE_POLLS misses.
 """
 
 # Note [waiting]
@@ -77,6 +77,7 @@ __all__ = [
 
 
 CHECK_INTERVAL = 1e-3  # seconds between reading notices and checking the clock
+FREE_POLLS = 64  # polls a call makes before it takes a Waiter (tens of microseconds)
 QUESTION_AFTER, QUESTION_EVERY = 1.0, 5.0  # when a waiting rank asks the others: see diverged
 EXIT_GRACE = 0.5  # seconds a departed rank's last messages get to arrive
 ASK_SECONDS = 0.25  # how long a stalled rank collects answers
@@ -117,8 +118,7 @@ def current():
 class Waiter:
     """The pace, deadline, stall warnings and notices of one blocking call; see the module
     docstring.  ``describe()`` says what the call waits for; ``context`` is the open context the
-    call belongs to (its notices are read; leaving-agreement messages go to ``on_notice(header,
-    array, source)``, default the context's stash); ``check()`` runs with the notices;
+    call belongs to (its notices are read); ``check()`` runs with the notices;
     ``state()`` goes into this rank's answers; ``started`` is when the call began (default: now);
     ``stage`` limits the failures that fail the call (see ``DistAutogradContext.stage``);
     ``peers`` are the ranks it depends on (None: all);
@@ -126,14 +126,14 @@ class Waiter:
     ``describe_answers``)."""
 
     def __init__(self, op, timeout, describe, *, context=None, peers=None, summarize=None,
-                 failure=DistributedError, timeout_error=DistTimeoutError, on_notice=None,
-                 check=None, state=None, started=None, stage=None):
+                 failure=DistributedError, timeout_error=DistTimeoutError, check=None,
+                 state=None, started=None, stage=None):
         global _current
         self.comms = _comm.get()
         self.op, self.describe, self.context, self.peers = op, describe, context, peers
         self.summarize = summarize or describe_answers
         self.failure, self.timeout_error = failure, timeout_error
-        self.on_notice, self.check, self.state, self.stage = on_notice, check, state, stage
+        self.check, self.state, self.stage = check, state, stage
         self.start = time.monotonic() if started is None else started
         self.timeout = resolve_timeout(timeout, op)
         self.deadline = None if self.timeout is None else self.start + self.timeout
@@ -184,7 +184,7 @@ class Waiter:
         answer_questions(comms)
         read_exits(comms)
         if self.context is not None:
-            read_notices(self.context, self.on_notice)
+            read_notices(self.context)
             if self.context.failed(self.stage):
                 raise self.context.failure(self.op, self.failure)
         if self.check is not None:
@@ -264,9 +264,10 @@ class Waiter:
 
 def wait_for(test, op, timeout, describe, **options):
     """Return once ``test()`` is true, waiting with a ``Waiter(op, timeout, describe,
-    **options)`` if it is not true at once."""
-    if test():
-        return
+    **options)`` if it is not true within FREE_POLLS tests."""
+    for _ in range(FREE_POLLS):
+        if test():
+            return
     with Waiter(op, timeout, describe, **options) as waiter:
         while not test():
             waiter.pause()
@@ -301,19 +302,12 @@ def read_exits(comms):
         comms.departed.setdefault(source, (messages.text_of(array), time.monotonic()))
 
 
-def read_notices(context, on_agree=None):
-    """Take the context's notices: ERROR ones become ``context.failures``; leaving-agreement
-    rounds go to ``on_agree(header, array, source)`` if given, else to the context's stash."""
+def read_notices(context):
+    """Take the context's ERROR notices into ``context.failures``."""
     comms = _comm.get()
     for header, array, source in _received(comms, comms.control_tag(context.context_id)):
-        if header.context_id != context.context_id:
-            continue  # a notice of a failed context whose id shares this tag: long gone
-        if header.kind == Kind.ERROR:
+        if header.context_id == context.context_id:  # else a notice of a long-failed context
             context.failures.setdefault(source, (header.message_id, messages.text_of(array)))
-        elif on_agree is not None:
-            on_agree(header, array, source)
-        else:
-            context.stash.append((header, array, source))
 
 
 # --- questions and answers: see Note [asking the others] ------------------------------------------
@@ -362,7 +356,8 @@ def ask(comms, ranks, seconds=ASK_SECONDS):
     return question.answers
 
 
-BACKWARD, LEAVING = "dist_autograd.backward", "leaving the context"
+BACKWARD, LEAVING, DESTROY = "dist_autograd.backward", "leaving the context", "destroy"
+_AGREEING = (BACKWARD, LEAVING, DESTROY)  # calls every rank makes together
 
 
 def diverged(mine, theirs, rank, me):
@@ -379,7 +374,7 @@ def diverged(mine, theirs, rank, me):
     if op is None:
         return None  # it is computing: it may yet come
     context, their_context = mine["context"], theirs["context"]
-    agreeing, they_agree = mine["op"] in (BACKWARD, LEAVING), op in (BACKWARD, LEAVING)
+    agreeing, they_agree = mine["op"] in _AGREEING, op in _AGREEING
     waits_for_me = theirs["peers"] is None or me in theirs["peers"]
     if context != their_context:
         if context is not None and their_context is not None:

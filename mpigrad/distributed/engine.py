@@ -16,17 +16,17 @@ so the gradients are the same bits on every run.
 Note [ending a pass]: when a rank's part is done (every send function has its message and the
 task has nothing ready) it joins an agreement (see Note [agreements] in agreement.py) on: the
 number of messages it sent to each rank, its context id and its square (equal ids iff
-size * sum(id**2) == sum(id)**2), and retain_graph.  While it waits the rank keeps receiving;
-once it has the total it knows how many messages were sent to it in all, and receives until it
-has them all.  So every message of a pass is received within the pass.  A rank whose part fails
+size * sum(id**2) == sum(id)**2), and retain_graph.  Once it has the total it knows how many
+messages were sent to it in all, and receives until it has them all.  So every message of a pass
+is received within the pass.  A rank whose part fails
 (an exception, its timeout) does not agree: it tells every rank and raises at once, and so does
 every rank that learns of it (see Note [failing together] in waiting.py): the context has failed.
 
-Note [pass tags]: a pass sends its gradients, markers and agreement under a gradient-communicator
-tag made of its context id and the parity of its index among the context's passes: two passes
-that can overlap in time (a rank may start the next pass of a context, or the first of the next
-context, while a slower rank still receives the end of this one) never share a tag, and a failed
-context's leftover messages can never be taken for a later pass's.
+Note [pass tags]: a pass sends its gradients and markers under a gradient-communicator tag made of
+its context id and the parity of its index among the context's passes, and its agreement under
+the next tag: two passes that can overlap in time (a rank may start the next pass of a context,
+or the first of the next context, while a slower rank still receives the end of this one) never
+share a tag, and a failed context's leftover messages can never be taken for a later pass's.
 """
 
 import time

@@ -134,7 +134,8 @@ class Waiter:
         self.summarize = summarize or describe_answers
         self.failure, self.timeout_error = failure, timeout_error
         self.check, self.state, self.stage = check, state, stage
-        self.start = time.monotonic() if started is None else started
+        self.waiting_since = time.monotonic()  # the pace counts from here (Note [waiting])
+        self.start = self.waiting_since if started is None else started
         self.timeout = resolve_timeout(timeout, op)
         self.deadline = None if self.timeout is None else self.start + self.timeout
         stall = settings.stall_warning()
@@ -159,7 +160,8 @@ class Waiter:
         self.close()
 
     def reset_pace(self):
-        """Something arrived: poll fast again."""
+        """Something arrived: wait afresh (spin again, then sleep a little)."""
+        self.waiting_since = time.monotonic()
         self.sleep = _SLEEP_MIN
 
     def pause(self):
@@ -169,7 +171,7 @@ class Waiter:
         if now >= self.next_check:
             self.next_check = now + CHECK_INTERVAL
             self._check(now)
-        waited = now - self.start
+        waited = now - self.waiting_since
         if not self.shared_cores and waited < _SPIN_SECONDS:
             return
         if waited < _YIELD_SECONDS:

@@ -26,8 +26,9 @@ A call that completes soon costs nothing of this: the Waiter is made after FREE_
 # 1 ms once it has waited 10 ms (the extra latency is then at most a tenth of the wait): short
 # waits stay responsive, long ones cost the working ranks next to nothing (measured: 4 ranks on
 # 2 cores, computing ranks ran at 1.00-1.03x their speed beside idle ranks; 1.6-2.0x beside
-# MPICH's spinning Recv).  Every CHECK_INTERVAL the Waiter also reads notices, answers
-# questions, and checks its deadline and stall time.
+# MPICH's spinning Recv).  Every CHECK_INTERVAL (every PATIENT_CHECK_INTERVAL once it has waited
+# 10 ms, so that a long wait costs the working ranks nothing either) the Waiter also reads notices,
+# answers questions, and checks its deadline and stall time.
 #
 # Note [failing together]
 # ~~~~~~~~~~~~~~~~~~~~~~~
@@ -35,7 +36,7 @@ A call that completes soon costs nothing of this: the Waiter is made after FREE_
 # timeout, leaving the context by an exception) sends an ERROR notice with its text to every other
 # rank, on the control communicator under the context's tag, and raises at once: it never waits
 # for an agreement that the others may not reach.  Every Waiter of that context reads the notices,
-# so a rank waiting anywhere in the context raises within CHECK_INTERVAL of the notice's arrival,
+# so a rank waiting anywhere in the context raises within a check interval of the notice's arrival,
 # naming the rank and quoting its text; a rank that gets to the context's next blocking call later
 # finds the notice there.  A failed context stays failed: leave it, and enter a new one.  A rank
 # whose program ends sends an EXIT notice (see shutdown.py); a Waiter that depends on that rank
@@ -77,6 +78,7 @@ __all__ = [
 
 
 CHECK_INTERVAL = 1e-3  # seconds between reading notices and checking the clock
+PATIENT_CHECK_INTERVAL = 20e-3  # the same, once the rank has waited _PATIENT_AFTER
 FREE_POLLS = 64  # polls a call makes before it takes a Waiter (tens of microseconds)
 QUESTION_AFTER, QUESTION_EVERY = 1.0, 5.0  # when a waiting rank asks the others: see diverged
 EXIT_GRACE = 0.5  # seconds a departed rank's last messages get to arrive
@@ -166,12 +168,13 @@ class Waiter:
 
     def pause(self):
         """Return at once while spinning pays, else sleep a little longer each time; every
-        CHECK_INTERVAL read notices and check the clock (which may raise)."""
+        check interval read notices and check the clock (which may raise)."""
         now = time.monotonic()
-        if now >= self.next_check:
-            self.next_check = now + CHECK_INTERVAL
-            self._check(now)
         waited = now - self.waiting_since
+        if now >= self.next_check:
+            self.next_check = now + (CHECK_INTERVAL if waited < _PATIENT_AFTER
+                                     else PATIENT_CHECK_INTERVAL)
+            self._check(now)
         if not self.shared_cores and waited < _SPIN_SECONDS:
             return
         if waited < _YIELD_SECONDS:

@@ -267,21 +267,27 @@ class _Pass:
                 f"{self.agreement.step})")
 
     def _summarize(self, answers, ranks):
-        """Which ranks have not entered this pass, which have and not finished their part."""
-        outside, inside, done = [], [], []
+        """Which ranks are elsewhere, which are in this pass and what they wait for, and which are
+        not waiting in mpigrad: not yet in this pass, or computing their part of it."""
+        elsewhere, silent, inside, done = [], [], [], []
         for r in ranks:
             reply = answers.get(r)
-            if (reply is None or reply.get("op") != _OP or reply["context"] != self.context_id
-                    or reply["passes"] != self.ctx.passes):
-                outside.append(r)
+            if reply is None or reply.get("op") is None:
+                silent.append(r)
+            elif (reply["op"] != _OP or reply["context"] != self.context_id
+                  or reply["passes"] != self.ctx.passes):
+                elsewhere.append(r)
             elif reply["state"] == "agreeing":
                 done.append(r)
             else:
                 inside.append(f"rank {r} (waiting for {reply['waiting']})")
         parts = []
-        if outside:
-            parts.append(f"ranks that have not entered this backward: {outside} ("
-                         + waiting.describe_answers(answers, outside) + ")")
+        if elsewhere:
+            parts.append(f"ranks that have not entered this backward: {elsewhere} ("
+                         + waiting.describe_answers(answers, elsewhere) + ")")
+        if silent:
+            parts.append(f"ranks not waiting in mpigrad (they have not entered this backward, or "
+                         f"are computing their part of it): {silent}")
         if inside:
             parts.append("ranks in it that have not finished their part: " + ", ".join(inside))
         if done:

@@ -43,10 +43,11 @@ def _aborting_hook(previous):
         if MPI.Is_finalized():
             return previous(kind, value, tb)
         rank = MPI.COMM_WORLD.Get_rank()
-        text = "".join(traceback.format_exception(kind, value, tb))
+        text = "".join(traceback.format_exception(kind, value, tb)) + (
+            f"mpigrad: uncaught exception on rank {rank}: aborting the job (set "
+            f"{settings.ABORT_ON_EXCEPTION}=0 to keep Python's handling)")
+        # One write: another rank's abort may end this process at any moment.
         sys.stderr.write("".join(f"[rank {rank}] {line}\n" for line in text.splitlines()))
-        sys.stderr.write(f"[rank {rank}] mpigrad: uncaught exception on rank {rank}: aborting the "
-                         f"job (set {settings.ABORT_ON_EXCEPTION}=0 to keep Python's handling)\n")
         sys.stderr.flush()
         MPI.COMM_WORLD.Abort(1)
 

@@ -22,7 +22,23 @@ from mpi4py import MPI
 
 from . import transport
 
-__all__ = ["Agreement"]
+__all__ = ["Agreement", "equality_words", "same_everywhere"]
+
+_MODULUS = 1_000_003  # a prime: values are compared modulo it, so squares sum exactly in int64
+
+
+def equality_words(value):
+    """Two words to add to an agreement's vector whose totals say whether the int ``value`` is
+    the same on every rank (``same_everywhere``)."""
+    value %= _MODULUS
+    return [value, value * value]
+
+
+def same_everywhere(totals, size):
+    """Whether the totals of ``equality_words`` over ``size`` ranks come from one value:
+    size * sum(v**2) == sum(v)**2 exactly when every v is equal (Cauchy-Schwarz)."""
+    values, squares = totals
+    return size * squares == values * values
 
 
 class Agreement:

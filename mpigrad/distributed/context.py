@@ -30,13 +30,15 @@ from mpi4py import MPI
 from ..engine import added
 from . import comm as _comm
 from . import transport, waiting
-from .agreement import Agreement
+from .agreement import Agreement, equality_words, same_everywhere
 from .errors import DistributedError
 from .messages import Kind
 
-__all__ = ["DistAutogradContext", "context", "current", "retrieve", "last_id", "align_ids"]
+__all__ = [
+    "DistAutogradContext", "context", "current", "retrieve", "last_id", "align_ids",
+    "leaving_message_length",
+]
 
-_ID_MODULUS = 1_000_003  # a prime: ids are compared modulo it (see _check_agreement)
 
 
 class DistAutogradContext:
@@ -91,10 +93,10 @@ class DistAutogradContext:
         comms = _comm.get()
         self.reported = True
         if comms.rank not in self.failures:
-            self.failures[comms.rank] = (self.stage(), f"rank {comms.rank}: {text}")
-            waiting.send_notice(comms, Kind.ERROR, self.failures[comms.rank][1],
-                                comms.control_tag(self.context_id), self.context_id,
-                                self.stage())
+            stage, text = self.stage(), f"rank {comms.rank}: {text}"
+            self.failures[comms.rank] = (stage, text)
+            waiting.send_notice(comms, Kind.ERROR, text, comms.control_tag(self.context_id),
+                                self.context_id, stage)
 
     def check_open(self, what, stage=None):
         """Raise if the context has failed (it stays failed: leave it, enter a new one)."""
@@ -185,12 +187,12 @@ def _leave(comms, ctx, timeout):
         raise ctx.failure(waiting.LEAVING)
     size, cid = comms.size, ctx.context_id
     unmatched = _settle_receives(ctx)
-    h = cid % _ID_MODULUS
     received = [0] * size
     received[comms.rank] = ctx.received
     agreement = Agreement(comms, comms.control, comms.control_tag(cid, agreement=True))
     agreement.early, ctx.early_leavers = ctx.early_leavers, {}
-    vector = ctx.sent_to + received + [len(unmatched), ctx.passes, ctx.passes ** 2, h, h * h]
+    vector = (ctx.sent_to + received + [len(unmatched)] + equality_words(ctx.passes)
+              + equality_words(cid))
     with waiting.Waiter(waiting.LEAVING, timeout, lambda: agreement.step, context=ctx) as waiter:
         try:
             total = agreement.run(vector, [ctx.passes], waiter.pause).tolist()
@@ -200,11 +202,11 @@ def _leave(comms, ctx, timeout):
                 ctx.fail(f"gave up leaving context {cid}: {type(exc).__name__}: {exc}")
             raise
         sent, got = total[:size], total[size:2 * size]
-        posted, passes, passes_sq, ids, ids_sq = total[2 * size:]
+        posted, passes, ids = total[2 * size], total[2 * size + 1:2 * size + 3], total[-2:]
         problems = []
-        if size * ids_sq != ids ** 2:  # equal iff all ids are (Cauchy-Schwarz)
+        if not same_everywhere(ids, size):
             problems.append(f"the ranks left different contexts (this rank: context {cid})")
-        if size * passes_sq != passes ** 2:
+        if not same_everywhere(passes, size):
             problems.append(f"the ranks ran different numbers of backward passes in it (this "
                             f"rank: {ctx.passes})")
         lost = [r for r in range(size) if sent[r] != got[r]]
@@ -225,6 +227,12 @@ def _leave(comms, ctx, timeout):
     if problems:
         raise DistributedError(f"rank {comms.rank}: leaving context {cid}: "
                                + "; ".join(problems))
+
+
+def leaving_message_length(size):
+    """The int64 words of a rank's leaving-agreement message: ``_leave``'s vector (tallies to and
+    from each rank, receives cancelled, equality words of passes and id) and its passes."""
+    return 2 * size + 6
 
 
 def _settle_receives(ctx):

@@ -40,13 +40,12 @@ from ..tensor import Tensor
 from . import comm as _comm
 from . import context as _context
 from . import transport, waiting
-from .agreement import Agreement
+from .agreement import Agreement, equality_words, same_everywhere
 from .errors import BackwardTimeoutError, DistBackwardError, DistributedError, DistTimeoutError
 from .messages import Kind
 
 __all__ = ["backward", "DistBackwardError", "BackwardTimeoutError"]
 
-_ID_MODULUS = 1_000_003  # a prime: context ids are compared modulo it (see _finish)
 _OP = waiting.BACKWARD
 
 
@@ -243,7 +242,8 @@ class _Pass:
         one has left the context (its last word is its number of passes); if it ran fewer passes,
         it never ran this one.  The messages are kept for this rank's own leaving."""
         comms, status = self.comms, MPI.Status()
-        tag, length = comms.control_tag(self.context_id, agreement=True), 2 * comms.size + 6
+        tag = comms.control_tag(self.context_id, agreement=True)
+        length = _context.leaving_message_length(comms.size)
         while comms.control.iprobe(MPI.ANY_SOURCE, tag, status):
             source, message = status.Get_source(), np.empty(length, np.int64)
             comms.control.Recv(message, source, tag)
@@ -298,15 +298,14 @@ class _Pass:
     def _finish(self):
         """See Note [ending a pass]."""
         comms, size = self.comms, self.comms.size
-        h = self.context_id % _ID_MODULUS  # small, so that its square sums in int64 on any size
-        total = self.agreement.run(self.sent_to + [h, h * h, self.retain_graph], (),
-                                   self._pause).tolist()
+        vector = self.sent_to + equality_words(self.context_id) + [self.retain_graph]
+        total = self.agreement.run(vector, (), self._pause).tolist()
         while self.received < total[comms.rank]:
             self._receive(block=True)
-        id_sum, id_squares, retained = total[size:]
+        ids, retained = total[size:size + 2], total[size + 2]
         for request in self.requests:
             transport.keep_until_sent(request)
-        if size * id_squares != id_sum ** 2:
+        if not same_everywhere(ids, size):
             raise DistBackwardError(
                 f"rank {comms.rank}: the ranks called {_OP} for different contexts (this rank: "
                 f"context {self.context_id})")

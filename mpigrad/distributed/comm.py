@@ -89,10 +89,7 @@ class Communicators:
     def check_peer(self, peer, op, role):
         """``peer`` as an int if it is a rank of the communicator (any integer type: numpy's
         too); ValueError otherwise (no wildcards, no PROC_NULL)."""
-        try:
-            index = operator.index(peer) if not isinstance(peer, bool) else None
-        except TypeError:
-            index = None
+        index = _integer(peer)
         if index is None or not 0 <= index < self.size:
             raise ValueError(
                 f"{op}: {role} {peer!r} is not a rank of the communicator: ranks are 0 to "
@@ -104,10 +101,7 @@ class Communicators:
     def check_tag(self, tag, op, role="tag"):
         """``tag`` as an int if it is a valid user tag (0 to MPI's TAG_UB, any integer type);
         ValueError otherwise (no ANY_TAG)."""
-        try:
-            index = operator.index(tag) if not isinstance(tag, bool) else None
-        except TypeError:
-            index = None
+        index = _integer(tag)
         if index is None or not 0 <= index <= self.tag_ub:
             raise ValueError(
                 f"{op}: {role} {tag!r} is not a valid tag: tags are integers from 0 to "
@@ -119,6 +113,17 @@ class Communicators:
     def free(self):
         for dup, _ in self._named():
             dup.Free()
+
+
+def _integer(value):
+    """``value`` as an int if it is of an integer type (Python's or numpy's; not bool), else
+    None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 _comms = None

@@ -246,7 +246,7 @@ class _Pass:
         length = _context.leaving_message_length(comms.size)
         while comms.control.iprobe(MPI.ANY_SOURCE, tag, status):
             source, message = status.Get_source(), np.empty(length, np.int64)
-            comms.control.Recv(message, source, tag)
+            comms.control.Recv([message, MPI.BYTE], source, tag)  # sent as bytes
             comms.received[id(comms.control)] += 1
             self.ctx.early_leavers[source] = message
             if message[-1] < self.ctx.passes:

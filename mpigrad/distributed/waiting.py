@@ -72,8 +72,7 @@ from .messages import Kind
 
 __all__ = [
     "Waiter", "wait_for",
-    "resolve_timeout", "ask", "Question", "describe_answers", "send_notice", "read_notices",
-    "current",
+    "resolve_timeout", "Question", "describe_answers", "send_notice", "read_notices",
 ]
 
 
@@ -113,10 +112,6 @@ def _shared_cores():
 _current = None  # the Waiter this rank waits in, which answers questions
 
 
-def current():
-    return _current
-
-
 class Waiter:
     """The pace, deadline, stall warnings and notices of one blocking call; see the module
     docstring.  ``describe()`` says what the call waits for; ``context`` is the open context the
@@ -128,13 +123,11 @@ class Waiter:
     ``describe_answers``)."""
 
     def __init__(self, op, timeout, describe, *, context=None, peers=None, summarize=None,
-                 failure=DistributedError, timeout_error=DistTimeoutError, check=None,
-                 state=None, started=None, stage=None):
+                 check=None, state=None, started=None, stage=None):
         global _current
         self.comms = _comm.get()
         self.op, self.describe, self.context, self.peers = op, describe, context, peers
         self.summarize = summarize or describe_answers
-        self.failure, self.timeout_error = failure, timeout_error
         self.check, self.state, self.stage = check, state, stage
         self.waiting_since = time.monotonic()  # the pace counts from here (Note [waiting])
         self.start = self.waiting_since if started is None else started
@@ -191,14 +184,14 @@ class Waiter:
         if self.context is not None:
             read_notices(self.context)
             if self.context.failed(self.stage):
-                raise self.context.failure(self.op, self.failure)
+                raise self.context.failure(self.op)
         if self.check is not None:
             self.check()
         departed = [r for r, (text, when) in comms.departed.items()
                     if (self.peers is None or r in self.peers) and now - when > EXIT_GRACE]
         if departed:
             r = departed[0]
-            raise self.failure(
+            raise DistributedError(
                 f"rank {comms.rank}: rank {r}'s program ended ({comms.departed[r][0]}) while "
                 f"this rank waits in {self._where()} for: {self.describe()}"
             )
@@ -219,13 +212,13 @@ class Waiter:
                        if (reason := diverged(self.answer(), answers[r], r, comms.rank))]
         others = self.summarize(answers, ranks) if ranks else "no other rank takes part"
         if timed_out:
-            raise self.timeout_error(
+            raise DistTimeoutError(
                 f"rank {comms.rank}: {self._where()} timed out after {self.timeout:g} s still "
                 f"waiting for: {self.describe()}; {others}"
                 + "".join(f"; {reason}, so it will never come" for reason in reasons)
             )
         if reasons:
-            raise self.failure(
+            raise DistributedError(
                 f"rank {comms.rank}: {self._where()} waits for: {self.describe()}; but "
                 f"{reasons[0]}, so it will never come (every rank must enter the same contexts, "
                 "and run the same backward passes in them, in the same order)"
@@ -351,14 +344,6 @@ class Question:
             if header.message_id == self.number:
                 self.answers[source] = json.loads(messages.text_of(array))
         return len(self.answers) == len(self.asked) or time.monotonic() > self.deadline
-
-
-def ask(comms, ranks, seconds=ASK_SECONDS):
-    """{rank: answer} of those of ``ranks`` that answer within ``seconds``."""
-    question = Question(comms, ranks, seconds)
-    while not question.collect():
-        time.sleep(1e-3)
-    return question.answers
 
 
 BACKWARD, LEAVING, DESTROY = "dist_autograd.backward", "leaving the context", "destroy"

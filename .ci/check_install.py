@@ -4,7 +4,8 @@ Run with the venv's python from any directory (`make venv` does). It fails when:
 - `mpigrad` resolves into the source tree (tests would then exercise the tree, not the wheel);
 - a module of the tree is missing from the installed package (a folder without an
   __init__.py is silently left out by `packages = find:`; mpigrad/kernels is a symlink
-  to ../kernels and must ship as mpigrad.kernels), or a symlink in the tree is broken.
+  to ../kernels and must ship as mpigrad.kernels), or a symlink in the tree is broken;
+- the PEP 561 marker py.typed is missing (setup.cfg's package_data ships it).
 
 It locates the package with importlib.util.find_spec, which does not run mpigrad's code.
 """
@@ -18,12 +19,17 @@ TREE = Path(__file__).resolve().parent.parent / "mpigrad"
 
 
 def modules(root):
-    """Relative paths of the .py files under root, following symlinked folders."""
+    """Relative paths of the .py files and py.typed markers under root, following symlinked
+    folders."""
     found = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = [d for d in dirnames if d != "__pycache__"]
         rel = Path(dirpath).relative_to(root)
-        found.update((rel / name).as_posix() for name in filenames if name.endswith(".py"))
+        found.update(
+            (rel / name).as_posix()
+            for name in filenames
+            if name.endswith(".py") or name == "py.typed"
+        )
     return found
 
 

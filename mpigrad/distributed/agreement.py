@@ -28,14 +28,15 @@ _MODULUS = 1_000_003  # a prime: values are compared modulo it, so squares sum e
 
 
 def equality_words(value):
-    """Two words to add to an agreement's vector whose totals say whether the int ``value`` is
-    the same on every rank (``same_everywhere``)."""
+    """Two words to add to an agreement's vector, whose totals tell ``same_everywhere`` whether
+    the int ``value`` is the same on every rank (modulo ``_MODULUS``)."""
     value %= _MODULUS
     return [value, value * value]
 
 
 def same_everywhere(totals, size):
-    """Whether the totals of ``equality_words`` over ``size`` ranks come from one value:
+    """True if the totals of ``equality_words`` over ``size`` ranks come from one value, and
+    only then up to multiples of ``_MODULUS``: with v the values modulo it,
     size * sum(v**2) == sum(v)**2 exactly when every v is equal (Cauchy-Schwarz)."""
     values, squares = totals
     return size * squares == values * values

@@ -257,12 +257,12 @@ def _take_unreceived(comms, context, expected, waiter):
     channel, status = comms.data_comm(context.context_id), MPI.Status()
     lines = []
     while context.received < expected:
-        message = channel.improbe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
-        if message is None:
+        received = transport.poll(comms, channel, MPI.ANY_SOURCE, MPI.ANY_TAG, status)
+        if received is None:
             waiter.pause()
             continue
+        header, array, source = received
         tag = status.Get_tag()
-        header, array, source = transport.receive_probed(comms, channel, message, status)
         if header.context_id != context.context_id:
             continue  # left by a failed context: see Note [data communicators]
         context.received += 1

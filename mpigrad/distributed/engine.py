@@ -186,15 +186,14 @@ class _Pass:
 
     def _receive(self, block):
         """Receive and handle one message; without ``block``, return False if none is there."""
-        probe, tag, status = self.comms.gradient.improbe, self.tag, self.status
-        message = probe(MPI.ANY_SOURCE, tag, status)
-        while message is None:
+        comms, tag, status = self.comms, self.tag, self.status
+        received = transport.poll(comms, comms.gradient, MPI.ANY_SOURCE, tag, status)
+        while received is None:
             if not block:
                 return False
             self._pause()
-            message = probe(MPI.ANY_SOURCE, tag, status)
-        header, array, source = transport.receive_probed(self.comms, self.comms.gradient, message,
-                                                         status)
+            received = transport.poll(comms, comms.gradient, MPI.ANY_SOURCE, tag, status)
+        header, array, source = received
         if self.waiter is not None:
             self.waiter.reset_pace()
         self._handle(header, array, source)
@@ -241,10 +240,9 @@ class _Pass:
         comms, status = self.comms, MPI.Status()
         tag = comms.control_tag(self.context_id, agreement=True)
         length = _context.leaving_message_length(comms.size)
-        while comms.control.iprobe(MPI.ANY_SOURCE, tag, status):
-            source, message = status.Get_source(), np.empty(length, np.int64)
-            comms.control.Recv([message, MPI.BYTE], source, tag)  # sent as bytes
-            comms.received[id(comms.control)] += 1
+        while (probed := comms.control.improbe(MPI.ANY_SOURCE, tag, status)) is not None:
+            source = status.Get_source()
+            message = transport.take(comms, comms.control, probed, np.empty(length, np.int64))
             self.context.early_leavers[source] = message
             if message[-1] < self.context.passes:
                 raise RuntimeError(

@@ -18,7 +18,6 @@ them (the context uses it to see a rank leave a context without its backward pas
 """
 
 import numpy as np
-from mpi4py import MPI
 
 from . import transport
 
@@ -28,14 +27,15 @@ _MODULUS = 1_000_003  # a prime: values are compared modulo it, so squares sum e
 
 
 def equality_words(value):
-    """Two words to add to an agreement's vector whose totals say whether the int ``value`` is
-    the same on every rank (``same_everywhere``)."""
+    """Two words to add to an agreement's vector, whose totals tell ``same_everywhere`` whether
+    the int ``value`` is the same on every rank (modulo ``_MODULUS``)."""
     value %= _MODULUS
     return [value, value * value]
 
 
 def same_everywhere(totals, size):
-    """Whether the totals of ``equality_words`` over ``size`` ranks come from one value:
+    """True if the totals of ``equality_words`` over ``size`` ranks come from one value, and
+    only then up to multiples of ``_MODULUS``: with v the values modulo it,
     size * sum(v**2) == sum(v)**2 exactly when every v is equal (Cauchy-Schwarz)."""
     values, squares = totals
     return size * squares == values * values
@@ -82,29 +82,23 @@ class Agreement:
 
     def _send(self, dest, total, extra):
         message = total.tobytes() + extra.tobytes()
-        request = self.channel.Isend([message, MPI.BYTE], dest, self.tag)
-        self.comms.sent[id(self.channel)][dest] += 1
-        transport.keep_until_sent(transport.SendRequest([request], message, dest, self.tag))
+        transport.keep_until_sent(transport.post_words(self.comms, self.channel, message, dest,
+                                                       self.tag))
 
     def _take(self, source, length, extra, poll, what):
         """The summed words of ``source``'s message (each source sends this rank one)."""
         self.step = f"rank {source} to send {what} of the agreement"
         message = self.early.pop(source, None)
         if message is None:
-            message = np.empty(length + extra, np.int64)
-            self.waiting = self.channel.Irecv([message, MPI.BYTE], source, self.tag)
-            while not self.waiting.Test():
+            self.waiting = transport.Receive(self.comms, self.channel, source, self.tag,
+                                             np.empty(length + extra, np.int64))
+            while not self.waiting.test():
                 poll()
-            self.waiting = None
-            self.comms.received[id(self.channel)] += 1
+            message, self.waiting = self.waiting.words, None
         return message[:length]
 
     def cancel(self):
         """Cancel the receive the agreement waits for (it is being abandoned)."""
         if self.waiting is not None:
-            self.waiting.Cancel()
-            status = MPI.Status()
-            self.waiting.Wait(status)
-            if not status.Is_cancelled():
-                self.comms.received[id(self.channel)] += 1
+            self.waiting.cancel()
             self.waiting = None

@@ -3,16 +3,17 @@
 ``init(comm)`` duplicates the user's communicator (COMM_WORLD by default) six times, so that no
 message of mpigrad's can match a receive of the user's, nor one of its kinds another:
 
-- ``data_free``: headers of tensors sent outside any context (``send``/``recv``), under the
-  user's tags;
+- ``data_free``: the headers (with any inline payload) of tensors sent outside any context
+  (``send``/``recv``), under the user's tags;
 - ``data[0]``, ``data[1]``: the same inside a context, by the parity of its id (see Note [data
   communicators]);
-- ``payload``: the raw bytes of payloads too large to ride inline, under tags mpigrad draws
-  from a counter (see Note [inline payloads] in messages.py);
-- ``gradient``: the distributed backward's gradients, markers and agreement, under the tag of
-  the pass (see Note [pass tags] in engine.py);
+- ``payload``: the raw bytes of payloads too large to ride inline, of any message, under tags
+  mpigrad draws from a counter (see Note [inline payloads] in messages.py);
+- ``gradient``: the distributed backward's gradients, markers and agreement, under the tags of
+  the pass (see Note [pass tags]);
 - ``control``: notices (a rank failed in a context, a rank's program ended), the agreement that
-  leaves a context, and the questions a stalled rank asks (see waiting.py).
+  leaves a context, the questions a stalled rank asks and their answers (see waiting.py), and
+  the collectives of ``init`` (aligning context ids) and ``destroy`` (counting messages).
 
 ``init`` is collective over the communicator, as a duplication is.  Without an explicit call,
 the first call of any ``mpigrad.distributed`` function initializes on COMM_WORLD, so then every
@@ -81,9 +82,17 @@ class Communicators:
         """The control tag of a context's notices, or of its leaving agreement."""
         return (2 * context_id + agreement) % self._control_span
 
+    # Note [pass tags]
+    # ~~~~~~~~~~~~~~~~
+    # A backward pass sends its gradients and markers under a gradient-communicator tag made of
+    # its context id and the parity of its index among the context's passes, and its agreement
+    # under the next tag: two passes that can overlap in time (a rank may start the next pass of
+    # a context, or the first of the next context, while a slower rank still receives the end of
+    # this one) never share a tag, and a failed context's leftover messages can never be taken
+    # for a later pass's.
     def gradient_tag(self, context_id, pass_index, agreement=False):
         """The gradient tag of a context's pass's messages, or of its agreement (see Note
-        [pass tags] in engine.py)."""
+        [pass tags])."""
         return (4 * context_id + 2 * (pass_index & 1) + agreement) % self._gradient_span
 
     def check_peer(self, peer, op, role):

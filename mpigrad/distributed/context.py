@@ -3,22 +3,6 @@
 A context owns everything of its passes, so leaving it frees everything in one call: the send
 functions (by message id), the recv functions, the gradients accumulated for this rank's leaves,
 the pass in progress and the tally of tensors sent and received in it.  Contexts do not nest.
-
-Note [context ids]: ``context()`` is collective: every rank enters its contexts in the same
-order, so a per-process counter gives every rank the same id with no communication.  Messages
-carry the id, and a rank that receives a message of another context raises an error naming both.
-``init`` starts the ranks' counters at the same value (the largest of them), so they agree again
-after a program whose ranks went out of step is re-initialized; an id is never used twice in a
-process, so no message of an earlier context can be taken for one of a later context.
-
-Note [leaving a context]: leaving is collective too.  The ranks agree (see Note [agreements] in
-agreement.py) on how many tensors each of them sent to each rank in the context and how many each
-received, on the context's id and on the number of backward passes each ran in it.  A rank that
-was sent more than it received takes the rest from its context's data communicator (see Note
-[data communicators] in comm.py) to name them, and every rank raises ``DistributedError`` listing
-the tensors left unreceived: a message never received is reported where it was lost, not blamed
-on the next context.  A rank that leaves by an exception does not agree: it tells the others
-(see Note [failing together] in waiting.py), who raise naming it.
 """
 
 import contextlib
@@ -38,7 +22,6 @@ __all__ = [
     "DistAutogradContext", "context", "current", "retrieve", "last_id", "align_ids",
     "leaving_message_length",
 ]
-
 
 
 class DistAutogradContext:
@@ -111,6 +94,15 @@ class DistAutogradContext:
         self.running = None
 
 
+# Note [context ids]
+# ~~~~~~~~~~~~~~~~~~
+# ``context()`` is collective: every rank enters its contexts in the same order, so a per-process
+# counter gives every rank the same id with no communication. Messages carry the id, and a rank that
+# receives a message of another context raises an error naming both. ``init`` starts the ranks'
+# counters at the same value (the largest of them), so they agree again after a program whose ranks
+# went out of step is re-initialized; an id is never used twice in a process, so no message of an
+# earlier context can be taken for one of a later context.
+
 _open = None  # the open context, or None
 _next_id = itertools.count()
 _last = -1  # the id of the last context entered
@@ -144,20 +136,20 @@ def context(timeout=None):
             f"rank {comms.rank}: distributed autograd contexts do not nest; context "
             f"{_open.context_id} is already open"
         )
-    ctx = DistAutogradContext(next(_next_id), comms.size)
-    _open, _last = ctx, ctx.context_id
+    context = DistAutogradContext(next(_next_id), comms.size)
+    _open, _last = context, context.context_id
     try:
-        yield ctx.context_id
+        yield context.context_id
     except BaseException as exc:
-        if not ctx.failures:
-            ctx.fail(f"left context {ctx.context_id} by an exception: "
+        if not context.failures:
+            context.fail(f"left context {context.context_id} by an exception: "
                      f"{type(exc).__name__}: {exc}")
         raise
     else:
-        _leave(comms, ctx, timeout)
+        _leave(comms, context, timeout)
     finally:
         _open = None
-        ctx.clear()
+        context.clear()
 
 
 def current():
@@ -176,30 +168,42 @@ def retrieve(context_id, what):
     )
 
 
-# --- leaving: see Note [leaving a context] --------------------------------------------------------
+# --- leaving ------------------------------------------------------------------------------------
+
+# Note [leaving a context]
+# ~~~~~~~~~~~~~~~~~~~~~~~~
+# Leaving a context is collective, as entering it is: the ranks agree (see Note [agreements] in
+# agreement.py) on how many tensors each of them sent to each rank in the context and how many each
+# received, on the context's id and on the number of backward passes each ran in it. A rank that was
+# sent more than it received takes the rest from its context's data communicator (see Note [data
+# communicators] in comm.py) to name them, and every rank raises ``DistributedError`` listing the
+# tensors left unreceived: a message never received is reported where it was lost, not blamed on the
+# next context. A rank that leaves by an exception does not agree: it tells the others (see Note
+# [failing together] in waiting.py), who raise naming it.
 
 
-def _leave(comms, ctx, timeout):
-    waiting.read_notices(ctx)
-    if ctx.failures:
-        if ctx.reported:  # this rank has raised for them already
+def _leave(comms, context, timeout):
+    waiting.read_notices(context)
+    if context.failures:
+        if context.reported:  # this rank has raised for them already
             return
-        raise ctx.failure(waiting.LEAVING)
-    size, cid = comms.size, ctx.context_id
-    unmatched = _settle_receives(ctx)
+        raise context.failure(waiting.LEAVING)
+    size, cid = comms.size, context.context_id
+    unmatched = _settle_receives(context)
     received = [0] * size
-    received[comms.rank] = ctx.received
+    received[comms.rank] = context.received
     agreement = Agreement(comms, comms.control, comms.control_tag(cid, agreement=True))
-    agreement.early, ctx.early_leavers = ctx.early_leavers, {}
-    vector = (ctx.sent_to + received + [len(unmatched)] + equality_words(ctx.passes)
+    agreement.early, context.early_leavers = context.early_leavers, {}
+    vector = (context.sent_to + received + [len(unmatched)] + equality_words(context.passes)
               + equality_words(cid))
-    with waiting.Waiter(waiting.LEAVING, timeout, lambda: agreement.step, context=ctx) as waiter:
+    with waiting.Waiter(waiting.LEAVING, timeout, lambda: agreement.step,
+                        context=context) as waiter:
         try:
-            total = agreement.run(vector, [ctx.passes], waiter.pause).tolist()
+            total = agreement.run(vector, [context.passes], waiter.pause).tolist()
         except BaseException as exc:
             agreement.cancel()
-            if not ctx.reported:  # this rank gives up: the others must not wait for it
-                ctx.fail(f"gave up leaving context {cid}: {type(exc).__name__}: {exc}")
+            if not context.reported:  # this rank gives up: the others must not wait for it
+                context.fail(f"gave up leaving context {cid}: {type(exc).__name__}: {exc}")
             raise
         sent, got = total[:size], total[size:2 * size]
         posted, passes, ids = total[2 * size], total[2 * size + 1:2 * size + 3], total[-2:]
@@ -208,10 +212,10 @@ def _leave(comms, ctx, timeout):
             problems.append(f"the ranks left different contexts (this rank: context {cid})")
         if not same_everywhere(passes, size):
             problems.append(f"the ranks ran different numbers of backward passes in it (this "
-                            f"rank: {ctx.passes})")
+                            f"rank: {context.passes})")
         lost = [r for r in range(size) if sent[r] != got[r]]
         if lost:
-            details = _take_unreceived(comms, ctx, sent[comms.rank], waiter) \
+            details = _take_unreceived(comms, context, sent[comms.rank], waiter) \
                 if comms.rank in lost else []
             problems.append(
                 "tensors sent in it were never received ("
@@ -235,33 +239,33 @@ def leaving_message_length(size):
     return 2 * size + 6
 
 
-def _settle_receives(ctx):
+def _settle_receives(context):
     """Complete the receives posted in the context whose tensor has come, cancel the others so
     that no later tensor can land in them, and say which those were."""
     cancelled = []
-    for request in list(ctx.receiving):
+    for request in list(context.receiving):
         if request.cancel():
             cancelled.append(f"rank {_comm.get().rank}: a receive from rank {request.source} "
                              f"with tag {request.tag}")
-    ctx.receiving = weakref.WeakSet()
+    context.receiving = weakref.WeakSet()
     return cancelled
 
 
-def _take_unreceived(comms, ctx, expected, waiter):
+def _take_unreceived(comms, context, expected, waiter):
     """Receive the tensors sent to this rank in the context that it never received, and say
     what they were: sender, tag, shape and dtype."""
-    channel, status = comms.data_comm(ctx.context_id), MPI.Status()
+    channel, status = comms.data_comm(context.context_id), MPI.Status()
     lines = []
-    while ctx.received < expected:
-        message = channel.improbe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
-        if message is None:
+    while context.received < expected:
+        received = transport.poll(comms, channel, MPI.ANY_SOURCE, MPI.ANY_TAG, status)
+        if received is None:
             waiter.pause()
             continue
+        header, array, source = received
         tag = status.Get_tag()
-        header, array, source = transport.receive_probed(comms, channel, message, status)
-        if header.context_id != ctx.context_id:
+        if header.context_id != context.context_id:
             continue  # left by a failed context: see Note [data communicators]
-        ctx.received += 1
+        context.received += 1
         lines.append(f"rank {source} sent rank {comms.rank} a tensor of shape {array.shape} "
                      f"and dtype {array.dtype} with tag {tag}, never received")
     return lines

@@ -12,21 +12,6 @@ supplied to the task.  Recv functions the task cannot reach send their marker at
 send function receives exactly one message and a sent tensor that no root uses blocks no one.
 The task sums the gradients that meet at a node in a fixed order whatever order they arrived in,
 so the gradients are the same bits on every run.
-
-Note [ending a pass]: when a rank's part is done (every send function has its message and the
-task has nothing ready) it joins an agreement (see Note [agreements] in agreement.py) on: the
-number of messages it sent to each rank, its context id and its square (equal ids iff
-size * sum(id**2) == sum(id)**2), and retain_graph.  Once it has the total it knows how many
-messages were sent to it in all, and receives until it has them all.  So every message of a pass
-is received within the pass.  A rank whose part fails
-(an exception, its timeout) does not agree: it tells every rank and raises at once, and so does
-every rank that learns of it (see Note [failing together] in waiting.py): the context has failed.
-
-Note [pass tags]: a pass sends its gradients and markers under a gradient-communicator tag made of
-its context id and the parity of its index among the context's passes, and its agreement under
-the next tag: two passes that can overlap in time (a rank may start the next pass of a context,
-or the first of the next context, while a slower rank still receives the end of this one) never
-share a tag, and a failed context's leftover messages can never be taken for a later pass's.
 """
 
 import time
@@ -89,7 +74,7 @@ class _Pass:
     def __init__(self, comms, context_id, roots, retain_graph, timeout):
         self.comms, self.context_id, self.roots = comms, context_id, roots
         self.retain_graph, self.timeout = retain_graph, timeout
-        self.ctx = self.task = self.agreement = self.waiter = None
+        self.context = self.task = self.agreement = self.waiter = None
         self.spins = 0
         self.waiting = {}  # message id -> send function still waiting for its gradient
         self.sent_to = [0] * comms.size
@@ -98,18 +83,18 @@ class _Pass:
         self.status = MPI.Status()
 
     def run(self):
-        self.ctx = ctx = _context.retrieve(self.context_id, _OP)
+        self.context = context = _context.retrieve(self.context_id, _OP)
         rank = self.comms.rank
-        if ctx.running is not None:
+        if context.running is not None:
             raise RuntimeError(f"rank {rank}: a backward pass of context {self.context_id} is "
                                "already running")
-        index = ctx.passes
-        ctx.passes += 1
-        self.tag = self.comms.gradient_tag(self.context_id, index)
+        index = context.passes
+        context.passes += 1
+        self.tag = self.comms.gradient_tag(self.context_id, index)  # Note [pass tags] in comm.py
         self.agreement = Agreement(self.comms, self.comms.gradient,
                                    self.comms.gradient_tag(self.context_id, index, agreement=True))
         self.started = time.monotonic()
-        ctx.running = self
+        context.running = self
         try:
             self._run()
         except BaseException:  # the pass is abandoned: see Note [failing together]
@@ -118,20 +103,21 @@ class _Pass:
                 transport.keep_until_sent(request)
             raise
         finally:
-            ctx.running = None
+            context.running = None
             if self.waiter is not None:
                 self.waiter.close()
         if not self.retain_graph:
-            ctx.graph_freed = True
+            context.graph_freed = True
 
     def _run(self):
         """The pass, raising what every rank raises on a failure (Note [failing together])."""
-        ctx = self.ctx
+        context = self.context
         try:
             # Notices are read once this rank waits: a failure it does not know of yet stops the
             # pass's agreement, so the pass waits, and reads it then.
-            ctx.check_open(_OP, ctx.stage())
-            self._start()
+            context.check_open(_OP, context.stage())
+            self._build_task(self._validated_roots())
+            self._send_unreachable_markers()
             while self.waiting or self.task.ready:
                 self.task.execute()
                 if self.waiting:
@@ -140,29 +126,40 @@ class _Pass:
         except DistributedError as exc:  # another rank failed: the context has failed
             raise DistBackwardError(str(exc)) from None
         except DistTimeoutError as exc:
-            ctx.fail(f"gave up: {exc}")
+            context.fail(f"gave up: {exc}")
             raise BackwardTimeoutError(str(exc)) from None
         except Exception as exc:  # this rank's part failed
-            ctx.fail(f"{type(exc).__name__}: {exc}")
-            raise ctx.failure(_OP, DistBackwardError) from exc
+            context.fail(f"{type(exc).__name__}: {exc}")
+            raise context.failure(_OP, DistBackwardError) from exc
 
-    def _start(self):
+    # --- the start of a pass: roots, the task, the markers of unreachable recv functions ---------
+    def _validated_roots(self):
+        """This rank's roots as a list, checked: the context's graph must still be there, and
+        each root be a scalar Tensor that requires grad."""
         rank = self.comms.rank
-        if self.ctx.graph_freed:
+        if self.context.graph_freed:
             raise RuntimeError(
                 f"rank {rank}: the graph of context {self.context_id} was freed by an earlier "
                 "backward; pass retain_graph=True to that backward to run another"
             )
-        roots = _root_list(self.roots, rank)
-        sends = list(self.ctx.send_functions.values())
+        return _root_list(self.roots, rank)
+
+    def _build_task(self, roots):
+        """The local engine's task from ``roots`` (each seeded with 1) and the context's send
+        functions (extra roots, supplied as their gradients arrive), which it waits for."""
+        sends = list(self.context.send_functions.values())
         self.waiting = {node.message_id: node for node in sends}
         self.task = GraphTask(
             [gradient_edge(r) for r in roots], [unit_seed(r.shape, r.dtype) for r in roots],
-            extra_roots=sends, keep_graph=self.retain_graph, accumulate=self.ctx.accumulate,
+            extra_roots=sends, keep_graph=self.retain_graph, accumulate=self.context.accumulate,
             ordered=True,
         )
-        for node in self.ctx.recv_functions:
-            if node not in self.task.dependencies:  # no root reaches it: it owes its marker now
+
+    def _send_unreachable_markers(self):
+        """Send the no-gradient marker of every recv function the task cannot reach: it will
+        never run, and its sender's send function waits for one message."""
+        for node in self.context.recv_functions:
+            if node not in self.task.dependencies:
                 self.send_gradient(node, None)
 
     # --- messages -------------------------------------------------------------------------
@@ -189,15 +186,14 @@ class _Pass:
 
     def _receive(self, block):
         """Receive and handle one message; without ``block``, return False if none is there."""
-        probe, tag, status = self.comms.gradient.improbe, self.tag, self.status
-        message = probe(MPI.ANY_SOURCE, tag, status)
-        while message is None:
+        comms, tag, status = self.comms, self.tag, self.status
+        received = transport.poll(comms, comms.gradient, MPI.ANY_SOURCE, tag, status)
+        while received is None:
             if not block:
                 return False
             self._pause()
-            message = probe(MPI.ANY_SOURCE, tag, status)
-        header, array, source = transport.receive_probed(self.comms, self.comms.gradient, message,
-                                                         status)
+            received = transport.poll(comms, comms.gradient, MPI.ANY_SOURCE, tag, status)
+        header, array, source = received
         if self.waiter is not None:
             self.waiter.reset_pace()
         self._handle(header, array, source)
@@ -208,9 +204,9 @@ class _Pass:
             self.spins += 1
             if self.spins < waiting.FREE_POLLS:  # a short wait needs no Waiter
                 return
-            self.waiter = waiting.Waiter(_OP, self.timeout, self._describe, context=self.ctx,
+            self.waiter = waiting.Waiter(_OP, self.timeout, self._describe, context=self.context,
                                          summarize=self._summarize, check=self._read_leavers,
-                                         started=self.started, stage=self.ctx.stage(),
+                                         started=self.started, stage=self.context.stage(),
                                          state=self._state)
         self.waiter.pause()
 
@@ -244,15 +240,14 @@ class _Pass:
         comms, status = self.comms, MPI.Status()
         tag = comms.control_tag(self.context_id, agreement=True)
         length = _context.leaving_message_length(comms.size)
-        while comms.control.iprobe(MPI.ANY_SOURCE, tag, status):
-            source, message = status.Get_source(), np.empty(length, np.int64)
-            comms.control.Recv([message, MPI.BYTE], source, tag)  # sent as bytes
-            comms.received[id(comms.control)] += 1
-            self.ctx.early_leavers[source] = message
-            if message[-1] < self.ctx.passes:
+        while (probed := comms.control.improbe(MPI.ANY_SOURCE, tag, status)) is not None:
+            source = status.Get_source()
+            message = transport.take(comms, comms.control, probed, np.empty(length, np.int64))
+            self.context.early_leavers[source] = message
+            if message[-1] < self.context.passes:
                 raise RuntimeError(
                     f"rank {source} left context {self.context_id} after {message[-1]} backward "
-                    f"pass(es), without calling this one (pass {self.ctx.passes})"
+                    f"pass(es), without calling this one (pass {self.context.passes})"
                 )
 
     # --- what this rank waits for -------------------------------------------------------------
@@ -275,7 +270,7 @@ class _Pass:
             if reply is None or reply.get("op") is None:
                 silent.append(r)
             elif (reply["op"] != _OP or reply["context"] != self.context_id
-                  or reply["passes"] != self.ctx.passes):
+                  or reply["passes"] != self.context.passes):
                 elsewhere.append(r)
             elif reply["state"] == "agreeing":
                 done.append(r)
@@ -295,8 +290,20 @@ class _Pass:
         return "; ".join(parts)
 
     # --- the end of a pass ------------------------------------------------------------------
+
+    # Note [ending a pass]
+    # ~~~~~~~~~~~~~~~~~~~~
+    # When a rank's part is done (every send function has its message and the task has nothing
+    # ready) it joins an agreement (see Note [agreements] in agreement.py) on: the number of
+    # messages it sent to each rank, the ``equality_words`` of its context id (their totals pass
+    # ``same_everywhere`` if every rank ran the same context; the ids are compared modulo a prime,
+    # so ids a multiple of it apart would pass too), and retain_graph.  Once it has the total it
+    # knows how many messages were sent to it in all, and receives until it has them all.  So every
+    # message of a pass is received within the pass.  A rank whose part fails (an exception, its
+    # timeout) does not agree: it tells every rank and raises at once, and so does every rank that
+    # learns of it (see Note [failing together] in waiting.py): the context has failed.
     def _finish(self):
-        """See Note [ending a pass]."""
+        """The agreement that ends the pass; see Note [ending a pass]."""
         comms, size = self.comms, self.comms.size
         vector = self.sent_to + equality_words(self.context_id) + [self.retain_graph]
         total = self.agreement.run(vector, (), self._pause).tolist()

@@ -1,7 +1,7 @@
 """The wire format of mpigrad's messages: a fixed-size int64 header, then the raw array bytes.
 
-Pure numpy: this module builds and parses messages; the functions in
-``mpigrad.distributed.functions`` move them with MPI.
+Pure numpy: this module builds (``pack``) and parses (``decode_header``, ``unpack_inline``)
+messages; ``transport.py`` moves them with MPI.
 
 Header (``HEADER_WORDS`` int64 words, in this order)::
 
@@ -39,7 +39,7 @@ import numpy as np
 
 __all__ = [
     "FORMAT_VERSION", "MAX_NDIM", "INLINE_LIMIT", "HEADER_WORDS", "MESSAGE_WORDS", "NO_CONTEXT",
-    "Kind", "Header", "DTYPE_CODES", "dtype_code", "encode_header", "decode_header", "pack",
+    "Kind", "Header", "DTYPE_CODES", "dtype_code", "decode_header", "pack",
     "unpack_inline", "empty_message", "text_array", "text_of", "check_sendable",
 ]
 
@@ -135,27 +135,6 @@ def _header_bytes(kind, code, shape, nbytes, context_id, message_id, requires_gr
         FORMAT_VERSION, kind, context_id, message_id, requires_grad, code, len(shape),
         *shape, *_PADDING[len(shape)], nbytes, payload_tag,
     )
-
-
-def encode_header(
-    kind, dtype, shape, *, context_id=NO_CONTEXT, message_id=-1, requires_grad=False,
-    payload_tag=-1, out=None,
-):
-    """Write a header into out (a fresh MESSAGE_WORDS int64 array if None; at least
-    HEADER_WORDS long) and return out.  Words after the header are left as they are."""
-    shape = tuple(int(n) for n in shape)
-    _check_ndim(shape)
-    dtype = np.dtype(dtype)
-    code = dtype_code(dtype)
-    if out is None:
-        out = np.empty(MESSAGE_WORDS, dtype=np.int64)
-    nbytes = dtype.itemsize
-    for n in shape:
-        nbytes *= n
-    out[:HEADER_WORDS] = np.frombuffer(
-        _header_bytes(Kind(kind), code, shape, nbytes, context_id, message_id,
-                      bool(requires_grad), payload_tag), np.int64)
-    return out
 
 
 def decode_header(words):

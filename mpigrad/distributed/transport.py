@@ -1,8 +1,15 @@
 """Posting and receiving mpigrad's messages: a header (with an inline payload) and, for a large
-payload, a second message of raw bytes; the wire format is in messages.py.
+payload, a second message of raw bytes; the wire format is in messages.py.  Agreements' raw
+words travel through here too, so every message is counted where ``drain`` looks.
 
-The ops in ``functions/``, the distributed engine, the context's leaving agreement and the
-waiting ranks' notices all send and receive through here.
+The ops in ``functions/``, the distributed engine, agreements, the context's leaving and the
+waiting ranks' notices all send and receive through here:
+
+- ``post`` starts sending an array's message, ``post_words`` raw words (an agreement's);
+- ``Receive`` is a receive posted for one message (a header and inline payload, or raw words);
+  ``header_of`` decodes the header that came, and ``payload_of`` takes the message's array;
+- ``poll`` receives a message that has come, whole (header and array), if there is one;
+  ``take`` receives a probed message's raw words.
 """
 
 import numpy as np
@@ -13,7 +20,8 @@ from . import comm as _comm
 from .messages import Kind
 
 __all__ = [
-    "SendRequest", "post", "receive", "receive_probed", "keep_until_sent", "settle", "drain",
+    "SendRequest", "post", "post_words", "Receive", "header_of", "payload_of", "poll", "take",
+    "keep_until_sent", "settle", "drain",
 ]
 
 
@@ -65,42 +73,105 @@ def settle():
     return not _unsent
 
 
+def _isend(comms, channel, data, dest, tag):
+    request = channel.Isend([data, MPI.BYTE], dest, tag)
+    comms.sent[id(channel)][dest] += 1
+    return request
+
+
 def post(comms, channel, array, dest, tag, kind=Kind.TENSOR, **header):
     """Start sending ``array``'s message to ``dest``: the header (with an inline payload) on
     ``channel`` under ``tag``, a large payload on ``comms.payload`` under a fresh tag.
     See Note [inline payloads] in messages.py."""
     payload_tag = _comm.next_payload_tag() if array.nbytes > messages.INLINE_LIMIT else -1
     words, payload = messages.pack(array, kind, payload_tag=payload_tag, **header)
-    requests = [channel.Isend([words, MPI.BYTE], dest, tag)]
-    sent = comms.sent
-    sent[id(channel)][dest] += 1
+    requests = [_isend(comms, channel, words, dest, tag)]
     if payload is not None:
-        requests.append(comms.payload.Isend([payload, MPI.BYTE], dest, payload_tag))
-        sent[id(comms.payload)][dest] += 1
+        requests.append(_isend(comms, comms.payload, payload, dest, payload_tag))
     return SendRequest(requests, (words, payload), dest, tag)
 
 
-def receive(comms, words, source):
-    """The header and array of a message whose header words have arrived from ``source``: the
+def post_words(comms, channel, words, dest, tag):
+    """Start sending ``words`` (bytes; no header) to ``dest`` on ``channel`` under ``tag``."""
+    return SendRequest([_isend(comms, channel, words, dest, tag)], words, dest, tag)
+
+
+class Receive:
+    """A receive posted on ``channel`` for one message from ``source`` under ``tag``, into
+    ``words``: by default a buffer for any message of ``post`` (then read it with ``header_of``
+    and ``payload_of``)."""
+
+    def __init__(self, comms, channel, source, tag, words=None):
+        self._comms, self._channel = comms, channel
+        self.words = messages.empty_message() if words is None else words
+        self._request = channel.Irecv([self.words, MPI.BYTE], source, tag)
+        self.done = False  # whether the message has come
+
+    def test(self):
+        """Whether the message has come."""
+        if not self.done and self._request.Test():
+            self._arrived()
+        return self.done
+
+    def cancel(self):
+        """Cancel the receive if it is still posted; True if its message came first after all
+        (then ``done``, as after a ``test()`` that returned True)."""
+        if self.done:
+            return False
+        self._request.Cancel()
+        status = MPI.Status()
+        self._request.Wait(status)
+        if status.Is_cancelled():
+            return False
+        self._arrived()
+        return True
+
+    def _arrived(self):
+        self.done = True
+        self._comms.received[id(self._channel)] += 1
+
+
+def header_of(comms, words, source):
+    """The header at the start of ``words``, a message from rank ``source``; ValueError naming
+    both ranks and the problem if it is malformed."""
+    try:
+        return messages.decode_header(words)
+    except ValueError as e:
+        raise ValueError(f"rank {comms.rank} received a malformed message from rank {source}: "
+                         f"{e}") from None
+
+
+def payload_of(comms, header, words, source):
+    """The array of the message from rank ``source`` whose ``header`` came in ``words``: the
     inline payload (a writable view into ``words``, which nothing else may use), or a large
-    payload received now into a pooled buffer.  ValueError on a malformed header."""
-    header = messages.decode_header(words)
+    payload received now into a pooled buffer."""
     if header.inline:
-        return header, messages.unpack_inline(header, words)
+        return messages.unpack_inline(header, words)
     array = buffers.receive_buffer(header.shape, header.dtype)
     comms.payload.Recv([array.reshape(-1).view(np.uint8), MPI.BYTE], source, header.payload_tag)
     comms.received[id(comms.payload)] += 1
-    return header, array
+    return array
 
 
-def receive_probed(comms, channel, message, status):
-    """Receive the message a matched probe on ``channel`` found: (header, array, source)."""
-    words = messages.empty_message()
+def poll(comms, channel, source, tag, status):
+    """The message from ``source`` under ``tag`` on ``channel`` (wildcards allowed), received
+    whole if one has come: (header, array, source); None if none has.  ``status`` (an
+    ``MPI.Status``) receives the message's envelope."""
+    message = channel.improbe(source, tag, status)
+    if message is None:
+        return None
+    words = take(comms, channel, message, messages.empty_message())
+    source = status.Get_source()
+    header = header_of(comms, words, source)
+    return header, payload_of(comms, header, words, source), source
+
+
+def take(comms, channel, message, words):
+    """Receive the probed ``message`` (an ``MPI.Message`` of ``channel``) into ``words``, as
+    bytes; returns ``words``."""
     message.Recv([words, MPI.BYTE])
     comms.received[id(channel)] += 1
-    source = status.Get_source()
-    header, array = receive(comms, words, source)
-    return header, array, source
+    return words
 
 
 def drain(comms, timeout):
@@ -130,8 +201,7 @@ def drain(comms, timeout):
                 message = channel.improbe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
                 if message is None:
                     return False
-                message.Recv([bytearray(status.Get_count(MPI.BYTE)), MPI.BYTE])
-                comms.received[id(channel)] += 1
+                take(comms, channel, message, bytearray(status.Get_count(MPI.BYTE)))
             return True
 
         name = channel.Get_name()

@@ -288,11 +288,8 @@ def send_notice(comms, kind, text, tag, context_id=messages.NO_CONTEXT, stage=-1
 def _received(comms, tag):
     """Each message now waiting on the control communicator under ``tag``."""
     status = MPI.Status()
-    while True:
-        message = comms.control.improbe(MPI.ANY_SOURCE, tag, status)
-        if message is None:
-            return
-        yield transport.receive_probed(comms, comms.control, message, status)
+    while (received := transport.poll(comms, comms.control, MPI.ANY_SOURCE, tag, status)):
+        yield received
 
 
 def read_exits(comms):

@@ -5,8 +5,10 @@ state left over from a failed pass must not leak into the next. Errors are check
 words (the failing rank, the context and message ids, the original message), not their class.
 """
 
+import gc
 import re
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ import mpigrad as mg
 import mpigrad.distributed as dist
 import mpigrad.distributed.autograd as dist_autograd
 from mpigrad.autograd import forward_ad as fwAD
+from mpigrad.distributed import context as contexts
 
 TOL = 1e-12
 # Ranks that wait for a failed peer must raise within this many seconds (4 ranks on 2 cores).
@@ -475,6 +478,31 @@ def test_a_backward_through_a_received_tensor_outside_its_pass_says_what_to_do(c
     else:
         assert ("which has been left: gradients cross ranks only in the dist_autograd.backward "
                 "of the context the tensor was received in") in message, message
+
+
+def _refusal(node):
+    """The text of the error ``node.apply`` raises (the error, and its traceback, dropped)."""
+    with pytest.raises(RuntimeError) as info:
+        node.apply([np.ones(3)])
+    return str(info.value)
+
+
+def test_a_recv_function_holds_its_context_weakly_and_runs_only_in_its_pass(comm):
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    x = _leaf(np.arange(3.0))
+    with dist_autograd.context() as context_id:
+        y = _pass_around(x * 2.0, dest, source)
+        node = y.grad_fn
+        inside = _refusal(node)
+        context = weakref.ref(contexts.current())
+    gc.collect()
+    assert context() is None, "the received tensor's recv function kept its context alive"
+    after = _refusal(node)
+    start = (f"rank {rank}: this graph crosses ranks: it holds a tensor received from rank "
+             f"{source} in context {context_id}, ")
+    assert inside.startswith(start + "and no dist_autograd.backward of it is running"), inside
+    assert after.startswith(start + "which has been left"), after
 
 
 def test_a_gradient_that_carries_tangents_fails_backward_on_every_rank(comm):

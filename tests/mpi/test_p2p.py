@@ -15,6 +15,8 @@ import mpigrad as mg
 import mpigrad.distributed as dist
 import mpigrad.distributed.autograd as dist_autograd
 from mpigrad.autograd import forward_ad as fwAD
+from mpigrad.distributed import comm as dist_comm
+from mpigrad.distributed import messages, transport
 
 DTYPES = [np.float32, np.float64, np.int64, np.bool_]
 # 0-d, empty, inline-sized and payload-sized (see Note [inline payloads] in messages.py).
@@ -281,6 +283,25 @@ def test_a_tensor_with_tangents_is_refused_before_it_is_sent(comm, call):
     # Nothing went out: the next exchange gets the next tensor.
     out = dist.sendrecv(np.full(2, float(rank)), dest, source, sendtag=9)
     _check(out, np.full(2, float(source)))
+
+
+def test_a_malformed_message_is_refused_naming_both_ranks(comm):
+    # A message mpigrad cannot read (another format version) on mpigrad's own communicator: the
+    # receive raises, naming the ranks and the problem, and the next message is received.
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    words = np.frombuffer(messages.pack(np.zeros(2))[0], np.int64).copy()
+    words[0] = 99  # the format version
+    comms = dist_comm.get()
+    sending = transport.post_words(comms, comms.data_free, words.tobytes(), dest, 3)
+    with pytest.raises(ValueError) as info:
+        dist.recv(source, tag=3)
+    assert (f"recv: rank {rank} received a malformed message from rank {source}: message format "
+            "version 99 from the peer") in str(info.value), str(info.value)
+    sending.wait()
+    request = dist.isend(np.full(3, float(rank)), dest, tag=3)
+    _check(dist.recv(source, tag=3), np.full(3, float(source)))
+    request.wait()
 
 
 # --- timeouts ------------------------------------------------------------------------------------

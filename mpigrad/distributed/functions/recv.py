@@ -20,7 +20,7 @@ from ...graph import Node
 from ...tensor import Tensor
 from .. import comm as _comm
 from .. import context as _context
-from .. import messages, transport, waiting
+from .. import transport, waiting
 from ..errors import DistributedError
 from ..messages import NO_CONTEXT, Kind
 
@@ -33,36 +33,43 @@ class RecvBackward(Node):
     Applied exactly once per distributed backward pass (with None when no gradient reached it);
     the pass in progress of its context sends the gradient, or a no-gradient marker, keyed by
     (context id, message id).  It holds its context weakly (the context owns it), as PyTorch's
-    ``RecvRpcBackward`` does.
+    ``RecvRpcBackward`` does, and refuses any other backward, naming the context and the ranks.
     """
 
     takes_arrays = True
 
-    def __init__(self, source, ctx, message_id):
+    def __init__(self, source, context, message_id, rank):
         super().__init__()
-        self.source, self.context_id, self.message_id = source, ctx.context_id, message_id
-        self._context = weakref.ref(ctx)
+        self.source, self.context_id, self.message_id = source, context.context_id, message_id
+        self.rank = rank
+        self._context = weakref.ref(context)
 
     def before_pass(self):
         """Refuse a backward pass other than its context's distributed one."""
-        ctx = self._context()
-        if ctx is None or _context.current() is not ctx:
-            raise RuntimeError(
-                f"this graph crosses ranks: it holds a tensor received from rank {self.source} "
-                f"in context {self.context_id}, which has been left: gradients cross ranks only "
-                f"in the dist_autograd.backward of the context the tensor was received in"
-            )
-        if ctx.running is None:
-            raise RuntimeError(
-                f"this graph crosses ranks: it holds a tensor received from rank {self.source} "
-                f"in context {self.context_id}, and no dist_autograd.backward of it is running: "
-                f"call dist_autograd.backward({self.context_id}, roots) on every rank instead of "
-                "a local backward"
-            )
+        self._running()
 
     def apply(self, grads):
-        self._context().running.send_gradient(self, grads[0])
+        self._running().send_gradient(self, grads[0])
         return ()
+
+    def _running(self):
+        """The distributed pass of its context now running; RuntimeError if there is none."""
+        context = self._context()
+        if context is None or _context.current() is not context:
+            raise RuntimeError(
+                f"rank {self.rank}: this graph crosses ranks: it holds a tensor received from rank "
+                f"{self.source} in context {self.context_id}, which has been left: gradients "
+                "cross ranks only in the dist_autograd.backward of the context the tensor was "
+                "received in"
+            )
+        if context.running is None:
+            raise RuntimeError(
+                f"rank {self.rank}: this graph crosses ranks: it holds a tensor received from rank "
+                f"{self.source} in context {self.context_id}, and no dist_autograd.backward of it "
+                f"is running: call dist_autograd.backward({self.context_id}, roots) on every rank "
+                "instead of a local backward"
+            )
+        return context.running
 
 
 def _context_name(context_id):
@@ -81,21 +88,20 @@ class RecvRequest:
 
     def __init__(self, comms, source, tag, op):
         self._comms, self.source, self.tag, self._op = comms, source, tag, op
-        ctx = _context.current()
-        self._context_id = NO_CONTEXT if ctx is None else ctx.context_id
-        self._context = None if ctx is None else weakref.ref(ctx)
-        self._channel = comms.data_comm(ctx and ctx.context_id)
+        context = _context.current()
+        self._context_id = NO_CONTEXT if context is None else context.context_id
+        self._context = None if context is None else weakref.ref(context)
+        self._channel = comms.data_comm(context and context.context_id)
         self._tensor = None
-        self._header_in = False
+        self._header = None  # once it has come
         self._void = None  # why the receive was cancelled
         self._post()
         comms.receiving.add(self)
-        if ctx is not None:
-            ctx.receiving.add(self)
+        if context is not None:
+            context.receiving.add(self)
 
     def _post(self):
-        self._words = messages.empty_message()
-        self._request = self._channel.Irecv([self._words, MPI.BYTE], self.source, self.tag)
+        self._receive = transport.Receive(self._comms, self._channel, self.source, self.tag)
 
     def wait(self, timeout=None):
         """The received Tensor.  ``DistTimeoutError`` after ``timeout`` seconds (default
@@ -119,15 +125,11 @@ class RecvRequest:
     def cancel(self, why="was cancelled: its context was left before it was waited for"):
         """Complete the receive if its tensor has come, else cancel it; True if cancelled."""
         if self._tensor is None and self._void is None:
-            if not self._header_in and self._request:  # (null once it completed)
-                self._request.Cancel()
-                status = MPI.Status()
-                self._request.Wait(status)
-                if not status.Is_cancelled():
-                    self._arrived(done=True)
-            if self._header_in:
+            if self._header is None and self._receive.cancel():  # it came after all
+                self._read_header()
+            if self._header is not None:
                 self._finish()
-            else:  # cancelled, or a message of a failed context took it: see _arrived
+            else:  # cancelled, or a message of a failed context took it: see _read_header
                 self._void = why
                 self._settled()
         return self._void is not None
@@ -135,53 +137,52 @@ class RecvRequest:
     def _settled(self):
         """The receive is complete or void: nothing need settle it any more."""
         self._comms.receiving.discard(self)
-        ctx = self._context and self._context()
-        if ctx is not None:
-            ctx.receiving.discard(self)
+        context = self._context and self._context()
+        if context is not None:
+            context.receiving.discard(self)
 
     def _describe(self):
         return (f"a tensor from rank {self.source} with tag {self.tag} "
                 f"({_context_name(self._context_id)})")
 
-    def _arrived(self, done=False):
-        """Whether the header has come (``done``: the request has completed); one left by a
-        failed context is dropped and the receive posted again, unless ``done``."""
-        if not self._header_in:
-            if not (done or self._request.Test()):
+    def _arrived(self):
+        """Whether the header has come; one left by a failed context is dropped and the receive
+        posted again."""
+        if self._header is None:
+            if not self._receive.test():
                 return False
-            self._comms.received[id(self._channel)] += 1
-            header = self._header()
-            if header.context_id < self._context_id:  # see Note [data communicators]
-                transport.receive(self._comms, self._words, self.source)
-                if done:
-                    return False
+            self._read_header()
+            if self._header is None:
                 self._post()
                 return False
-            self._header_in = True
         return True
 
-    def _header(self):
+    def _read_header(self):
+        """Read the header that has come; drop its message if a failed earlier context left it
+        (see Note [data communicators])."""
         try:
-            header = messages.decode_header(self._words)
+            header = transport.header_of(self._comms, self._receive.words, self.source)
         except ValueError as e:
-            raise ValueError(f"{self._op}: a malformed message from rank {self.source} at rank "
-                             f"{self._comms.rank}: {e}") from None
+            raise ValueError(f"{self._op}: {e}") from None
         if header.kind != Kind.TENSOR:
             raise ValueError(
                 f"{self._op}: rank {self._comms.rank} expected a tensor from rank "
                 f"{self.source}, got a {header.kind.name} message (context id "
                 f"{header.context_id}, message id {header.message_id})"
             )
-        return header
+        if header.context_id < self._context_id:
+            transport.payload_of(self._comms, header, self._receive.words, self.source)
+        else:
+            self._header = header
 
     def _finish(self):
         """Receive the payload and record the tensor (the header has come)."""
-        header, array = transport.receive(self._comms, self._words, self.source)
+        array = transport.payload_of(self._comms, self._header, self._receive.words, self.source)
         self._settled()
-        ctx = self._context and self._context()
-        if ctx is not None:
-            ctx.received += 1
-        self._tensor = _record(ctx, header, array, self.source)
+        context = self._context and self._context()
+        if context is not None:
+            context.received += 1
+        self._tensor = _record(context, self._header, array, self.source, self._comms.rank)
 
     def _look_elsewhere(self):
         """Raise if the tensor this receive waits for was sent in another context (or outside
@@ -191,10 +192,10 @@ class RecvRequest:
         for channel in (comms.data_free, *comms.data):
             if channel is self._channel:
                 continue
-            message = channel.improbe(self.source, self.tag, status)
-            if message is None:
+            received = transport.poll(comms, channel, self.source, self.tag, status)
+            if received is None:
                 continue
-            header, _, _ = transport.receive_probed(comms, channel, message, status)
+            header = received[0]
             if header.context_id == NO_CONTEXT or header.context_id > _context.last_id():
                 raise DistributedError(
                     f"{self._op}: rank {comms.rank} received a tensor from rank {self.source} "
@@ -204,12 +205,12 @@ class RecvRequest:
                 )
 
 
-def _record(ctx, header, array, source):
+def _record(context, header, array, source, rank):
     """The received Tensor; in a context, with a recv function when it requires grad."""
-    if ctx is None or not header.requires_grad:
+    if context is None or not header.requires_grad:
         return Tensor._make(array)
-    node = RecvBackward(source, ctx, header.message_id)
-    ctx.recv_functions.append(node)  # even unused, it owes the sender one message
+    node = RecvBackward(source, context, header.message_id, rank)
+    context.recv_functions.append(node)  # even unused, it owes the sender one message
     if is_grad_enabled() and array.dtype.kind == "f":
         return Tensor._make(array, node)
     return Tensor._make(array)

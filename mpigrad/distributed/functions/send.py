@@ -81,23 +81,23 @@ class Outgoing:
 
     def start(self):
         """Record the send (see the module docstring) and post it; a ``SendRequest``."""
-        ctx, tensor = self.context, self.tensor
+        context, tensor = self.context, self.tensor
         header = {}
         tracked = isinstance(tensor, Tensor) and tensor.requires_grad and is_grad_enabled()
-        if ctx is not None:
-            header["context_id"] = ctx.context_id
+        if context is not None:
+            header["context_id"] = context.context_id
             if tracked:
-                message_id = ctx.next_message_id()
-                ctx.send_functions[message_id] = SendBackward(tensor, self.dest, ctx.context_id,
-                                                              message_id)
+                message_id = context.next_message_id()
+                context.send_functions[message_id] = SendBackward(
+                    tensor, self.dest, context.context_id, message_id)
                 header.update(message_id=message_id, requires_grad=True)
-            ctx.sent_to[self.dest] += 1
+            context.sent_to[self.dest] += 1
         elif tracked:
             _warn_no_context(self.op)
-        channel = self.comms.data_comm(ctx and ctx.context_id)
+        channel = self.comms.data_comm(context and context.context_id)
         request = transport.post(self.comms, channel, self.array, self.dest, self.tag, **header)
-        if ctx is not None:
-            request.context = weakref.ref(ctx)  # its wait reads the context's notices
+        if context is not None:
+            request.context = weakref.ref(context)  # its wait reads the context's notices
         return request
 
 

@@ -10,6 +10,9 @@
 The objective is the sum of all roots on all ranks (see ``mpigrad.distributed``).
 """
 
+from __future__ import annotations
+
+from ..tensor import Tensor
 from .context import context, retrieve
 from .engine import backward
 from .errors import BackwardTimeoutError, DistBackwardError
@@ -17,7 +20,7 @@ from .errors import BackwardTimeoutError, DistBackwardError
 __all__ = ["context", "backward", "get_gradients", "DistBackwardError", "BackwardTimeoutError"]
 
 
-def get_gradients(context_id):
+def get_gradients(context_id: int) -> dict[Tensor, Tensor]:
     """``{leaf Tensor: gradient Tensor}`` accumulated for this rank's leaves in the context.
 
     The gradients are the caller's: writable, sharing memory with nothing else."""

@@ -21,14 +21,7 @@ rank must make such a call.  ``init`` also arranges what happens when a rank's p
 (see shutdown.py).
 """
 
-# Note [data communicators]
-# ~~~~~~~~~~~~~~~~~~~~~~~~~
-# A context's tensors travel on ``data[id % 2]``, so those of two consecutive contexts never
-# share a communicator.  When a context is left, the ranks agree on how many tensors were sent to
-# each of them in it (see context.py); a rank that received fewer finds the rest on its context's
-# communicator without ever taking a message of the next context, which a faster rank may already
-# have sent.  A tensor sent in a context other than the receiver's therefore never matches its
-# receive: the waiting receive looks for it on the other communicators and reports both contexts.
+from __future__ import annotations
 
 import operator
 import weakref
@@ -74,6 +67,15 @@ class Communicators:
         return ((self.data_free, "data"), (self.data[0], "data even"), (self.data[1], "data odd"),
                 (self.payload, "payload"), (self.gradient, "gradient"), (self.control, "control"))
 
+    # Note [data communicators]
+    # ~~~~~~~~~~~~~~~~~~~~~~~~~
+    # A context's tensors travel on ``data[id % 2]``, so those of two consecutive contexts never
+    # share a communicator.  When a context is left, the ranks agree on how many tensors were sent
+    # to each of them in it (see context.py); a rank that received fewer finds the rest on its
+    # context's communicator without ever taking a message of the next context, which a faster rank
+    # may already have sent.  A tensor sent in a context other than the receiver's therefore never
+    # matches its receive: the waiting receive looks for it on the other communicators and reports
+    # both contexts.
     def data_comm(self, context_id):
         """The communicator of tensors sent in ``context_id`` (None: outside any context)."""
         return self.data_free if context_id is None else self.data[context_id & 1]
@@ -147,7 +149,7 @@ def next_payload_tag():
     return tag
 
 
-def init(comm=None):
+def init(comm: MPI.Intracomm | None = None) -> None:
     """Initialize on comm (COMM_WORLD if None): collective over it. Returns nothing.
 
     Calling it again with the same communicator does nothing; with another one it raises
@@ -172,7 +174,7 @@ def init(comm=None):
     shutdown.install()
 
 
-def destroy(timeout=None):
+def destroy(timeout: float | None = None) -> None:
     """Free mpigrad's communicators and pooled receive buffers (collective); a later call
     initializes again.  Raises if a context is open.
 
@@ -200,7 +202,7 @@ def destroy(timeout=None):
     comms.free()
 
 
-def is_initialized():
+def is_initialized() -> bool:
     return _comms is not None
 
 
@@ -211,11 +213,11 @@ def get():
     return _comms
 
 
-def get_rank():
+def get_rank() -> int:
     """This process's rank in the communicator mpigrad was initialized on."""
     return get().rank
 
 
-def get_world_size():
+def get_world_size() -> int:
     """The size of the communicator mpigrad was initialized on."""
     return get().size

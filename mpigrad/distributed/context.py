@@ -5,9 +5,12 @@ functions (by message id), the recv functions, the gradients accumulated for thi
 the pass in progress and the tally of tensors sent and received in it.  Contexts do not nest.
 """
 
+from __future__ import annotations
+
 import contextlib
 import itertools
 import weakref
+from collections.abc import Iterator
 
 from mpi4py import MPI
 
@@ -120,7 +123,7 @@ def last_id():
 
 
 @contextlib.contextmanager
-def context(timeout=None):
+def context(timeout: float | None = None) -> Iterator[int]:
     """Enter a distributed autograd context; yields its id, the same on every rank.
 
     Collective: every rank of the communicator enters it, in the same order, and leaves it (see

@@ -14,7 +14,10 @@ The task sums the gradients that meet at a node in a fixed order whatever order 
 so the gradients are the same bits on every run.
 """
 
+from __future__ import annotations
+
 import time
+from collections.abc import Sequence
 
 import numpy as np
 from mpi4py import MPI
@@ -34,7 +37,12 @@ __all__ = ["backward", "DistBackwardError", "BackwardTimeoutError"]
 _OP = waiting.BACKWARD
 
 
-def backward(context_id, roots, retain_graph=False, timeout=None):
+def backward(
+    context_id: int,
+    roots: Sequence[Tensor],
+    retain_graph: bool = False,
+    timeout: float | None = None,
+) -> None:
     """Run the distributed backward of ``roots`` in ``context_id``.
 
     ``roots`` is this rank's scalar root Tensor, or a sequence of them (possibly empty).

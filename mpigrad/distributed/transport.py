@@ -12,6 +12,8 @@ waiting ranks' notices all send and receive through here:
   ``take`` receives a probed message's raw words.
 """
 
+from __future__ import annotations
+
 import numpy as np
 from mpi4py import MPI
 
@@ -34,7 +36,7 @@ class SendRequest:
         self._dest, self._tag = dest, tag
         self.context = None  # a weak reference to the context the tensor was sent in, if any
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: float | None = None) -> None:
         """Block until the send completed; ``DistTimeoutError`` after ``timeout`` seconds
         (default ``MPIGRAD_TIMEOUT``), the send still pending (``wait`` may be called again)."""
         if not self.test():

@@ -11,6 +11,8 @@ unreachable from the roots or its gradient is undefined, so that the matching se
 never waits in vain.
 """
 
+from __future__ import annotations
+
 import weakref
 
 from mpi4py import MPI
@@ -103,7 +105,7 @@ class RecvRequest:
     def _post(self):
         self._receive = transport.Receive(self._comms, self._channel, self.source, self.tag)
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: float | None = None) -> Tensor:
         """The received Tensor.  ``DistTimeoutError`` after ``timeout`` seconds (default
         ``MPIGRAD_TIMEOUT``): the receive is then cancelled, and a tensor sent later stays for a
         later receive."""
@@ -122,7 +124,9 @@ class RecvRequest:
                 self._finish()
         return self._tensor
 
-    def cancel(self, why="was cancelled: its context was left before it was waited for"):
+    def cancel(
+        self, why: str = "was cancelled: its context was left before it was waited for"
+    ) -> bool:
         """Complete the receive if its tensor has come, else cancel it; True if cancelled."""
         if self._tensor is None and self._void is None:
             if self._header is None and self._receive.cancel():  # it came after all
@@ -216,7 +220,7 @@ def _record(context, header, array, source, rank):
     return Tensor._make(array)
 
 
-def irecv(source, tag=0):
+def irecv(source: int, tag: int = 0) -> RecvRequest:
     """Start receiving a tensor from rank source; returns a ``RecvRequest``."""
     comms = _comm.get()
     source = comms.check_peer(source, "irecv", "source")
@@ -224,7 +228,7 @@ def irecv(source, tag=0):
     return RecvRequest(comms, source, tag, "irecv")
 
 
-def recv(source, tag=0, timeout=None):
+def recv(source: int, tag: int = 0, timeout: float | None = None) -> Tensor:
     """Receive a tensor from rank source: a new Tensor with the sent shape and dtype.
 
     Blocks until it arrives; ``DistTimeoutError`` after ``timeout`` seconds (default

@@ -13,6 +13,8 @@ Everything is checked before anything is recorded or sent: a call that raises le
 as it was.  Forward-mode tangents do not travel yet: sending a dual tensor raises.
 """
 
+from __future__ import annotations
+
 import warnings
 import weakref
 
@@ -117,7 +119,7 @@ def _warn_no_context(op):
         )
 
 
-def isend(tensor, dest, tag=0):
+def isend(tensor: Tensor | np.ndarray, dest: int, tag: int = 0) -> SendRequest:
     """Start sending tensor (a Tensor or ndarray) to rank dest; returns a ``SendRequest``.
 
     The data is not copied when C-contiguous: do not modify it before ``wait()``.
@@ -125,7 +127,9 @@ def isend(tensor, dest, tag=0):
     return Outgoing(_comm.get(), tensor, dest, tag, "isend").start()
 
 
-def send(tensor, dest, tag=0, timeout=None):
+def send(
+    tensor: Tensor | np.ndarray, dest: int, tag: int = 0, timeout: float | None = None
+) -> None:
     """Send tensor (a Tensor or ndarray) to rank dest; returns when its buffer may be reused.
 
     Like MPI_Send, a large message may wait for the matching receive: to send to oneself or

@@ -11,6 +11,11 @@ distributed autograd context it records a send function (to ``dest``) and a recv
 tensor's gradient comes from ``dest``.
 """
 
+from __future__ import annotations
+
+import numpy as np
+
+from ...tensor import Tensor
 from .. import comm as _comm
 from .. import transport
 from .recv import RecvRequest
@@ -19,7 +24,14 @@ from .send import Outgoing
 __all__ = ["sendrecv"]
 
 
-def sendrecv(tensor, dest, source, sendtag=0, recvtag=None, timeout=None):
+def sendrecv(
+    tensor: Tensor | np.ndarray,
+    dest: int,
+    source: int,
+    sendtag: int = 0,
+    recvtag: int | None = None,
+    timeout: float | None = None,
+) -> Tensor:
     """Send tensor to dest and return the Tensor received from source.
 
     recvtag defaults to sendtag.  ``DistTimeoutError`` when the receive, or then the send, waits

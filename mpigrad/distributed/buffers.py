@@ -1,10 +1,10 @@
 """Arrays to receive large payloads into, reused between transfers.
 
-Note [received buffers]: a fresh 64 MiB array costs 46 ms of page faults where a reused one costs
-4 ms, so payloads of ``POOL_MIN_BYTES`` or more (forward tensors and gradients alike) are received
-into buffers kept between transfers.  Who holds a buffer is explicit, never read from a reference
-count (CPython's counts are not stable across versions, and a miscount would overwrite a live
-tensor):
+Note [received buffers]: a fresh array pays for a page fault on every page its payload is received
+into (64 MiB took 46 ms where a reused array took 4 ms, on a 2-core VM), so payloads of
+``POOL_MIN_BYTES`` or more (forward tensors and gradients alike) are received into buffers kept
+between transfers.  Who holds a buffer is explicit, never read from a reference count (CPython's
+counts are not stable across versions, and a miscount would overwrite a live tensor):
 
 - the pool hands a buffer out through a ``Lease``, whose ``__array_interface__`` gives numpy the
   buffer's memory with the payload's dtype and shape.  The array ``receive_buffer`` returns has

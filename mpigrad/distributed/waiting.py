@@ -17,18 +17,19 @@ A call that completes soon costs nothing of this: the Waiter is made after FREE_
 
 # Note [waiting]
 # ~~~~~~~~~~~~~~
-# MPICH's blocking calls spin a core.  A rank waiting here polls instead.  With a core to itself
-# it spins for up to 10 ms (measured: backing off after 50 us made a 1 MiB backward 4x slower, as
-# the waiting rank overslept the message), then sleeps between polls.  When ranks share cores
-# (more ranks than cores on the node) it yields its core between polls for the first millisecond
-# (a rank it waits for that shares the core runs at once: an agreement's rounds pass from rank
-# to rank without a sleep each), then sleeps, 20 us growing to 200 us between polls, and up to
-# 1 ms once it has waited 10 ms (the extra latency is then at most a tenth of the wait): short
-# waits stay responsive, long ones cost the working ranks next to nothing (measured: 4 ranks on
-# 2 cores, computing ranks ran at 1.00-1.03x their speed beside idle ranks; 1.6-2.0x beside
-# MPICH's spinning Recv).  Every CHECK_INTERVAL (every PATIENT_CHECK_INTERVAL once it has waited
-# 10 ms, so that a long wait costs the working ranks nothing either) the Waiter also reads notices,
-# answers questions, and checks its deadline and stall time.
+# MPICH's blocking calls spin a core.  A rank waiting here polls instead.  With a core to itself it
+# spins for up to 10 ms (on a 2-core VM with the MPICH wheel, backing off after 50 us made a 1 MiB
+# backward 4x slower, as the waiting rank overslept the message), then sleeps between polls.  When
+# ranks share cores (more ranks than cores on the node) it yields its core between polls for the
+# first millisecond (a rank it waits for that shares the core runs at once: an agreement's rounds
+# pass from rank to rank without a sleep each), then sleeps, 20 us growing to 200 us between polls,
+# and up to 1 ms once it has waited 10 ms (the extra latency is then at most a tenth of the wait):
+# short waits stay responsive, long ones cost the working ranks next to nothing (4 ranks on that
+# 2-core VM: computing ranks ran at 1.00-1.03x their speed beside ranks waiting here, 1.6-2.0x
+# beside MPICH's spinning Recv; the ratio, not the figures, is what carries to other machines).
+# Every CHECK_INTERVAL (every PATIENT_CHECK_INTERVAL once it has waited 10 ms, so that a long wait
+# costs the working ranks nothing either) the Waiter also reads notices, answers questions, and
+# checks its deadline and stall time.
 #
 # Note [failing together]
 # ~~~~~~~~~~~~~~~~~~~~~~~

@@ -143,9 +143,11 @@ def backend(dst, *others):
     sum, others as a scatter (both readings give one answer where both fit). Raises as the call
     would for arrays of the wrong kind.
     """
-    arrays = (dst, *others)
-    same = all(a.shape == dst.shape and a.dtype == dst.dtype for a in others)
-    return route("sum_into" if same else "scatter_add", arrays)
+    shape, dtype = getattr(dst, "shape", None), getattr(dst, "dtype", None)
+    same = all(
+        getattr(a, "shape", None) == shape and getattr(a, "dtype", None) == dtype for a in others
+    )
+    return route("sum_into" if same else "scatter_add", (dst, *others))
 
 
 def route(op, arrays):
@@ -153,8 +155,7 @@ def route(op, arrays):
     ``dst`` first: see the module docstring.
 
     Raises TypeError for an argument that is no array, ValueError for host and device arrays
-    mixed or a read-only ``dst``. Plain loops, no generators: on small arrays the whole call
-    takes a few microseconds.
+    mixed or a read-only ``dst``.
     """
     plain, largest = True, 0
     for a in arrays:

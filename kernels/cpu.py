@@ -15,7 +15,8 @@ function because, measured, an inlined element function stops the CPU loop from 
 (3-4x slower). Change both or neither.
 
 Arrays arrive checked: same dtype, all C- or all F-contiguous, ``dst``
-sharing memory with no other argument (``kernels.backend`` routes everything else to NumPy).
+sharing memory with no other argument (``dispatch.route`` sends everything else to NumPy), except
+that ``accumulate_small`` checks its own.
 Kernels compile on first call and are cached on disk (``cache=True``).
 """
 
@@ -26,7 +27,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-__all__ = ["ARITY", "SMALL_ADD_MAX_BYTES", "accumulate_small", "scatter_add", "sum_into"]
+__all__ = ["ARITY", "accumulate_small", "scatter_add", "sum_into"]
 
 ARITY = 4
 """Sources summed per pass over ``dst`` by ``sum_into``: one compiled kernel serves 1 to ARITY."""
@@ -60,13 +61,6 @@ def _sum_chunks(dst, a, b, c, d, k, chunks):
         _sum_range(dst, a, b, c, d, k, t * n // chunks, (t + 1) * n // chunks)
 
 
-SMALL_ADD_MAX_BYTES = 1 << 19
-"""Largest ``dst`` (in bytes) that ``accumulate_small`` takes.
-
-Measured here against ``np.add(dst, src, out=dst)``, dispatch included: 1.7-1.9x faster up to 4 Ki
-elements, 1.1-1.4x from 16 Ki to 64 Ki (arrays in L2), and no faster from 1 MiB up."""
-
-
 def _add_small(dst, src):
     raise NotImplementedError  # typed through the overload below, only inside jitted code
 
@@ -91,7 +85,7 @@ def _add_small_typed(dst, src):
         return lambda dst, src: False
 
     def loop(dst, src):
-        if dst.shape != src.shape or dst.nbytes > SMALL_ADD_MAX_BYTES:
+        if dst.shape != src.shape:
             return False
         start, other, nbytes = dst.ctypes.data, src.ctypes.data, dst.nbytes
         if nbytes and start < other + nbytes and other < start + nbytes:
@@ -106,12 +100,12 @@ def _add_small_typed(dst, src):
 
 @njit(cache=True)
 def accumulate_small(dst, src):
-    """``dst += src`` for arrays the serial loop beats NumPy on; returns whether it ran.
+    """``dst += src`` by a serial loop; returns whether it ran.
 
-    It runs when both are plain C-contiguous arrays of one shape and one integer, float or
-    complex dtype, ``dst`` is writable, at most ``SMALL_ADD_MAX_BYTES``, and shares no memory
-    with ``src``. Otherwise it returns False and leaves ``dst`` unchanged. Arguments must be
-    ndarrays of a dtype Numba types (``kernels._NUMBA_DTYPES``).
+    It runs when both are C-contiguous arrays of one shape and one integer, float or complex
+    dtype, ``dst`` is writable and shares no memory with ``src``. Otherwise it returns False and
+    leaves ``dst`` unchanged. Arguments must be ndarrays of a dtype Numba types
+    (``dispatch.NUMBA_DTYPES``); ``dispatch`` decides which sizes it gets.
     """
     return _add_small(dst, src)
 

@@ -1,8 +1,8 @@
 """NumPy kernels: the reference semantics, and the path for arrays the Numba kernels do not take.
 
 They serve any layout without copying (strided views, mixed C/F order, overlapping inputs,
-ndarray subclasses, dtypes Numba lacks), and every host array when Numba is not installed or
-``MPIGRAD_KERNELS=numpy``. Arguments arrive checked (see ``checks.py``).
+ndarray subclasses, dtypes Numba lacks), and every host array under ``MPIGRAD_KERNELS=numpy``.
+Arguments arrive checked (see ``checks.py``).
 """
 
 import numpy as np
@@ -34,7 +34,7 @@ def correlate_rows(x, w, out):
     m = out.shape[1]
     np.multiply(x[:, :m], w[0], out=out)
     for k in range(1, len(w)):
-        out += w[k] * x[:, k:k + m]
+        out += w[k] * x[:, k : k + m]
 
 
 def correlate_rows_transposed(g, w, out):
@@ -42,4 +42,4 @@ def correlate_rows_transposed(g, w, out):
     m = g.shape[1]
     out[...] = 0
     for k in range(len(w)):
-        out[:, k:k + m] += w[k] * g
+        out[:, k : k + m] += w[k] * g

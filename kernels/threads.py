@@ -10,7 +10,7 @@ threads only where the process has cores to itself, and only for large arrays:
   else ``max(1, usable cores // ranks on this node)``; usable cores are this process's CPU
   affinity, ranks on this node come from the launcher (``LOCAL_SIZE_VARS``, first one set wins);
 - the parallel kernel runs only when that count is above 1 and the call's largest array has at
-  least ``PARALLEL_MIN_SIZE`` elements; otherwise the serial kernel runs.
+  least ``dispatch.PARALLEL_MIN_SIZE`` elements; otherwise a serial path runs.
 
 Under a 2-rank job on 2 cores the policy gives 1 thread, so ranks never stall each other. The
 policy sees only the launcher: a process whose cores are busy with other jobs stalls the same
@@ -23,15 +23,11 @@ import os
 
 __all__ = [
     "LOCAL_SIZE_VARS",
-    "PARALLEL_MIN_SIZE",
     "default_num_threads",
     "get_num_threads",
     "local_ranks",
     "set_num_threads",
 ]
-
-PARALLEL_MIN_SIZE = 1 << 20
-"""Elements below which a call stays serial: thread wake-up costs more than it saves."""
 
 LOCAL_SIZE_VARS = (
     "MPI_LOCALNRANKS",  # MPICH and Intel MPI (hydra)

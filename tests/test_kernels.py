@@ -1,5 +1,6 @@
 """mpigrad.kernels on the host: results against NumPy and the sequential loop, bit for bit, on
-every path (Numba serial, Numba parallel, NumPy); dispatch; error texts; the thread policy.
+every path (the serial loop, Numba serial and parallel passes, NumPy); dispatch; error texts;
+the thread policy.
 
 The CUDA kernels are tested in test_kernels_cuda.py."""
 
@@ -15,20 +16,24 @@ from hypothesis import strategies as st
 from spawn import MPIEXEC, child_env
 
 from mpigrad import kernels
-from mpigrad.kernels import threads
+from mpigrad.kernels import dispatch, threads
 
 PATHS = ("numba-serial", "numba-parallel", "numpy")
 DTYPES = (np.float32, np.float64)
 
 
 @contextlib.contextmanager
-def forced(path):
-    """Make host calls take ``path``: no Numba for NumPy, else 1 or 2 threads from size 0 up."""
+def forced(path, loop=False):
+    """Make host calls take ``path``: no Numba for NumPy, else one pass on 1 or, from size 0 up,
+    2 threads; with ``loop``, sums on "numba-serial" take the serial loop one source at a time
+    (the Numba path of a single small source) instead of one pass."""
     with pytest.MonkeyPatch.context() as mp:
         if path == "numpy":
-            mp.setattr(kernels, "_numba", lambda: None)
-        else:
-            mp.setattr(threads, "PARALLEL_MIN_SIZE", 0)
+            mp.setattr(dispatch, "numba_kernels", lambda: None)
+        if path == "numba-parallel":
+            mp.setattr(dispatch, "PARALLEL_MIN_SIZE", 0)
+        if path == "numba-parallel" or path == "numba-serial" and not loop:
+            mp.setattr(dispatch, "SMALL_MAX_BYTES", -1)
         kernels.set_num_threads(2 if path == "numba-parallel" else 1)
         try:
             yield
@@ -88,7 +93,7 @@ def scatters(draw):
 def test_accumulate_matches_numpy(path, case):
     dst, (src,) = case
     expected = dst + src
-    with forced(path):
+    with forced(path, loop=True):
         assert kernels.backend(dst, src) == path
         assert kernels.accumulate(dst, src) is dst
     assert_bits_equal(dst, expected)
@@ -208,22 +213,32 @@ def test_small_accumulate_of_shared_memory_matches_numpy():
 
 def test_dispatch_by_threads_size_and_addends():
     """Parallel with threads > 1 from PARALLEL_MIN_SIZE elements (the largest array counts);
-    a single addend on one thread takes the serial loop up to SMALL_ADD_MAX_BYTES, then np.add."""
-    small, large = np.zeros(threads.PARALLEL_MIN_SIZE - 1), np.zeros(threads.PARALLEL_MIN_SIZE)
-    cache_sized = np.zeros(kernels.cpu.SMALL_ADD_MAX_BYTES // 8)
+    below that, sums into a dst of up to SMALL_MAX_BYTES take the serial loop one C-contiguous
+    source at a time, larger ones np.add for one source and one serial pass for several."""
+    small = np.zeros(dispatch.PARALLEL_MIN_SIZE - 1)
+    large = np.zeros(dispatch.PARALLEL_MIN_SIZE)
+    cache_sized = np.zeros(dispatch.SMALL_MAX_BYTES // 8)
     try:
         kernels.set_num_threads(2)
         assert kernels.backend(cache_sized, cache_sized.copy()) == "numba-serial"
         assert kernels.backend(cache_sized[:-1], cache_sized[1:].copy()) == "numba-serial"
+        assert kernels.backend(cache_sized, cache_sized.copy(), cache_sized.copy()) == (
+            "numba-serial"
+        )
         assert kernels.backend(np.zeros(cache_sized.size + 1), np.zeros(cache_sized.size + 1)) == (
             "numpy"
         )
+        grid = np.zeros((4, 4), order="F")
+        assert kernels.backend(grid, grid.copy(order="F"), grid.copy(order="F")) == "numpy"
         assert kernels.backend(small, small.copy()) == "numpy"
         assert kernels.backend(small, small.copy(), small.copy()) == "numba-serial"
         assert kernels.backend(large, large.copy()) == "numba-parallel"
         index = np.zeros(large.size // 4, np.int64)
         assert kernels.backend(small[:40].reshape(10, 4), index, large.reshape(-1, 4)) == (
             "numba-parallel"
+        )
+        assert kernels.backend(small[:40].reshape(10, 4), index[:3], np.zeros((3, 4))) == (
+            "numba-serial"
         )
         kernels.set_num_threads(1)
         assert kernels.backend(large, large.copy()) == "numpy"
@@ -250,9 +265,13 @@ def test_layouts_numba_does_not_take_fall_back_to_numpy():
         kernels.accumulate(dst, src)
         assert_bits_equal(np.asarray(dst), expected)
 
+    # All F-contiguous: the loop (in cache) takes C order only, a pass over all sources takes both.
     dst, *srcs = (np.asfortranarray(a) for a in (grid, grid[::-1], grid[:, ::-1]))
     expected = dst + srcs[0] + srcs[1]
-    assert kernels.backend(dst, *srcs) == "numba-serial"
+    assert kernels.backend(dst, *srcs) == "numpy"
+    with forced("numba-serial"):
+        assert kernels.backend(dst, *srcs) == "numba-serial"
+        assert_bits_equal(kernels.sum_into(dst.copy(order="F"), srcs), expected)
     assert_bits_equal(kernels.sum_into(dst, srcs), expected)
 
     dst, index, src = np.zeros((4, 3)), np.array([0, 3, 3, -1, 1, 2]), grid[:, :3]
@@ -403,28 +422,27 @@ def test_import_is_cheap_and_mpigrad_kernels_numpy_selects_numpy():
     assert done.stdout.split() == ["False", "numpy", "3.0"]
 
 
-def test_without_numba_host_arrays_take_numpy():
+def test_numba_is_required_and_loads_on_the_first_host_call():
+    """Numba is a dependency, with no fallback: without it mpigrad imports (Numba loads on the
+    first host call), and that call fails naming Numba."""
     done = run_python(
         "import sys, numpy as np; sys.modules['numba'] = None; from mpigrad import kernels; "
-        "d = np.zeros(4); kernels.scatter_add(d, np.array([1, 1, -1]), np.ones(3)); "
-        "print(kernels.backend(d, np.ones(4)), d.tolist())"
+        "kernels.accumulate(np.zeros(3), np.ones(3))"
     )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == "numpy [0.0, 2.0, 0.0, 1.0]\n"
+    assert done.returncode != 0
+    assert done.stderr.splitlines()[-1].startswith("ModuleNotFoundError: import of numba halted")
 
 
-@pytest.mark.parametrize("env", [{}, {"MPIGRAD_KERNELS": "numpy"}])
-def test_stencils_take_the_numpy_rows_without_numba(env):
-    """Without Numba (or with MPIGRAD_KERNELS=numpy) mpigrad.stencil and its gradient run on
-    reference.py's slices, and importing mpigrad loads no Numba."""
-    hide = "sys.modules['numba'] = None; " if not env else ""
+def test_stencils_take_the_numpy_rows_under_mpigrad_kernels_numpy():
+    """With MPIGRAD_KERNELS=numpy mpigrad.stencil and its gradient run on reference.py's slices,
+    and nothing loads Numba."""
     done = run_python(
-        f"import sys, numpy as np; {hide}import mpigrad as mg; "
+        "import sys, numpy as np; import mpigrad as mg; "
         "x = mg.tensor(np.arange(6.0), requires_grad=True); "
         "mg.stencil(x, [1.0, -2.0, 1.0]).sum().backward(); "
         "print(mg.stencil(x, [1.0, 2.0]).data.tolist(), x.grad.data.tolist(), "
         "sys.modules.get('numba') is not None)",
-        **env,
+        MPIGRAD_KERNELS="numpy",
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("]")[0] == "[2.0, 5.0, 8.0, 11.0, 14.0"

@@ -1,9 +1,9 @@
 """``Function``: how every op, built-in or user-defined, is defined and recorded.
 
-An op is a ``Function`` subclass with static ``forward(ctx, *args)``, ``backward(ctx, *grads)`` and
-``jvp(ctx, *tangents)``.  ``forward`` runs with recording and tangents switched off and returns
-ndarrays or Tensors; ``backward`` and ``jvp`` are written with mpigrad's own ops, so they are
-differentiable themselves (``create_graph=True``, nested dual levels).
+An op is a ``Function`` subclass with ``forward(ctx, *args)``, ``backward(ctx, *grads)`` and
+``jvp(ctx, *tangents)``.  ``forward`` returns ndarrays or Tensors; ``backward`` and ``jvp`` are
+written with mpigrad's own ops, so they are differentiable themselves (``create_graph=True``,
+nested dual levels).
 
 ``Function.apply`` wraps the outputs in Tensors and, when a graph is recorded, makes the ``ctx`` the
 graph node: its class is ``<Op>Backward``, its ``next_functions`` are the inputs' gradient edges.
@@ -14,6 +14,7 @@ the output's shape here.
 
 import numpy as np
 
+from . import fit
 from .dual import _levels, set_tangent
 from .grad_mode import _State
 from .graph import Node, gradient_edge, next_sequence_nr
@@ -72,9 +73,7 @@ class BackwardNode(FunctionCtx, Node):
     """The ctx of a recorded Function call, and its node in the backward graph."""
 
     _forward_cls = None
-    # A built-in rule takes arrays; a user's backward gets Tensors, and what it returns enters the
-    # engine read-only (Note [gradient ownership] in engine.py): set per op in __init_subclass__.
-    takes_arrays = True
+    takes_arrays = False  # the op's Function.takes_arrays, copied here for the engine
     _saved_outputs = False  # whether _saved holds _SavedOutput entries to rebuild
     released = False
 
@@ -116,7 +115,7 @@ class BackwardNode(FunctionCtx, Node):
         if len(grads) == 1:
             if grads[0] is None:
                 return (None,) * len(self.next_functions)
-            if cls._array_forward:  # a built-in rule: one gradient per input, no checks
+            if self.takes_arrays:  # a rule under the built-in contract: trusted, no checks
                 result = cls.backward(self, grads[0])
                 return result if type(result) is tuple else (result,)
         elif all(g is None for g in grads):
@@ -147,15 +146,33 @@ class Function:
       (None for non-tensor arguments or where ``ctx.needs_input_grad[i]`` is False).
     - ``jvp(ctx, *tangents)``: one tangent per argument in (None where it has none), one per output
       out.  ``ctx.inputs`` and ``ctx.outputs`` hold the primals (see Note [nested tangents]).
+
+    The rules are static methods, or class methods where a family of ops shares them and reads
+    what differs from class attributes: ``cls`` is then the op called (``Maximum`` and
+    ``Minimum`` share ``_Select``'s rules, which read ``cls.larger``).
+
+    ``takes_arrays`` (False unless a class sets it; not inherited, as a subclass is a new op)
+    declares the contract of the built-in ops, under which an op is recorded and run faster:
+
+    - ``forward`` computes on ndarrays alone (it reads ``.data`` and applies no mpigrad op to
+      its Tensor arguments), so it runs as it is called, where a user's forward runs with the
+      grad and forward-AD modes off;
+    - ``backward`` and ``jvp`` accept ndarrays for Tensors: in array mode (Note [array mode] in
+      engine.py) ``backward`` gets arrays, and its ``ctx.saved_tensors`` are arrays;
+    - ``backward`` returns one gradient per input (it may leave out those of trailing constant
+      arguments), each in the input's shape and dtype or the output's, and keeps Note
+      [gradient ownership] in engine.py; the engine trusts it and checks none of this.
+
+    ``unary_op`` and ``binary_op`` set it; a built-in op they do not fit sets it in its body.
     """
+
+    takes_arrays = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        # Built-in ops compute on ndarrays only, so their forward needs no switch of the grad
-        # and forward-AD modes; a user's forward may call mpigrad ops and runs with both off.
-        cls._array_forward = cls.__module__.startswith("mpigrad.ops.")
+        cls.takes_arrays = cls.__dict__.get("takes_arrays", False)
         cls._backward_cls = type(f"{cls.__name__}Backward", (BackwardNode,), {
-            "_forward_cls": cls, "takes_arrays": cls._array_forward,
+            "_forward_cls": cls, "takes_arrays": cls.takes_arrays,
         })
         if getattr(cls.apply, "short_path_of", cls) is not cls:
             # A subclass of a decorated op: the short path is bound to its base's forward.
@@ -190,7 +207,7 @@ class Function:
             ctx.needs_input_grad = needs
         else:
             ctx = FunctionCtx()
-        if cls._array_forward:
+        if cls.takes_arrays:
             raw = cls.forward(ctx, *args)
         else:
             prev_grad, prev_fw = _State.grad_enabled, _State.forward_ad_enabled
@@ -207,13 +224,16 @@ class Function:
 # with one that does the usual case (grad mode on, no dual level open, an input that requires
 # grad, one array out) in a few lines, and a call that records nothing (a rule in the backward
 # pass) in one; an open dual level goes to the general ``Function.apply``.  What they build is
-# what ``Function.apply`` builds.  They are for built-in ops only: their forward computes on
+# what ``Function.apply`` builds, with the same helper (``_edge``).  They are for ops under the
+# built-in contract (``Function.takes_arrays``), which they declare: their forward computes on
 # arrays, so it needs no switch of the grad and forward-AD modes.
 
 
 def unary_op(cls):
     """Class decorator: ``cls.apply(x, *constants)`` takes the short record path; for an op
-    whose first argument is its only possible Tensor (the others are axes, shapes, indices)."""
+    whose first argument is its only possible Tensor (the others are axes, shapes, indices).
+    Declares ``cls.takes_arrays``."""
+    _declare_takes_arrays(cls)
     node_cls, forward, apply = cls._backward_cls, cls.forward, cls.apply
 
     def op(x, *constants):
@@ -228,13 +248,10 @@ def unary_op(cls):
                 if not isinstance(raw, np.generic):
                     return _outputs(cls, ctx, (x, *constants), raw, True, None)
                 raw = np.asarray(raw)  # a 0-d result
-            fn = x.grad_fn
-            ctx.next_functions = (
-                (fn, x._output_nr) if fn is not None else gradient_edge(x),
-            ) + _NO_EDGES[len(constants)]
-            d = x.data
-            if d.shape != raw.shape or d.dtype != raw.dtype:
-                ctx.input_meta = ((d.shape, d.dtype),)
+            edge, meta = _edge(x, raw)
+            ctx.next_functions = (edge,) + _NO_EDGES[len(constants)]
+            if meta is not None:
+                ctx.input_meta = (meta,)
             return _recorded(ctx, raw)
         return _unrecorded(forward(FunctionCtx(), x, *constants), (x, *constants))
 
@@ -245,7 +262,8 @@ def unary_op(cls):
 
 def binary_op(cls):
     """Class decorator: ``cls.apply(x, y)`` takes the short record path; for an op of two
-    arguments, either of which may be a Tensor."""
+    arguments, either of which may be a Tensor.  Declares ``cls.takes_arrays``."""
+    _declare_takes_arrays(cls)
     node_cls, forward, apply = cls._backward_cls, cls.forward, cls.apply
 
     def op(x, y):
@@ -263,21 +281,8 @@ def binary_op(cls):
                     if not isinstance(raw, np.generic):
                         return _outputs(cls, ctx, (x, y), raw, True, None)
                     raw = np.asarray(raw)  # a 0-d result
-                meta_x = meta_y = None
-                if need_x:
-                    fn, d = x.grad_fn, x.data
-                    edge_x = (fn, x._output_nr) if fn is not None else gradient_edge(x)
-                    if d.shape != raw.shape or d.dtype != raw.dtype:
-                        meta_x = (d.shape, d.dtype)
-                else:
-                    edge_x = _NO_EDGE
-                if need_y:
-                    fn, d = y.grad_fn, y.data
-                    edge_y = (fn, y._output_nr) if fn is not None else gradient_edge(y)
-                    if d.shape != raw.shape or d.dtype != raw.dtype:
-                        meta_y = (d.shape, d.dtype)
-                else:
-                    edge_y = _NO_EDGE
+                edge_x, meta_x = _edge(x, raw) if need_x else _NO_INPUT
+                edge_y, meta_y = _edge(y, raw) if need_y else _NO_INPUT
                 ctx.next_functions = (edge_x, edge_y)
                 if meta_x is not None or meta_y is not None:
                     ctx.input_meta = (meta_x, meta_y)
@@ -287,6 +292,10 @@ def binary_op(cls):
     op.short_path_of = cls
     cls.apply = staticmethod(op)
     return cls
+
+
+def _declare_takes_arrays(cls):
+    cls.takes_arrays = cls._backward_cls.takes_arrays = True
 
 
 def _unrecorded(raw, args):
@@ -307,7 +316,7 @@ def _outputs(cls, ctx, args, raw, record, levels):
         # The common case, kept short: one array out, no tangents.  The output did not exist
         # while forward ran, so it cannot be among the saved tensors.
         if record:
-            _record_inputs(ctx, args, ctx.needs_input_grad, raw if cls._array_forward else None)
+            _record_inputs(ctx, args, ctx.needs_input_grad, raw if cls.takes_arrays else None)
             return _recorded(ctx, raw)
         return Tensor._make(raw)
     multiple = isinstance(raw, tuple)
@@ -349,35 +358,33 @@ def _as_output(value, args):
 
 
 _NO_EDGE = (None, 0)
+_NO_INPUT = (_NO_EDGE, None)  # what _edge gives for an argument that needs no gradient
 _NO_EDGES = [(_NO_EDGE,) * n for n in range(8)]
 _FIRST_ONLY = [(True,) + (False,) * n for n in range(8)]
 _NEEDS = {x: {y: (x, y) for y in (False, True)} for x in (False, True)}
 _new = object.__new__
 
 
-def _record_inputs(ctx, args, needs, out=None):
-    """The node's edges to its inputs' gradients, and the inputs' (shape, dtype).
+def _edge(tensor, out=None):
+    """The edge to ``tensor``'s gradient, and ``tensor``'s entry in ``input_meta``: its
+    ``(shape, dtype)``, or None when ``out`` (the output array of an op with ``takes_arrays``)
+    has the same, as such an op's rules return gradients in the output's shape and dtype, so the
+    engine has nothing to undo there (see Note [broadcasting is undone at the edge])."""
+    fn = tensor.grad_fn
+    edge = (fn, tensor._output_nr) if fn is not None else gradient_edge(tensor)
+    d = tensor.data
+    if out is not None and d.shape == out.shape and d.dtype == out.dtype:
+        return edge, None
+    return edge, (d.shape, d.dtype)
 
-    With ``out`` (a built-in op's output array), an input shaped and typed like it gets no entry:
-    built-in rules return gradients in the output's shape and dtype, so the engine has nothing to
-    undo there (see Note [broadcasting is undone at the edge]); None stands for no entry at all.
-    """
-    edges, meta, fits = [], [], False
-    for a, need in zip(args, needs):
-        if need:
-            fn = a.grad_fn
-            edges.append((fn, a._output_nr) if fn is not None else gradient_edge(a))
-            d = a.data
-            if out is not None and d.shape == out.shape and d.dtype == out.dtype:
-                meta.append(None)
-            else:
-                meta.append((d.shape, d.dtype))
-                fits = True
-        else:
-            edges.append(_NO_EDGE)
-            meta.append(None)
-    ctx.next_functions = tuple(edges)
-    ctx.input_meta = tuple(meta) if fits else None
+
+def _record_inputs(ctx, args, needs, out=None):
+    """Set the node's edges to its inputs' gradients and its ``input_meta`` (see ``_edge``; None
+    for the whole when no entry is set)."""
+    inputs = [_edge(a, out) if need else _NO_INPUT for a, need in zip(args, needs)]
+    ctx.next_functions = tuple([edge for edge, _ in inputs])
+    meta = tuple([m for _, m in inputs])
+    ctx.input_meta = None if meta.count(None) == len(meta) else meta
 
 
 def _record(ctx, args, outputs):
@@ -403,9 +410,6 @@ def _tangent_levels(args):
 
 def _push_tangents(cls, ctx, args, outputs, levels):
     """Set each output's tangent at every level the inputs carry; see Note [nested tangents]."""
-    from .ops.elementwise import cast
-    from .ops.movement import broadcast_to
-
     if cls.jvp is Function.jvp:
         raise NotImplementedError(f"{cls.__name__} does not define jvp (no forward-mode rule)")
     for level in levels:
@@ -434,11 +438,7 @@ def _push_tangents(cls, ctx, args, outputs, levels):
             if frozen and any(out is f for f in frozen):
                 continue
             tangent = tangent if isinstance(tangent, Tensor) else Tensor._make(np.asarray(tangent))
-            if tangent.data.shape != out.data.shape:
-                tangent = broadcast_to(tangent, out.data.shape)
-            if tangent.data.dtype != out.data.dtype:
-                tangent = cast(tangent, out.data.dtype)
-            set_tangent(out, level, tangent)
+            set_tangent(out, level, fit.tangent_to(tangent, out.data.shape, out.data.dtype))
     ctx.inputs = ctx.outputs = None
 
 
@@ -449,12 +449,10 @@ def strip_level(value, level):
         return value
     if level not in value._fw and not any(t._fw for t in value._fw.values()):
         return value
-    from .ops.movement import alias
-
     prev = _State.forward_ad_enabled
     _State.forward_ad_enabled = False
     try:
-        out = alias(value)
+        out = fit.alias(value)
     finally:
         _State.forward_ad_enabled = prev
     for k, t in value._fw.items():

@@ -366,6 +366,8 @@ class Minimum(_Select):
 class Where(Function):
     """out = x where cond else y; grad_x = grad where cond; grad_y = grad where not cond"""
 
+    takes_arrays = True
+
     @staticmethod
     def forward(ctx, cond, x, y):
         ctx.cond = np.asarray(data(cond), dtype=bool)

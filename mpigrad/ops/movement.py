@@ -159,6 +159,8 @@ class IndexAdd(Function):
 class Cat(Function):
     """out = concatenate(xs, axis); grad_xs = the matching slices of grad"""
 
+    takes_arrays = True
+
     @staticmethod
     def forward(ctx, axis, *xs):
         ctx.axis = axis

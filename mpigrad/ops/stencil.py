@@ -20,6 +20,7 @@ class Stencil(Function):
     (``transposed``), and one formula gives both gradients in ``w`` (``_weight_grad``).
     """
 
+    takes_arrays = True
     kernel = staticmethod(correlate)
     transposed = None  # StencilTransposed, set below
 
@@ -48,6 +49,7 @@ class StencilTransposed(Stencil):
     """out[..., j, ...] = sum_k w[k] a[..., j - k, ...] over 0 <= j - k < m (m + K - 1 outputs):
     Stencil's adjoint in a, whose own adjoint is Stencil; grad_w[k] = sum a * grad[k:k + m]"""
 
+    takes_arrays = True
     kernel = staticmethod(correlate_transposed)
     transposed = Stencil
 

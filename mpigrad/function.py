@@ -3,7 +3,8 @@
 An op is a ``Function`` subclass with ``forward(ctx, *args)``, ``backward(ctx, *grads)`` and
 ``jvp(ctx, *tangents)``.  ``forward`` returns ndarrays or Tensors; ``backward`` and ``jvp`` are
 written with mpigrad's own ops, so they are differentiable themselves (``create_graph=True``,
-nested dual levels).
+nested dual levels).  A rule that follows from what an op is gets declared, not written (Note
+[rules written once]).
 
 ``Function.apply`` wraps the outputs in Tensors and, when a graph is recorded, makes the ``ctx`` the
 graph node: its class is ``<Op>Backward``, its ``next_functions`` are the inputs' gradient edges.
@@ -20,7 +21,10 @@ from .grad_mode import _State
 from .graph import Node, gradient_edge, next_sequence_nr
 from .tensor import Tensor, is_differentiable
 
-__all__ = ["Function", "FunctionCtx", "BackwardNode", "unary_op", "binary_op"]
+__all__ = [
+    "Function", "FunctionCtx", "BackwardNode", "unary_op", "binary_op", "linear", "multilinear",
+    "elementwise",
+]
 
 RETAIN_GRAPH_HINT = (
     "Trying to backward through the graph a second time (or to read saved tensors after they "
@@ -159,9 +163,9 @@ class Function:
       grad and forward-AD modes off;
     - ``backward`` and ``jvp`` accept ndarrays for Tensors: in array mode (Note [array mode] in
       engine.py) ``backward`` gets arrays, and its ``ctx.saved_tensors`` are arrays;
-    - ``backward`` returns one gradient per input (it may leave out those of trailing constant
-      arguments), each in the input's shape and dtype or the output's, and keeps Note
-      [gradient ownership] in engine.py; the engine trusts it and checks none of this.
+    - ``backward`` returns one gradient per input, each in the input's shape and dtype or the
+      output's, and keeps Note [gradient ownership] in engine.py; the engine trusts it and
+      checks none of this.
 
     ``unary_op`` and ``binary_op`` set it; a built-in op they do not fit sets it in its body.
     """
@@ -296,6 +300,85 @@ def binary_op(cls):
 
 def _declare_takes_arrays(cls):
     cls.takes_arrays = cls._backward_cls.takes_arrays = True
+
+
+# Note [rules written once]: a linear op's forward rule is the op itself, applied to the
+# tangents; a unary elementwise op's two rules multiply by one derivative, the gradient
+# (backward) or the tangent (jvp).  The class decorators below write those rules from what the
+# op declares, as HIPS autograd's ``def_linear`` and ``defjvp`` do for numpy's functions.  An
+# argument listed in ``fixed`` (an axis, a shape, an index, a dtype, a mask) is a parameter of
+# the map, passed to it unchanged; every other argument is an operand.
+
+
+def linear(fixed=()):
+    """Class decorator: the op is linear in its operands taken together, ``f(x + t) = f(x) +
+    f(t)`` (movement, sums, add): its jvp is the op applied to the tangents, zeros standing for
+    an operand that has none."""
+
+    def jvp(cls, ctx, *tangents):
+        dtype = ctx.outputs[0].data.dtype
+        return cls.apply(*[
+            a if i in fixed else _zeros(a, dtype) if t is None else t
+            for i, (a, t) in enumerate(zip(ctx.inputs, tangents))
+        ])
+
+    return _with_jvp(jvp)
+
+
+def multilinear(fixed=()):
+    """Class decorator: the op is linear in each operand, the others held (a product, a matrix
+    product, a stencil with weights): its jvp is the sum, over the operands with a tangent, of
+    the op with that operand replaced by its tangent (the product rule)."""
+
+    def jvp(cls, ctx, *tangents):
+        total = None
+        for i, t in enumerate(tangents):
+            if t is not None and i not in fixed:
+                term = cls.apply(*ctx.inputs[:i], t, *ctx.inputs[i + 1:])
+                total = term if total is None else total + term
+        return total
+
+    return _with_jvp(jvp)
+
+
+def _with_jvp(jvp):
+    def decorate(cls):
+        cls.jvp = classmethod(jvp)
+        return cls
+
+    return decorate
+
+
+def _zeros(value, dtype):
+    """The zero tangent of an operand: read-only zeros of its shape."""
+    shape = np.shape(value.data if isinstance(value, Tensor) else value)
+    return Tensor._make(np.broadcast_to(np.zeros((), dtype), shape))
+
+
+def elementwise(uses):
+    """Class decorator for a unary elementwise op ``out = f(x, *constants)`` that states its
+    derivative once: ``derivative(ctx, g, v)`` returns ``g * f'(x)``, written in terms of
+    ``v``, the input x (``uses="x"``) or the output (``uses="out"``), which forward saves
+    (``ctx.save_for_backward(v)``).  Backward is ``derivative(ctx, grad, v)`` (None for the
+    constants), jvp ``derivative(ctx, t, v)``."""
+    if uses not in ("x", "out"):
+        raise ValueError(f'elementwise: uses must be "x" or "out", got {uses!r}')
+    primals = "inputs" if uses == "x" else "outputs"
+
+    def backward(cls, ctx, grad):
+        (v,) = ctx.saved_tensors
+        grad_x = cls.derivative(ctx, grad, v)
+        n = len(ctx.needs_input_grad)
+        return grad_x if n == 1 else (grad_x,) + (None,) * (n - 1)
+
+    def jvp(cls, ctx, t, *_):
+        return cls.derivative(ctx, t, getattr(ctx, primals)[0])
+
+    def decorate(cls):
+        cls.backward, cls.jvp = classmethod(backward), classmethod(jvp)
+        return cls
+
+    return decorate
 
 
 def _unrecorded(raw, args):

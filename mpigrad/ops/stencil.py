@@ -3,15 +3,16 @@ convolution), computed in one compiled pass (``kernels.correlate``)."""
 
 import numpy as np
 
-from ..function import Function
+from ..function import Function, multilinear
 from ..kernels import correlate, correlate_transposed
 from ..tensor import Tensor
-from ._util import data, normalize_axis, plus
+from ._util import data, normalize_axis
 from .movement import stack
 
 __all__ = ["stencil"]
 
 
+@multilinear(fixed=(2,))
 class Stencil(Function):
     """out[..., i, ...] = sum_k w[k] a[..., i + k, ...] along ``axis`` (n - K + 1 outputs);
     grad_a[j] = sum_k w[k] grad[j - k] (``StencilTransposed``); grad_w[k] = sum grad * a[k:k + m]
@@ -37,12 +38,6 @@ class Stencil(Function):
         need_a, need_w = ctx.needs_input_grad[:2]
         return (cls.transposed.apply(grad, w, ctx.axis) if need_a else None,
                 _weight_grad(grad, a, w.shape[0], ctx.axis) if need_w else None, None)
-
-    @classmethod
-    def jvp(cls, ctx, ta, tw, _):
-        a, w, axis = ctx.inputs
-        return plus(None if ta is None else cls.apply(ta, w, axis),
-                    None if tw is None else cls.apply(a, tw, axis))
 
 
 class StencilTransposed(Stencil):

@@ -486,3 +486,42 @@ def test_the_built_in_contract_is_not_inherited():
         pass
 
     assert not MySin.takes_arrays and not MySin._backward_cls.takes_arrays
+
+
+def test_declared_rules_serve_users_functions():
+    # Note [rules written once]: linear and elementwise write jvp (and backward) for any
+    # Function, one with constant arguments and no takes_arrays included.
+    from mpigrad.function import elementwise, linear
+
+    @elementwise(uses="out")
+    class ScaledExp(mg.Function):
+        """out = exp(k x); grad_x = grad * k * out"""
+
+        @staticmethod
+        def forward(ctx, x, k):
+            ctx.k = k
+            out = mg.Tensor(np.exp(k * x.data))
+            ctx.save_for_backward(out)
+            return out
+
+        @staticmethod
+        def derivative(ctx, g, out):
+            return g * out * ctx.k
+
+    @linear(fixed=(1,))
+    class Tile(mg.Function):
+        """out = x repeated n times; grad_x = the n pieces of grad summed"""
+
+        @staticmethod
+        def forward(ctx, x, n):
+            ctx.n = n
+            return np.tile(x.data, n)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g.reshape(ctx.n, -1).sum(0), None
+
+    x = mg.tensor(np.random.default_rng(0).standard_normal(3))
+    check_grads(lambda x: Tile.apply(ScaledExp.apply(x, 0.5), 2), [x], order=2)
+    with pytest.raises(ValueError, match='elementwise: uses must be "x" or "out", got \'y\''):
+        elementwise(uses="y")

@@ -13,6 +13,8 @@ Gradients a rule returns may have the broadcast shape of the output: the engine 
 the output's shape here.
 """
 
+import inspect
+
 import numpy as np
 
 from . import fit
@@ -360,22 +362,27 @@ def elementwise(uses):
     derivative once: ``derivative(ctx, g, v)`` returns ``g * f'(x)``, written in terms of
     ``v``, the input x (``uses="x"``) or the output (``uses="out"``), which forward saves
     (``ctx.save_for_backward(v)``).  Backward is ``derivative(ctx, grad, v)`` (None for the
-    constants), jvp ``derivative(ctx, t, v)``."""
+    constants), jvp ``derivative(ctx, t, v)``; both are bound to this class's derivative."""
     if uses not in ("x", "out"):
         raise ValueError(f'elementwise: uses must be "x" or "out", got {uses!r}')
-    primals = "inputs" if uses == "x" else "outputs"
-
-    def backward(cls, ctx, grad):
-        (v,) = ctx.saved_tensors
-        grad_x = cls.derivative(ctx, grad, v)
-        n = len(ctx.needs_input_grad)
-        return grad_x if n == 1 else (grad_x,) + (None,) * (n - 1)
-
-    def jvp(cls, ctx, t, *_):
-        return cls.derivative(ctx, t, getattr(ctx, primals)[0])
 
     def decorate(cls):
-        cls.backward, cls.jvp = classmethod(backward), classmethod(jvp)
+        derivative = cls.derivative
+        # Bound here, not looked up per call: a backward on the short path costs ~0.1 us less.
+        parameters = inspect.signature(cls.forward).parameters.values()
+        if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+            raise TypeError(f"elementwise: {cls.__name__}.forward must name its arguments")
+        constants = (None,) * (len(parameters) - 2)  # all but ctx and x
+
+        def backward(ctx, grad):
+            (v,) = ctx.saved_tensors
+            grad_x = derivative(ctx, grad, v)
+            return (grad_x, *constants) if constants else grad_x
+
+        def jvp(ctx, t, *_):
+            return derivative(ctx, t, (ctx.inputs if uses == "x" else ctx.outputs)[0])
+
+        cls.backward, cls.jvp = staticmethod(backward), staticmethod(jvp)
         return cls
 
     return decorate

@@ -258,7 +258,7 @@ def unary_op(cls):
             ctx.next_functions = (edge,) + _NO_EDGES[len(constants)]
             if meta is not None:
                 ctx.input_meta = (meta,)
-            return _recorded(ctx, raw)
+            return _recorded(ctx, raw, meta is None)
         return _unrecorded(forward(FunctionCtx(), x, *constants), (x, *constants))
 
     op.short_path_of = cls
@@ -292,7 +292,7 @@ def binary_op(cls):
                 ctx.next_functions = (edge_x, edge_y)
                 if meta_x is not None or meta_y is not None:
                     ctx.input_meta = (meta_x, meta_y)
-                return _recorded(ctx, raw)
+                return _recorded(ctx, raw, (meta_x if need_x else meta_y) is None)
         return _unrecorded(forward(FunctionCtx(), x, y), (x, y))
 
     op.short_path_of = cls
@@ -425,11 +425,13 @@ def _outputs(cls, ctx, args, raw, record, levels):
     return outputs if multiple else outputs[0]
 
 
-def _recorded(ctx, raw):
-    """The Tensor of ``raw``, the only output of the recorded call ``ctx``."""
+def _recorded(ctx, raw, floating=False):
+    """The Tensor of ``raw``, the only output of the recorded call ``ctx``.  ``floating``: the
+    caller knows that ``raw`` is floating-point, as it has the dtype of an input that requires
+    grad (reading ``raw.dtype.kind`` costs ~0.06 us, a tenth of the short path's own work)."""
     out = _new(Tensor)
     out.data = raw
-    if raw.dtype.kind == "f" and not ctx.non_differentiable:
+    if (floating or raw.dtype.kind == "f") and not ctx.non_differentiable:
         out.grad_fn = ctx
         out._requires_grad = True
     return out

@@ -113,7 +113,6 @@ class BackwardNode(FunctionCtx, Node):
         self._saved = ()
         self.released = True
 
-
     def apply(self, grads):
         if self.released:
             raise RuntimeError(RETAIN_GRAPH_HINT)
@@ -163,8 +162,8 @@ class Function:
     - ``forward`` computes on ndarrays alone (it reads ``.data`` and applies no mpigrad op to
       its Tensor arguments), so it runs as it is called, where a user's forward runs with the
       grad and forward-AD modes off;
-    - ``backward`` and ``jvp`` accept ndarrays for Tensors: in array mode (Note [array mode] in
-      engine.py) ``backward`` gets arrays, and its ``ctx.saved_tensors`` are arrays;
+    - ``backward`` accepts ndarrays for Tensors: in array mode (Note [array mode] in engine.py)
+      it gets arrays, its ``ctx.saved_tensors`` are arrays and the ops it applies return arrays;
     - ``backward`` returns one gradient per input, each in the input's shape and dtype or the
       output's, and keeps Note [gradient ownership] in engine.py; the engine trusts it and
       checks none of this.
@@ -368,7 +367,7 @@ def elementwise(uses):
 
     def decorate(cls):
         derivative = cls.derivative
-        # Bound here, not looked up per call: a backward on the short path costs ~0.1 us less.
+        # Bound here, not looked up per call, as backward runs once per node of the pass.
         parameters = inspect.signature(cls.forward).parameters.values()
         if any(p.kind is p.VAR_POSITIONAL for p in parameters):
             raise TypeError(f"elementwise: {cls.__name__}.forward must name its arguments")
@@ -428,7 +427,7 @@ def _outputs(cls, ctx, args, raw, record, levels):
 def _recorded(ctx, raw, floating=False):
     """The Tensor of ``raw``, the only output of the recorded call ``ctx``.  ``floating``: the
     caller knows that ``raw`` is floating-point, as it has the dtype of an input that requires
-    grad (reading ``raw.dtype.kind`` costs ~0.06 us, a tenth of the short path's own work)."""
+    grad (reading ``raw.dtype.kind`` is a visible share of the short record path's cost)."""
     out = _new(Tensor)
     out.data = raw
     if (floating or raw.dtype.kind == "f") and not ctx.non_differentiable:

@@ -65,6 +65,7 @@ from heapq import heappop, heappush
 
 import numpy as np
 
+from . import fit
 from .dual import open_levels, set_tangent
 from .grad_mode import _State
 from .graph import AccumulateGrad, Node
@@ -125,9 +126,7 @@ def owned(grad):
     if grad.data.flags.writeable:
         return grad
     if grad._requires_grad:
-        from .ops.elementwise import cast
-
-        return cast(grad, grad.data.dtype)  # astype: a differentiable copy
+        return fit.copy(grad)
     copy = Tensor._make(np.array(grad.data))
     for level, tangent in (grad._fw or {}).items():
         set_tangent(copy, level, tangent)
@@ -153,9 +152,7 @@ def read_only(grad):
     view.setflags(write=False)
     if not (grad._requires_grad or grad._fw):
         return Tensor._make(view)
-    from .ops.movement import alias
-
-    out = alias(grad)
+    out = fit.alias(grad)
     out.data = view
     return out
 
@@ -480,18 +477,10 @@ def _fit(node, i, grad, meta):
     if meta is None:
         return grad
     shape, dtype = meta
-    if grad.shape != shape:
-        from .ops.reduce import sum_to
-
-        try:
-            grad = sum_to(grad, shape)
-        except ValueError:
-            raise BackwardError(
-                f"{node.name()} returned a gradient of shape {grad.shape} for input {i}, "
-                f"which has shape {shape}"
-            ) from None
-    if grad.dtype != dtype:
-        from .ops.elementwise import cast
-
-        grad = cast(grad, dtype)
-    return grad
+    try:
+        return fit.gradient_to(grad, shape, dtype)
+    except ValueError:
+        raise BackwardError(
+            f"{node.name()} returned a gradient of shape {grad.shape} for input {i}, "
+            f"which has shape {shape}"
+        ) from None

@@ -1,9 +1,10 @@
 """``Function``: how every op, built-in or user-defined, is defined and recorded.
 
-An op is a ``Function`` subclass with static ``forward(ctx, *args)``, ``backward(ctx, *grads)`` and
-``jvp(ctx, *tangents)``.  ``forward`` runs with recording and tangents switched off and returns
-ndarrays or Tensors; ``backward`` and ``jvp`` are written with mpigrad's own ops, so they are
-differentiable themselves (``create_graph=True``, nested dual levels).
+An op is a ``Function`` subclass with ``forward(ctx, *args)``, ``backward(ctx, *grads)`` and
+``jvp(ctx, *tangents)``.  ``forward`` returns ndarrays or Tensors; ``backward`` and ``jvp`` are
+written with mpigrad's own ops, so they are differentiable themselves (``create_graph=True``,
+nested dual levels).  A rule that follows from what an op is gets declared, not written (Note
+[rules written once]).
 
 ``Function.apply`` wraps the outputs in Tensors and, when a graph is recorded, makes the ``ctx`` the
 graph node: its class is ``<Op>Backward``, its ``next_functions`` are the inputs' gradient edges.
@@ -12,14 +13,20 @@ Gradients a rule returns may have the broadcast shape of the output: the engine 
 the output's shape here.
 """
 
+import inspect
+
 import numpy as np
 
+from . import fit
 from .dual import _levels, set_tangent
 from .grad_mode import _State
 from .graph import Node, gradient_edge, next_sequence_nr
 from .tensor import Tensor, is_differentiable
 
-__all__ = ["Function", "FunctionCtx", "BackwardNode", "unary_op", "binary_op"]
+__all__ = [
+    "Function", "FunctionCtx", "BackwardNode", "unary_op", "binary_op", "linear", "multilinear",
+    "elementwise",
+]
 
 RETAIN_GRAPH_HINT = (
     "Trying to backward through the graph a second time (or to read saved tensors after they "
@@ -72,9 +79,7 @@ class BackwardNode(FunctionCtx, Node):
     """The ctx of a recorded Function call, and its node in the backward graph."""
 
     _forward_cls = None
-    # A built-in rule takes arrays; a user's backward gets Tensors, and what it returns enters the
-    # engine read-only (Note [gradient ownership] in engine.py): set per op in __init_subclass__.
-    takes_arrays = True
+    takes_arrays = False  # the op's Function.takes_arrays, copied here for the engine
     _saved_outputs = False  # whether _saved holds _SavedOutput entries to rebuild
     released = False
 
@@ -108,7 +113,6 @@ class BackwardNode(FunctionCtx, Node):
         self._saved = ()
         self.released = True
 
-
     def apply(self, grads):
         if self.released:
             raise RuntimeError(RETAIN_GRAPH_HINT)
@@ -116,7 +120,7 @@ class BackwardNode(FunctionCtx, Node):
         if len(grads) == 1:
             if grads[0] is None:
                 return (None,) * len(self.next_functions)
-            if cls._array_forward:  # a built-in rule: one gradient per input, no checks
+            if self.takes_arrays:  # a rule under the built-in contract: trusted, no checks
                 result = cls.backward(self, grads[0])
                 return result if type(result) is tuple else (result,)
         elif all(g is None for g in grads):
@@ -147,15 +151,33 @@ class Function:
       (None for non-tensor arguments or where ``ctx.needs_input_grad[i]`` is False).
     - ``jvp(ctx, *tangents)``: one tangent per argument in (None where it has none), one per output
       out.  ``ctx.inputs`` and ``ctx.outputs`` hold the primals (see Note [nested tangents]).
+
+    The rules are static methods, or class methods where a family of ops shares them and reads
+    what differs from class attributes: ``cls`` is then the op called (``Maximum`` and
+    ``Minimum`` share ``_Select``'s rules, which read ``cls.larger``).
+
+    ``takes_arrays`` (False unless a class sets it; not inherited, as a subclass is a new op)
+    declares the contract of the built-in ops, under which an op is recorded and run faster:
+
+    - ``forward`` computes on ndarrays alone (it reads ``.data`` and applies no mpigrad op to
+      its Tensor arguments), so it runs as it is called, where a user's forward runs with the
+      grad and forward-AD modes off;
+    - ``backward`` accepts ndarrays for Tensors: in array mode (Note [array mode] in engine.py)
+      it gets arrays, its ``ctx.saved_tensors`` are arrays and the ops it applies return arrays;
+    - ``backward`` returns one gradient per input, each in the input's shape and dtype or the
+      output's, and keeps Note [gradient ownership] in engine.py; the engine trusts it and
+      checks none of this.
+
+    ``unary_op`` and ``binary_op`` set it; a built-in op they do not fit sets it in its body.
     """
+
+    takes_arrays = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        # Built-in ops compute on ndarrays only, so their forward needs no switch of the grad
-        # and forward-AD modes; a user's forward may call mpigrad ops and runs with both off.
-        cls._array_forward = cls.__module__.startswith("mpigrad.ops.")
+        cls.takes_arrays = cls.__dict__.get("takes_arrays", False)
         cls._backward_cls = type(f"{cls.__name__}Backward", (BackwardNode,), {
-            "_forward_cls": cls, "takes_arrays": cls._array_forward,
+            "_forward_cls": cls, "takes_arrays": cls.takes_arrays,
         })
         if getattr(cls.apply, "short_path_of", cls) is not cls:
             # A subclass of a decorated op: the short path is bound to its base's forward.
@@ -190,7 +212,7 @@ class Function:
             ctx.needs_input_grad = needs
         else:
             ctx = FunctionCtx()
-        if cls._array_forward:
+        if cls.takes_arrays:
             raw = cls.forward(ctx, *args)
         else:
             prev_grad, prev_fw = _State.grad_enabled, _State.forward_ad_enabled
@@ -207,13 +229,16 @@ class Function:
 # with one that does the usual case (grad mode on, no dual level open, an input that requires
 # grad, one array out) in a few lines, and a call that records nothing (a rule in the backward
 # pass) in one; an open dual level goes to the general ``Function.apply``.  What they build is
-# what ``Function.apply`` builds.  They are for built-in ops only: their forward computes on
+# what ``Function.apply`` builds, with the same helper (``_edge``).  They are for ops under the
+# built-in contract (``Function.takes_arrays``), which they declare: their forward computes on
 # arrays, so it needs no switch of the grad and forward-AD modes.
 
 
 def unary_op(cls):
     """Class decorator: ``cls.apply(x, *constants)`` takes the short record path; for an op
-    whose first argument is its only possible Tensor (the others are axes, shapes, indices)."""
+    whose first argument is its only possible Tensor (the others are axes, shapes, indices).
+    Declares ``cls.takes_arrays``."""
+    _declare_takes_arrays(cls)
     node_cls, forward, apply = cls._backward_cls, cls.forward, cls.apply
 
     def op(x, *constants):
@@ -228,14 +253,11 @@ def unary_op(cls):
                 if not isinstance(raw, np.generic):
                     return _outputs(cls, ctx, (x, *constants), raw, True, None)
                 raw = np.asarray(raw)  # a 0-d result
-            fn = x.grad_fn
-            ctx.next_functions = (
-                (fn, x._output_nr) if fn is not None else gradient_edge(x),
-            ) + _NO_EDGES[len(constants)]
-            d = x.data
-            if d.shape != raw.shape or d.dtype != raw.dtype:
-                ctx.input_meta = ((d.shape, d.dtype),)
-            return _recorded(ctx, raw)
+            edge, meta = _edge(x, raw)
+            ctx.next_functions = (edge,) + _NO_EDGES[len(constants)]
+            if meta is not None:
+                ctx.input_meta = (meta,)
+            return _recorded(ctx, raw, meta is None)
         return _unrecorded(forward(FunctionCtx(), x, *constants), (x, *constants))
 
     op.short_path_of = cls
@@ -245,7 +267,8 @@ def unary_op(cls):
 
 def binary_op(cls):
     """Class decorator: ``cls.apply(x, y)`` takes the short record path; for an op of two
-    arguments, either of which may be a Tensor."""
+    arguments, either of which may be a Tensor.  Declares ``cls.takes_arrays``."""
+    _declare_takes_arrays(cls)
     node_cls, forward, apply = cls._backward_cls, cls.forward, cls.apply
 
     def op(x, y):
@@ -263,30 +286,105 @@ def binary_op(cls):
                     if not isinstance(raw, np.generic):
                         return _outputs(cls, ctx, (x, y), raw, True, None)
                     raw = np.asarray(raw)  # a 0-d result
-                meta_x = meta_y = None
-                if need_x:
-                    fn, d = x.grad_fn, x.data
-                    edge_x = (fn, x._output_nr) if fn is not None else gradient_edge(x)
-                    if d.shape != raw.shape or d.dtype != raw.dtype:
-                        meta_x = (d.shape, d.dtype)
-                else:
-                    edge_x = _NO_EDGE
-                if need_y:
-                    fn, d = y.grad_fn, y.data
-                    edge_y = (fn, y._output_nr) if fn is not None else gradient_edge(y)
-                    if d.shape != raw.shape or d.dtype != raw.dtype:
-                        meta_y = (d.shape, d.dtype)
-                else:
-                    edge_y = _NO_EDGE
+                edge_x, meta_x = _edge(x, raw) if need_x else _NO_INPUT
+                edge_y, meta_y = _edge(y, raw) if need_y else _NO_INPUT
                 ctx.next_functions = (edge_x, edge_y)
                 if meta_x is not None or meta_y is not None:
                     ctx.input_meta = (meta_x, meta_y)
-                return _recorded(ctx, raw)
+                return _recorded(ctx, raw, (meta_x if need_x else meta_y) is None)
         return _unrecorded(forward(FunctionCtx(), x, y), (x, y))
 
     op.short_path_of = cls
     cls.apply = staticmethod(op)
     return cls
+
+
+def _declare_takes_arrays(cls):
+    cls.takes_arrays = cls._backward_cls.takes_arrays = True
+
+
+# Note [rules written once]: a linear op's forward rule is the op itself, applied to the
+# tangents; a unary elementwise op's two rules multiply by one derivative, the gradient
+# (backward) or the tangent (jvp).  The class decorators below write those rules from what the
+# op declares, as HIPS autograd's ``def_linear`` and ``defjvp`` do for numpy's functions.  An
+# argument listed in ``fixed`` (an axis, a shape, an index, a dtype, a mask) is a parameter of
+# the map, passed to it unchanged; every other argument is an operand.
+
+
+def linear(fixed=()):
+    """Class decorator: the op is linear in its operands taken together, ``f(x + t) = f(x) +
+    f(t)`` (movement, sums, add): its jvp is the op applied to the tangents, zeros standing for
+    an operand that has none."""
+
+    def jvp(cls, ctx, *tangents):
+        dtype = ctx.outputs[0].data.dtype
+        return cls.apply(*[
+            a if i in fixed else _zeros(a, dtype) if t is None else t
+            for i, (a, t) in enumerate(zip(ctx.inputs, tangents))
+        ])
+
+    return _with_jvp(jvp)
+
+
+def multilinear(fixed=()):
+    """Class decorator: the op is linear in each operand, the others held (a product, a matrix
+    product, a stencil with weights): its jvp is the sum, over the operands with a tangent, of
+    the op with that operand replaced by its tangent (the product rule)."""
+
+    def jvp(cls, ctx, *tangents):
+        total = None
+        for i, t in enumerate(tangents):
+            if t is not None and i not in fixed:
+                term = cls.apply(*ctx.inputs[:i], t, *ctx.inputs[i + 1:])
+                total = term if total is None else total + term
+        return total
+
+    return _with_jvp(jvp)
+
+
+def _with_jvp(jvp):
+    def decorate(cls):
+        cls.jvp = classmethod(jvp)
+        return cls
+
+    return decorate
+
+
+def _zeros(value, dtype):
+    """The zero tangent of an operand: read-only zeros of its shape."""
+    shape = np.shape(value.data if isinstance(value, Tensor) else value)
+    return Tensor._make(np.broadcast_to(np.zeros((), dtype), shape))
+
+
+def elementwise(uses):
+    """Class decorator for a unary elementwise op ``out = f(x, *constants)`` that states its
+    derivative once: ``derivative(ctx, g, v)`` returns ``g * f'(x)``, written in terms of
+    ``v``, the input x (``uses="x"``) or the output (``uses="out"``), which forward saves
+    (``ctx.save_for_backward(v)``).  Backward is ``derivative(ctx, grad, v)`` (None for the
+    constants), jvp ``derivative(ctx, t, v)``; both are bound to this class's derivative."""
+    if uses not in ("x", "out"):
+        raise ValueError(f'elementwise: uses must be "x" or "out", got {uses!r}')
+
+    def decorate(cls):
+        derivative = cls.derivative
+        # Bound here, not looked up per call, as backward runs once per node of the pass.
+        parameters = inspect.signature(cls.forward).parameters.values()
+        if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+            raise TypeError(f"elementwise: {cls.__name__}.forward must name its arguments")
+        constants = (None,) * (len(parameters) - 2)  # all but ctx and x
+
+        def backward(ctx, grad):
+            (v,) = ctx.saved_tensors
+            grad_x = derivative(ctx, grad, v)
+            return (grad_x, *constants) if constants else grad_x
+
+        def jvp(ctx, t, *_):
+            return derivative(ctx, t, (ctx.inputs if uses == "x" else ctx.outputs)[0])
+
+        cls.backward, cls.jvp = staticmethod(backward), staticmethod(jvp)
+        return cls
+
+    return decorate
 
 
 def _unrecorded(raw, args):
@@ -307,7 +405,7 @@ def _outputs(cls, ctx, args, raw, record, levels):
         # The common case, kept short: one array out, no tangents.  The output did not exist
         # while forward ran, so it cannot be among the saved tensors.
         if record:
-            _record_inputs(ctx, args, ctx.needs_input_grad, raw if cls._array_forward else None)
+            _record_inputs(ctx, args, ctx.needs_input_grad, raw if cls.takes_arrays else None)
             return _recorded(ctx, raw)
         return Tensor._make(raw)
     multiple = isinstance(raw, tuple)
@@ -326,11 +424,13 @@ def _outputs(cls, ctx, args, raw, record, levels):
     return outputs if multiple else outputs[0]
 
 
-def _recorded(ctx, raw):
-    """The Tensor of ``raw``, the only output of the recorded call ``ctx``."""
+def _recorded(ctx, raw, floating=False):
+    """The Tensor of ``raw``, the only output of the recorded call ``ctx``.  ``floating``: the
+    caller knows that ``raw`` is floating-point, as it has the dtype of an input that requires
+    grad (reading ``raw.dtype.kind`` is a visible share of the short record path's cost)."""
     out = _new(Tensor)
     out.data = raw
-    if raw.dtype.kind == "f" and not ctx.non_differentiable:
+    if (floating or raw.dtype.kind == "f") and not ctx.non_differentiable:
         out.grad_fn = ctx
         out._requires_grad = True
     return out
@@ -349,35 +449,33 @@ def _as_output(value, args):
 
 
 _NO_EDGE = (None, 0)
+_NO_INPUT = (_NO_EDGE, None)  # what _edge gives for an argument that needs no gradient
 _NO_EDGES = [(_NO_EDGE,) * n for n in range(8)]
 _FIRST_ONLY = [(True,) + (False,) * n for n in range(8)]
 _NEEDS = {x: {y: (x, y) for y in (False, True)} for x in (False, True)}
 _new = object.__new__
 
 
-def _record_inputs(ctx, args, needs, out=None):
-    """The node's edges to its inputs' gradients, and the inputs' (shape, dtype).
+def _edge(tensor, out=None):
+    """The edge to ``tensor``'s gradient, and ``tensor``'s entry in ``input_meta``: its
+    ``(shape, dtype)``, or None when ``out`` (the output array of an op with ``takes_arrays``)
+    has the same, as such an op's rules return gradients in the output's shape and dtype, so the
+    engine has nothing to undo there (see Note [broadcasting is undone at the edge])."""
+    fn = tensor.grad_fn
+    edge = (fn, tensor._output_nr) if fn is not None else gradient_edge(tensor)
+    d = tensor.data
+    if out is not None and d.shape == out.shape and d.dtype == out.dtype:
+        return edge, None
+    return edge, (d.shape, d.dtype)
 
-    With ``out`` (a built-in op's output array), an input shaped and typed like it gets no entry:
-    built-in rules return gradients in the output's shape and dtype, so the engine has nothing to
-    undo there (see Note [broadcasting is undone at the edge]); None stands for no entry at all.
-    """
-    edges, meta, fits = [], [], False
-    for a, need in zip(args, needs):
-        if need:
-            fn = a.grad_fn
-            edges.append((fn, a._output_nr) if fn is not None else gradient_edge(a))
-            d = a.data
-            if out is not None and d.shape == out.shape and d.dtype == out.dtype:
-                meta.append(None)
-            else:
-                meta.append((d.shape, d.dtype))
-                fits = True
-        else:
-            edges.append(_NO_EDGE)
-            meta.append(None)
-    ctx.next_functions = tuple(edges)
-    ctx.input_meta = tuple(meta) if fits else None
+
+def _record_inputs(ctx, args, needs, out=None):
+    """Set the node's edges to its inputs' gradients and its ``input_meta`` (see ``_edge``; None
+    for the whole when no entry is set)."""
+    inputs = [_edge(a, out) if need else _NO_INPUT for a, need in zip(args, needs)]
+    ctx.next_functions = tuple([edge for edge, _ in inputs])
+    meta = tuple([m for _, m in inputs])
+    ctx.input_meta = None if meta.count(None) == len(meta) else meta
 
 
 def _record(ctx, args, outputs):
@@ -403,9 +501,6 @@ def _tangent_levels(args):
 
 def _push_tangents(cls, ctx, args, outputs, levels):
     """Set each output's tangent at every level the inputs carry; see Note [nested tangents]."""
-    from .ops.elementwise import cast
-    from .ops.movement import broadcast_to
-
     if cls.jvp is Function.jvp:
         raise NotImplementedError(f"{cls.__name__} does not define jvp (no forward-mode rule)")
     for level in levels:
@@ -434,11 +529,7 @@ def _push_tangents(cls, ctx, args, outputs, levels):
             if frozen and any(out is f for f in frozen):
                 continue
             tangent = tangent if isinstance(tangent, Tensor) else Tensor._make(np.asarray(tangent))
-            if tangent.data.shape != out.data.shape:
-                tangent = broadcast_to(tangent, out.data.shape)
-            if tangent.data.dtype != out.data.dtype:
-                tangent = cast(tangent, out.data.dtype)
-            set_tangent(out, level, tangent)
+            set_tangent(out, level, fit.tangent_to(tangent, out.data.shape, out.data.dtype))
     ctx.inputs = ctx.outputs = None
 
 
@@ -449,12 +540,10 @@ def strip_level(value, level):
         return value
     if level not in value._fw and not any(t._fw for t in value._fw.values()):
         return value
-    from .ops.movement import alias
-
     prev = _State.forward_ad_enabled
     _State.forward_ad_enabled = False
     try:
-        out = alias(value)
+        out = fit.alias(value)
     finally:
         _State.forward_ad_enabled = prev
     for k, t in value._fw.items():

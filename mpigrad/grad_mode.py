@@ -91,14 +91,3 @@ class enable_grad(_ScopedMode):
 
     mode = True
 
-
-class suspend_forward_ad:
-    """Internal: ops inside do not propagate tangents (used around a Function's forward)."""
-
-    def __enter__(self):
-        self.prev = _State.forward_ad_enabled
-        _State.forward_ad_enabled = False
-
-    def __exit__(self, *exc):
-        _State.forward_ad_enabled = self.prev
-        return False

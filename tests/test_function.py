@@ -439,3 +439,89 @@ def test_a_subclass_of_a_built_in_op_runs_its_own_rules():
     out.sum().backward()
     np.testing.assert_allclose(x.grad.data, [6.0, -2.0])
     np.testing.assert_allclose(y.grad.data, [2.0, 4.0])
+
+
+def _probe(declared, module):
+    """A Function that reports the grad mode its forward ran in and the type its backward got."""
+    seen = {}
+
+    class Probe(mg.Function):
+        __module__ = module  # what the class statement sees, as if Probe were defined there
+        takes_arrays = declared
+
+        @staticmethod
+        def forward(ctx, x):
+            seen["grad mode in forward"] = mg.is_grad_enabled()
+            return x.data * 3
+
+        @staticmethod
+        def backward(ctx, g):
+            seen["gradient type"] = type(g)
+            return g * 3
+
+    x = leaf([1.0, 2.0])
+    Probe.apply(x).sum().backward()
+    np.testing.assert_array_equal(x.grad.data, [3.0, 3.0])
+    return Probe, seen
+
+
+@pytest.mark.parametrize("module", ["mpigrad.ops.user", __name__])
+def test_the_built_in_contract_is_declared_by_the_class_not_its_module(module):
+    # Function.takes_arrays: an undeclared op gets a user's treatment (forward with grad mode
+    # off, Tensors in backward) wherever it lives; a declared one gets the built-in treatment.
+    Probe, seen = _probe(False, module)
+    assert not Probe.takes_arrays and not Probe._backward_cls.takes_arrays
+    assert seen == {"grad mode in forward": False, "gradient type": mg.Tensor}
+    Probe, seen = _probe(True, module)
+    assert Probe.takes_arrays and Probe._backward_cls.takes_arrays
+    assert seen == {"grad mode in forward": True, "gradient type": np.ndarray}
+
+
+def test_the_built_in_contract_is_not_inherited():
+    from mpigrad.ops.elementwise import Mul, Sin
+
+    assert Sin.takes_arrays and Mul.takes_arrays
+
+    class MySin(Sin):
+        pass
+
+    assert not MySin.takes_arrays and not MySin._backward_cls.takes_arrays
+
+
+def test_declared_rules_serve_users_functions():
+    # Note [rules written once]: linear and elementwise write jvp (and backward) for any
+    # Function, one with constant arguments and no takes_arrays included.
+    from mpigrad.function import elementwise, linear
+
+    @elementwise(uses="out")
+    class ScaledExp(mg.Function):
+        """out = exp(k x); grad_x = grad * k * out"""
+
+        @staticmethod
+        def forward(ctx, x, k):
+            ctx.k = k
+            out = mg.Tensor(np.exp(k * x.data))
+            ctx.save_for_backward(out)
+            return out
+
+        @staticmethod
+        def derivative(ctx, g, out):
+            return g * out * ctx.k
+
+    @linear(fixed=(1,))
+    class Tile(mg.Function):
+        """out = x repeated n times; grad_x = the n pieces of grad summed"""
+
+        @staticmethod
+        def forward(ctx, x, n):
+            ctx.n = n
+            return np.tile(x.data, n)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g.reshape(ctx.n, -1).sum(0), None
+
+    x = mg.tensor(np.random.default_rng(0).standard_normal(3))
+    check_grads(lambda x: Tile.apply(ScaledExp.apply(x, 0.5), 2), [x], order=2)
+    with pytest.raises(ValueError, match='elementwise: uses must be "x" or "out", got \'y\''):
+        elementwise(uses="y")

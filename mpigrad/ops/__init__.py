@@ -1,6 +1,7 @@
 """The differentiable ops, one module per family.  Each op is a ``Function`` subclass whose
-forward, reverse rule (``backward``) and forward rule (``jvp``) sit together, plus the plain
-function users call.  ``__all__`` is the registry the op tests are driven from."""
+forward, reverse rule (``backward``) and forward rule (``jvp``) sit together, written or declared
+(``linear``, ``multilinear``, ``elementwise``: Note [rules written once] in function.py), plus
+the plain function users call.  ``__all__`` is the registry the op tests are driven from."""
 
 from .elementwise import *  # noqa: F403
 from .elementwise import __all__ as _elementwise

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..function import Function, binary_op, unary_op
+from ..function import Function, binary_op, elementwise, linear, multilinear, unary_op
 from ..tensor import Tensor
 from ._util import constant, data, plus
 
@@ -13,6 +13,7 @@ __all__ = [
 
 
 @binary_op
+@linear()
 class Add(Function):
     """out = x + y; grad_x = grad; grad_y = grad"""
 
@@ -29,12 +30,9 @@ class Add(Function):
             (grad if type(grad) is np.ndarray else grad.data).setflags(False)
         return grad, grad
 
-    @staticmethod
-    def jvp(ctx, tx, ty):
-        return plus(tx, ty)
-
 
 @binary_op
+@linear()
 class Sub(Function):
     """out = x - y; grad_x = grad; grad_y = -grad"""
 
@@ -46,12 +44,9 @@ class Sub(Function):
     def backward(ctx, grad):
         return grad, (-grad if ctx.needs_input_grad[1] else None)
 
-    @staticmethod
-    def jvp(ctx, tx, ty):
-        return plus(tx, None if ty is None else -ty)
-
 
 @binary_op
+@multilinear()
 class Mul(Function):
     """out = x * y; grad_x = grad * y; grad_y = grad * x"""
 
@@ -67,11 +62,6 @@ class Mul(Function):
         x, y = ctx.saved_tensors
         need_x, need_y = ctx.needs_input_grad
         return (grad * y if need_x else None), (grad * x if need_y else None)
-
-    @staticmethod
-    def jvp(ctx, tx, ty):
-        x, y = ctx.inputs
-        return plus(None if tx is None else tx * y, None if ty is None else x * ty)
 
 
 @binary_op
@@ -129,6 +119,7 @@ def _log_base(x):
 
 
 @unary_op
+@linear()
 class Neg(Function):
     """out = -x; grad_x = -grad"""
 
@@ -140,12 +131,9 @@ class Neg(Function):
     def backward(ctx, grad):
         return -grad
 
-    @staticmethod
-    def jvp(ctx, t):
-        return -t
-
 
 @unary_op
+@elementwise(uses="out")
 class Exp(Function):
     """out = exp(x); grad_x = grad * out"""
 
@@ -156,16 +144,12 @@ class Exp(Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        return grad * out
-
-    @staticmethod
-    def jvp(ctx, t):
-        return t * ctx.outputs[0]
+    def derivative(ctx, g, out):
+        return g * out
 
 
 @unary_op
+@elementwise(uses="x")
 class Log(Function):
     """out = log(x); grad_x = grad / x"""
 
@@ -175,16 +159,12 @@ class Log(Function):
         return np.log(data(x))
 
     @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad / x
-
-    @staticmethod
-    def jvp(ctx, t):
-        return t / ctx.inputs[0]
+    def derivative(ctx, g, x):
+        return g / x
 
 
 @unary_op
+@elementwise(uses="out")
 class Sqrt(Function):
     """out = sqrt(x); grad_x = grad / (2 * out)"""
 
@@ -195,16 +175,12 @@ class Sqrt(Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        return grad / (out * 2)
-
-    @staticmethod
-    def jvp(ctx, t):
-        return t / (ctx.outputs[0] * 2)
+    def derivative(ctx, g, out):
+        return g / (out * 2)
 
 
 @unary_op
+@elementwise(uses="x")
 class Abs(Function):
     """out = |x|; grad_x = grad * sign(x)"""
 
@@ -214,16 +190,12 @@ class Abs(Function):
         return np.abs(data(x))
 
     @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * constant(np.sign(data(x)))
-
-    @staticmethod
-    def jvp(ctx, t):
-        return t * constant(np.sign(data(ctx.inputs[0])))
+    def derivative(ctx, g, x):
+        return g * constant(np.sign(data(x)))
 
 
 @unary_op
+@elementwise(uses="x")
 class Sin(Function):
     """out = sin(x); grad_x = grad * cos(x)"""
 
@@ -233,16 +205,12 @@ class Sin(Function):
         return np.sin(data(x))
 
     @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * cos(x)
-
-    @staticmethod
-    def jvp(ctx, t):
-        return t * cos(ctx.inputs[0])
+    def derivative(ctx, g, x):
+        return g * cos(x)
 
 
 @unary_op
+@elementwise(uses="x")
 class Cos(Function):
     """out = cos(x); grad_x = -grad * sin(x)"""
 
@@ -252,16 +220,12 @@ class Cos(Function):
         return np.cos(data(x))
 
     @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return -grad * sin(x)
-
-    @staticmethod
-    def jvp(ctx, t):
-        return -t * sin(ctx.inputs[0])
+    def derivative(ctx, g, x):
+        return -g * sin(x)
 
 
 @unary_op
+@elementwise(uses="out")
 class Tanh(Function):
     """out = tanh(x); grad_x = grad * (1 - out**2)"""
 
@@ -272,17 +236,12 @@ class Tanh(Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        return grad * (1 - out * out)
-
-    @staticmethod
-    def jvp(ctx, t):
-        out = ctx.outputs[0]
-        return t * (1 - out * out)
+    def derivative(ctx, g, out):
+        return g * (1 - out * out)
 
 
 @unary_op
+@elementwise(uses="out")
 class Sigmoid(Function):
     """out = 1 / (1 + exp(-x)); grad_x = grad * out * (1 - out)"""
 
@@ -293,17 +252,12 @@ class Sigmoid(Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        return grad * out * (1 - out)
-
-    @staticmethod
-    def jvp(ctx, t):
-        out = ctx.outputs[0]
-        return t * out * (1 - out)
+    def derivative(ctx, g, out):
+        return g * out * (1 - out)
 
 
 @unary_op
+@elementwise(uses="x")
 class Relu(Function):
     """out = max(x, 0); grad_x = grad * (x > 0)"""
 
@@ -313,13 +267,8 @@ class Relu(Function):
         return np.maximum(data(x), 0)
 
     @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * constant(data(x) > 0)
-
-    @staticmethod
-    def jvp(ctx, t):
-        return t * constant(data(ctx.inputs[0]) > 0)
+    def derivative(ctx, g, x):
+        return g * constant(data(x) > 0)
 
 
 def _selection_weights(x, y, larger):
@@ -363,8 +312,11 @@ class Minimum(_Select):
     larger = False
 
 
+@linear(fixed=(0,))
 class Where(Function):
     """out = x where cond else y; grad_x = grad where cond; grad_y = grad where not cond"""
+
+    takes_arrays = True
 
     @staticmethod
     def forward(ctx, cond, x, y):
@@ -381,13 +333,9 @@ class Where(Function):
             where(ctx.cond, zero, grad) if need_y else None,
         )
 
-    @staticmethod
-    def jvp(ctx, _, tx, ty):
-        zero = np.zeros((), ctx.outputs[0].dtype)
-        return where(ctx.cond, zero if tx is None else tx, zero if ty is None else ty)
-
 
 @unary_op
+@elementwise(uses="x")
 class Clamp(Function):
     """out = min(max(x, lo), hi); grad_x = grad where lo <= x <= hi"""
 
@@ -398,26 +346,18 @@ class Clamp(Function):
         return np.clip(data(x), lo, hi)
 
     @staticmethod
-    def _inside(ctx, x):
+    def derivative(ctx, g, x):
         lo, hi = ctx.bounds
         inside = np.ones(x.shape, bool)
         if lo is not None:
             inside &= data(x) >= lo
         if hi is not None:
             inside &= data(x) <= hi
-        return constant(inside)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * Clamp._inside(ctx, x), None, None
-
-    @staticmethod
-    def jvp(ctx, t, _lo, _hi):
-        return t * Clamp._inside(ctx, ctx.inputs[0])
+        return g * constant(inside)
 
 
 @unary_op
+@linear(fixed=(1,))
 class Cast(Function):
     """out = x as dtype; grad_x = grad as x's dtype"""
 
@@ -429,10 +369,6 @@ class Cast(Function):
     @staticmethod
     def backward(ctx, grad):
         return cast(grad, ctx.source), None
-
-    @staticmethod
-    def jvp(ctx, t, _):
-        return cast(t, ctx.outputs[0].dtype)
 
 
 add = Add.apply

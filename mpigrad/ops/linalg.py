@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from ..function import Function, binary_op
+from ..function import Function, binary_op, multilinear
 from ..tensor import Tensor
-from ._util import data, plus
+from ._util import data
 from .movement import Permute, unsqueeze
 
 __all__ = ["matmul"]
@@ -17,6 +17,7 @@ def _mT(x):
 
 
 @binary_op
+@multilinear()
 class MatMul(Function):
     """out = x @ y (numpy semantics, batched and 1-D); grad_x = grad @ y^T; grad_y = x^T @ grad"""
 
@@ -49,11 +50,6 @@ class MatMul(Function):
             if y.ndim == 1:
                 grad_y = grad_y[..., 0]
         return grad_x, grad_y
-
-    @staticmethod
-    def jvp(ctx, tx, ty):
-        x, y = ctx.inputs
-        return plus(None if tx is None else tx @ y, None if ty is None else x @ ty)
 
 
 def _lifted_shape(shape, x_ndim, y_ndim):

@@ -3,7 +3,7 @@
 import numpy as np
 
 from .. import kernels
-from ..function import Function, unary_op
+from ..function import Function, linear, unary_op
 from ..grad_mode import _State
 from ..slice_grad import SliceGrad
 from ..tensor import Tensor
@@ -16,6 +16,7 @@ __all__ = [
 
 
 @unary_op
+@linear()
 class Alias(Function):
     """out = x (a new Tensor over the same data); grad_x = grad"""
 
@@ -27,12 +28,9 @@ class Alias(Function):
     def backward(ctx, grad):
         return grad
 
-    @staticmethod
-    def jvp(ctx, t):
-        return t
-
 
 @unary_op
+@linear(fixed=(1,))
 class Reshape(Function):
     """out = x.reshape(shape); grad_x = grad.reshape(x.shape)"""
 
@@ -45,12 +43,9 @@ class Reshape(Function):
     def backward(ctx, grad):
         return reshape(grad, ctx.shape), None
 
-    @staticmethod
-    def jvp(ctx, t, _):
-        return reshape(t, ctx.outputs[0].shape)
-
 
 @unary_op
+@linear(fixed=(1,))
 class Permute(Function):
     """out = x with axes reordered; grad_x = grad with the inverse order"""
 
@@ -62,10 +57,6 @@ class Permute(Function):
     @staticmethod
     def backward(ctx, grad):
         return Permute.apply(grad, tuple(np.argsort(ctx.axes))), None
-
-    @staticmethod
-    def jvp(ctx, t, _):
-        return Permute.apply(t, ctx.axes)
 
 
 def broadcast_view(a, shape):
@@ -91,6 +82,7 @@ def broadcast_view(a, shape):
 
 
 @unary_op
+@linear(fixed=(1,))
 class BroadcastTo(Function):
     """out = x broadcast to shape (a read-only view); grad_x = grad summed back to x.shape"""
 
@@ -105,12 +97,9 @@ class BroadcastTo(Function):
 
         return sum_to(grad, ctx.shape), None
 
-    @staticmethod
-    def jvp(ctx, t, _):
-        return broadcast_to(t, ctx.outputs[0].shape)
-
 
 @unary_op
+@linear(fixed=(1,))
 class GetItem(Function):
     """out = x[index]; grad_x = zeros(x.shape) with grad added at index (repeats accumulate)"""
 
@@ -125,12 +114,9 @@ class GetItem(Function):
             return SliceGrad(ctx.shape, ctx.dtype, ctx.index, grad), None
         return IndexAdd.apply(grad, ctx.shape, ctx.index), None
 
-    @staticmethod
-    def jvp(ctx, t, _):
-        return GetItem.apply(t, ctx.index)
-
 
 @unary_op
+@linear(fixed=(1, 2))
 class IndexAdd(Function):
     """out = zeros(shape) with src added at index; grad_src = grad[index]"""
 
@@ -151,13 +137,12 @@ class IndexAdd(Function):
     def backward(ctx, grad):
         return GetItem.apply(grad, ctx.index), None, None
 
-    @staticmethod
-    def jvp(ctx, t, *_):
-        return IndexAdd.apply(t, ctx.outputs[0].shape, ctx.index)
 
-
+@linear(fixed=(0,))
 class Cat(Function):
     """out = concatenate(xs, axis); grad_xs = the matching slices of grad"""
+
+    takes_arrays = True
 
     @staticmethod
     def forward(ctx, axis, *xs):
@@ -168,14 +153,6 @@ class Cat(Function):
     @staticmethod
     def backward(ctx, grad):
         return (None, *split(grad, ctx.sizes, ctx.axis))
-
-    @staticmethod
-    def jvp(ctx, _, *tangents):
-        parts = [
-            Tensor._make(np.zeros_like(data(x))) if t is None else t
-            for x, t in zip(ctx.inputs[1:], tangents)
-        ]
-        return Cat.apply(ctx.axis, *parts)
 
 
 def _is_basic(index):

@@ -3,7 +3,7 @@
 
 import numpy as np
 
-from ..function import Function, unary_op
+from ..function import Function, linear, unary_op
 from ._util import constant, data, keepdims_shape, normalize_axis
 from .movement import broadcast_to
 
@@ -11,6 +11,7 @@ __all__ = ["sum", "mean", "max", "min", "sum_to"]
 
 
 @unary_op
+@linear(fixed=(1, 2))
 class Sum(Function):
     """out = sum(x, axes); grad_x = grad broadcast back to x's shape"""
 
@@ -23,10 +24,6 @@ class Sum(Function):
     def backward(ctx, grad):
         grad = grad.reshape(keepdims_shape(ctx.shape, ctx.axes))
         return broadcast_to(grad, ctx.shape), None, None
-
-    @staticmethod
-    def jvp(ctx, t, *_):
-        return Sum.apply(t, ctx.axes, ctx.inputs[2])
 
 
 class _Extreme(Function):
@@ -67,6 +64,7 @@ class Min(_Extreme):
 
 
 @unary_op
+@linear(fixed=(1,))
 class SumTo(Function):
     """out = x summed over its broadcast axes to ``shape``; grad_x = broadcast_to(grad, x.shape)"""
 
@@ -89,10 +87,6 @@ class SumTo(Function):
     @staticmethod
     def backward(ctx, grad):
         return broadcast_to(grad, ctx.shape), None
-
-    @staticmethod
-    def jvp(ctx, t, _):
-        return sum_to(t, ctx.outputs[0].shape)
 
 
 def sum(x, axis=None, keepdims=False):

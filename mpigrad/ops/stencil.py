@@ -3,15 +3,16 @@ convolution), computed in one compiled pass (``kernels.correlate``)."""
 
 import numpy as np
 
-from ..function import Function
+from ..function import Function, multilinear
 from ..kernels import correlate, correlate_transposed
 from ..tensor import Tensor
-from ._util import data, normalize_axis, plus
+from ._util import data, normalize_axis
 from .movement import stack
 
 __all__ = ["stencil"]
 
 
+@multilinear(fixed=(2,))
 class Stencil(Function):
     """out[..., i, ...] = sum_k w[k] a[..., i + k, ...] along ``axis`` (n - K + 1 outputs);
     grad_a[j] = sum_k w[k] grad[j - k] (``StencilTransposed``); grad_w[k] = sum grad * a[k:k + m]
@@ -20,6 +21,7 @@ class Stencil(Function):
     (``transposed``), and one formula gives both gradients in ``w`` (``_weight_grad``).
     """
 
+    takes_arrays = True
     kernel = staticmethod(correlate)
     transposed = None  # StencilTransposed, set below
 
@@ -37,17 +39,12 @@ class Stencil(Function):
         return (cls.transposed.apply(grad, w, ctx.axis) if need_a else None,
                 _weight_grad(grad, a, w.shape[0], ctx.axis) if need_w else None, None)
 
-    @classmethod
-    def jvp(cls, ctx, ta, tw, _):
-        a, w, axis = ctx.inputs
-        return plus(None if ta is None else cls.apply(ta, w, axis),
-                    None if tw is None else cls.apply(a, tw, axis))
-
 
 class StencilTransposed(Stencil):
     """out[..., j, ...] = sum_k w[k] a[..., j - k, ...] over 0 <= j - k < m (m + K - 1 outputs):
     Stencil's adjoint in a, whose own adjoint is Stencil; grad_w[k] = sum a * grad[k:k + m]"""
 
+    takes_arrays = True
     kernel = staticmethod(correlate_transposed)
     transposed = Stencil
 

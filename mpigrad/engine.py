@@ -423,7 +423,7 @@ def _total(pending, create_graph):
 
 def _sum(grads, create_graph):
     """The sum of two or more gradients that reached one input: the first was kept by reference,
-    the second allocates, the rest are added in place in one pass (kernels.sum_into)."""
+    the second allocates, the rest are added in place (kernels.sum_into)."""
     if any(type(g) is SliceGrad for g in grads):  # array mode, see Note [slice gradients]
         return sum_with_slices(grads)
     if type(grads[0]) is np.ndarray:  # array mode

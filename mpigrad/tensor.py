@@ -6,28 +6,36 @@ grad; integer and bool tensors are data (indices, masks).  Tensors hash by ident
 key dicts (``dist_autograd.get_gradients``); ``==`` compares elementwise, as in torch.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike
+
+from .graph import Node
 
 __all__ = ["Tensor", "is_differentiable"]
 
 
-def is_differentiable(dtype):
+def is_differentiable(dtype: np.dtype) -> bool:
     return dtype.kind == "f"
 
 
 class Tensor:
+    data: np.ndarray
     __array_priority__ = 1000  # ndarray (op) Tensor defers to the Tensor's reflected operator
 
     # Defaults live on the class, so making a Tensor sets only what differs (ops make many).
     _requires_grad = False
-    grad = None
-    grad_fn = None
+    grad: Tensor | None = None
+    grad_fn: Node | None = None
     _output_nr = 0
     _fw = None  # {dual level: tangent Tensor}, see mpigrad/dual.py
     _accumulator = None  # weakref to this leaf's AccumulateGrad node
     _hooks = None  # hooks of a leaf (a non-leaf's live on its grad_fn)
 
-    def __init__(self, data, requires_grad=False):
+    def __init__(self, data: ArrayLike | Tensor, requires_grad: bool = False) -> None:
         self.data = np.asarray(data.data if isinstance(data, Tensor) else data)
         if requires_grad:
             self.requires_grad_()
@@ -51,14 +59,14 @@ class Tensor:
     is_leaf = property(lambda self: self.grad_fn is None)
 
     @property
-    def requires_grad(self):
+    def requires_grad(self) -> bool:
         return self._requires_grad
 
     @requires_grad.setter
-    def requires_grad(self, value):
+    def requires_grad(self, value: bool) -> None:
         self.requires_grad_(value)
 
-    def requires_grad_(self, requires_grad=True):
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
         """Make a leaf record operations on it (or stop).  Returns self."""
         if self.grad_fn is not None:
             if not requires_grad:
@@ -74,14 +82,14 @@ class Tensor:
         self._requires_grad = bool(requires_grad)
         return self
 
-    def detach(self):
+    def detach(self) -> Tensor:
         """A new leaf sharing ``data``, cut from the graph (and from forward-mode tangents)."""
         return Tensor._make(self.data)
 
-    def numpy(self):
+    def numpy(self) -> np.ndarray:
         return self.data
 
-    def item(self):
+    def item(self) -> float | int | bool:
         if self.data.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
         return self.data.item()
@@ -117,14 +125,19 @@ class Tensor:
         return f"tensor({body}, dtype={self.data.dtype}{extra})"
 
     # --- autograd -----------------------------------------------------------------------------
-    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+    def backward(
+        self,
+        gradient: Tensor | ArrayLike | None = None,
+        retain_graph: bool | None = None,
+        create_graph: bool = False,
+        inputs: Tensor | Sequence[Tensor] | None = None,
+    ) -> None:
         """Accumulate d(self)/d(leaf) into ``.grad`` of the leaves; see ``autograd.backward``."""
         from .autograd.api import backward
 
-        backward(self, None if gradient is None else [gradient], retain_graph, create_graph,
-                 inputs)
+        backward(self, None if gradient is None else [gradient], retain_graph, create_graph, inputs)
 
-    def register_hook(self, hook):
+    def register_hook(self, hook: Callable[[Tensor], Tensor | None]) -> _HookHandle:
         """Call ``hook(grad)`` when this tensor's gradient is computed; a non-None return replaces
         the gradient.  Returns a handle with ``.remove()``."""
         if not self._requires_grad:
@@ -140,7 +153,7 @@ class Tensor:
             hooks.append(hook)
         return _HookHandle(hooks, hook)
 
-    def retain_grad(self):
+    def retain_grad(self) -> None:
         """Keep the gradient of this non-leaf in ``.grad`` after ``backward`` (no-op on leaves)."""
         if not self._requires_grad:
             raise RuntimeError("retain_grad() on a tensor that does not require grad")
@@ -153,11 +166,11 @@ class Tensor:
             node.retained[self._output_nr] = weakref.ref(self)
 
     @property
-    def retains_grad(self):
+    def retains_grad(self) -> bool:
         node = self.grad_fn
         return bool(node is not None and node.retained and self._output_nr in node.retained)
 
-    def zero_(self):
+    def zero_(self) -> Tensor:
         """Fill with zeros in place.  A read-only array (a broadcast view, say) is replaced by
         fresh zeros rather than written; gradients the engine stores are writable (Note
         [gradient ownership] in engine.py), so ``x.grad.zero_()`` zeroes the ``.grad`` array."""
@@ -172,7 +185,7 @@ class _HookHandle:
     def __init__(self, hooks, hook):
         self.hooks, self.hook = hooks, hook
 
-    def remove(self):
+    def remove(self) -> None:
         if self.hook in self.hooks:
             self.hooks.remove(self.hook)
 
@@ -195,14 +208,44 @@ def _compare(ufunc):
 from . import ops  # noqa: E402  (ops import Tensor, so they come after it)
 
 for _name in (
-    "exp", "log", "sqrt", "abs", "sin", "cos", "tanh", "sigmoid", "relu", "clamp", "maximum",
-    "minimum", "sum", "mean", "max", "min", "reshape", "transpose", "permute", "broadcast_to",
-    "squeeze", "unsqueeze", "split", "index_select", "softmax", "log_softmax", "logsumexp",
-    "matmul", "astype", "neg",
+    "exp",
+    "log",
+    "sqrt",
+    "abs",
+    "sin",
+    "cos",
+    "tanh",
+    "sigmoid",
+    "relu",
+    "clamp",
+    "maximum",
+    "minimum",
+    "sum",
+    "mean",
+    "max",
+    "min",
+    "reshape",
+    "transpose",
+    "permute",
+    "broadcast_to",
+    "squeeze",
+    "unsqueeze",
+    "split",
+    "index_select",
+    "softmax",
+    "log_softmax",
+    "logsumexp",
+    "matmul",
+    "astype",
+    "neg",
 ):
     setattr(Tensor, _name, getattr(ops, _name))
 for _dunder, _fn in (
-    ("add", ops.add), ("sub", ops.sub), ("mul", ops.mul), ("truediv", ops.div), ("pow", ops.pow),
+    ("add", ops.add),
+    ("sub", ops.sub),
+    ("mul", ops.mul),
+    ("truediv", ops.div),
+    ("pow", ops.pow),
     ("matmul", ops.matmul),
 ):
     setattr(Tensor, f"__{_dunder}__", _fn)
@@ -212,7 +255,11 @@ Tensor.__abs__ = ops.abs
 Tensor.__getitem__ = ops.getitem
 Tensor.T = property(lambda self: ops.permute(self, *reversed(range(self.data.ndim))))
 for _dunder, _ufunc in (
-    ("lt", np.less), ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal),
-    ("eq", np.equal), ("ne", np.not_equal),
+    ("lt", np.less),
+    ("le", np.less_equal),
+    ("gt", np.greater),
+    ("ge", np.greater_equal),
+    ("eq", np.equal),
+    ("ne", np.not_equal),
 ):
     setattr(Tensor, f"__{_dunder}__", _compare(_ufunc))

@@ -1,6 +1,11 @@
 """``backward`` and ``grad``: reverse mode on one rank, with torch.autograd's semantics."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..engine import GraphTask, accumulate_grad, read_only, unit_seed
 from ..grad_mode import _State
@@ -10,7 +15,13 @@ from ..tensor import Tensor
 __all__ = ["backward", "grad"]
 
 
-def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, inputs=None):
+def backward(
+    tensors: Tensor | Sequence[Tensor],
+    grad_tensors: Tensor | ArrayLike | Sequence[Tensor | ArrayLike | None] | None = None,
+    retain_graph: bool | None = None,
+    create_graph: bool = False,
+    inputs: Tensor | Sequence[Tensor] | None = None,
+) -> None:
     """Accumulate the gradient of ``sum_i <grad_tensors[i], tensors[i]>`` into ``.grad``.
 
     Scalar tensors may omit their entry of ``grad_tensors`` (it is 1).  Without ``inputs`` every
@@ -29,8 +40,11 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
             raise RuntimeError("backward: inputs= was given but is empty")
         capture = [_input_edge(t, i, "backward") for i, t in enumerate(inputs)]
     task = GraphTask(
-        [_root_edge(t, i) for i, t in enumerate(tensors)], grads,
-        keep_graph=retain_graph, create_graph=create_graph, capture=capture,
+        [_root_edge(t, i) for i, t in enumerate(tensors)],
+        grads,
+        keep_graph=retain_graph,
+        create_graph=create_graph,
+        capture=capture,
     )
     task.execute()
     if inputs is not None:
@@ -39,8 +53,14 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
                 accumulate_grad(t, g, create_graph)
 
 
-def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False,
-         allow_unused=False):
+def grad(
+    outputs: Tensor | Sequence[Tensor],
+    inputs: Tensor | Sequence[Tensor],
+    grad_outputs: Tensor | ArrayLike | Sequence[Tensor | ArrayLike | None] | None = None,
+    retain_graph: bool | None = None,
+    create_graph: bool = False,
+    allow_unused: bool = False,
+) -> Tensor | tuple[Tensor | None, ...] | None:
     """Return the gradients of ``sum_i <grad_outputs[i], outputs[i]>`` w.r.t. ``inputs``.
 
     ``.grad`` is left untouched.  An input the outputs do not depend on raises, naming it, unless
@@ -55,9 +75,12 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     if retain_graph is None:
         retain_graph = create_graph
     task = GraphTask(
-        [_root_edge(t, i) for i, t in enumerate(outputs)], grads,
-        keep_graph=retain_graph, create_graph=create_graph,
-        capture=[_input_edge(t, i, "grad") for i, t in enumerate(inputs)], retain_grads=False,
+        [_root_edge(t, i) for i, t in enumerate(outputs)],
+        grads,
+        keep_graph=retain_graph,
+        create_graph=create_graph,
+        capture=[_input_edge(t, i, "grad") for i, t in enumerate(inputs)],
+        retain_grads=False,
     )
     task.execute()
     result = task.captured
@@ -112,9 +135,7 @@ def _seed_grads(tensors, given, what, create_graph):
     else:
         given = list(given)
     if len(given) != len(tensors):
-        raise RuntimeError(
-            f"{what} has {len(given)} entries but there are {len(tensors)} outputs"
-        )
+        raise RuntimeError(f"{what} has {len(given)} entries but there are {len(tensors)} outputs")
     seeds = []
     for i, (t, g) in enumerate(zip(tensors, given)):
         if g is None:

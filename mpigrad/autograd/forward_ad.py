@@ -15,8 +15,13 @@ mpigrad/dual.py)::
 Levels are exited innermost-first; exiting a level removes its tangents from every tensor.
 """
 
+from __future__ import annotations
+
 import contextlib
+from collections.abc import Iterator
 from typing import NamedTuple
+
+from numpy.typing import ArrayLike
 
 from .. import dual
 from ..function import strip_level
@@ -24,7 +29,11 @@ from ..ops.movement import alias
 from ..tensor import Tensor, is_differentiable
 
 __all__ = [
-    "enter_dual_level", "exit_dual_level", "dual_level", "make_dual", "unpack_dual",
+    "enter_dual_level",
+    "exit_dual_level",
+    "dual_level",
+    "make_dual",
+    "unpack_dual",
     "UnpackedDualTensor",
 ]
 
@@ -34,18 +43,18 @@ class UnpackedDualTensor(NamedTuple):
     tangent: Tensor | None
 
 
-def enter_dual_level():
+def enter_dual_level() -> int:
     """Open a new (inner) dual level and return its id."""
     return dual.enter()
 
 
-def exit_dual_level(level=None):
+def exit_dual_level(level: int | None = None) -> None:
     """Close ``level`` (default: the innermost); it must be the innermost open level."""
     dual.exit(dual.resolve(level, "exit_dual_level") if level is None else level)
 
 
 @contextlib.contextmanager
-def dual_level():
+def dual_level() -> Iterator[int]:
     """A dual level for the ``with`` block; yields its id."""
     level = dual.enter()
     try:
@@ -54,7 +63,7 @@ def dual_level():
         dual.exit(level)
 
 
-def make_dual(primal, tangent, level=None):
+def make_dual(primal: Tensor, tangent: Tensor | ArrayLike, level: int | None = None) -> Tensor:
     """A tensor equal to ``primal`` (differentiable w.r.t. it) carrying ``tangent`` at ``level``
     (default: the innermost open level).  It keeps primal's tangents at other levels."""
     level = dual.resolve(level, "make_dual")
@@ -78,7 +87,7 @@ def make_dual(primal, tangent, level=None):
     return out
 
 
-def unpack_dual(tensor, level=None):
+def unpack_dual(tensor: Tensor, level: int | None = None) -> UnpackedDualTensor:
     """``(primal, tangent)`` of ``tensor`` at ``level`` (default: innermost); tangent may be None.
 
     The primal is a view without the tangent at ``level`` but with those of other levels."""

@@ -11,7 +11,7 @@ The lines along ``axis`` become the rows of a 2-D array (a copy only when ``axis
 axis or the dtype changes), and a row loop runs over them: the Numba loops below for a dtype in
 ``dispatch.NUMBA_DTYPES``, else (and under ``MPIGRAD_KERNELS=numpy``) ``reference.py``'s slices.
 The Numba loops run block by block (``BLOCK``), so the data passes through memory once where the
-slices take 2K - 1 passes and temporaries (measured at 1 Mi float64 points, K = 3: 0.29 ms
+slices take 2K - 1 passes and temporaries (at 1 Mi float64 points, K = 3, on a 2-core VM: 0.29 ms
 against 0.68 ms for the hand-written numpy step). They compile on first use (cached on disk), so
 that importing this module loads no Numba.
 """

@@ -14,8 +14,8 @@ threads only where the process has cores to itself, and only for large arrays:
 
 Under a 2-rank job on 2 cores the policy gives 1 thread, so ranks never stall each other. The
 policy sees only the launcher: a process whose cores are busy with other jobs stalls the same
-way (measured: a 1 Mi-element accumulate on 2 threads took 3 to 15 ms instead of 60 us while
-another job ran), so set ``MPIGRAD_NUM_THREADS=1`` on a shared node. The thread count never
+way (on a 2-core VM, a 1 Mi-element accumulate on 2 threads took 3 to 15 ms instead of 60 us
+while another job ran), so set ``MPIGRAD_NUM_THREADS=1`` on a shared node. The thread count never
 changes a result: see Note [deterministic chunks] in ``cpu.py``.
 """
 

@@ -26,7 +26,7 @@ class Add(Function):
         need_x, need_y = ctx.needs_input_grad
         if need_x and need_y:
             # One array for two inputs: see Note [gradient ownership] in engine.py.  setflags
-            # with write=False given by position costs half of the keyword (0.1 against 0.2 us).
+            # with write=False given by position costs half of the keyword (CPython 3.11, numpy 2).
             (grad if type(grad) is np.ndarray else grad.data).setflags(False)
         return grad, grad
 

@@ -60,8 +60,9 @@ class Permute(Function):
 
 
 def broadcast_view(a, shape):
-    """``np.broadcast_to(a, shape)``: a read-only view, built directly (0.3 us against numpy's
-    2-3.5 us) when ``a`` is a non-empty contiguous array with no more axes than ``shape``."""
+    """``np.broadcast_to(a, shape)``: a read-only view, built directly (about a tenth of numpy's
+    cost on a 1-element array, numpy 2) when ``a`` is a non-empty contiguous array with no more
+    axes than ``shape``."""
     extra = len(shape) - a.ndim
     if extra < 0 or not a.size or not (a.flags.c_contiguous or a.flags.f_contiguous):
         return np.broadcast_to(a, shape)

@@ -85,7 +85,7 @@ help:
 	@echo "make test-slurm   slurm/*.sbatch submitted to a one-node Slurm on localhost (root)"
 	@echo "make test-openmpi tests/mpi/ on Debian's Open MPI, in $(OPENMPI_VENV) (apt-get as root if missing)"
 	@echo "make lint         ruff check"
-	@echo "make bench        each benchmarks/*.py --quick under mpiexec -n $(BENCH_NP) (installs the bench extra)"
+	@echo "make bench        each benchmarks/bench_*.py --quick under mpiexec -n $(BENCH_NP) (installs the bench extra); records and plots in benchmarks/results/"
 	@echo "make torch        torch==$(TORCH_VERSION) into the venv, the benchmarks' baseline"
 	@echo "make venv         $(VENV) with mpigrad[$(EXTRAS)] installed from this tree"
 	@echo "make venv-openmpi $(OPENMPI_VENV): mpi4py built against Open MPI, mpigrad[$(OPENMPI_EXTRAS)]"
@@ -218,14 +218,18 @@ $(VENV)/.bench-installed: $(STAMP)
 	$(PY) -m pip install ".[$(EXTRAS),bench]"
 	touch $@
 
-# Benchmarks are SPMD scripts in the style of mpi4py's demo/osu_bw.py: rank 0 prints.
+# Benchmarks are SPMD scripts in the style of mpi4py's demo/osu_bw.py: rank 0 prints a table,
+# appends JSON records to benchmarks/results/<script>.jsonl and writes its plot there
+# (benchmarks/README.md). benchmarks/_common.py is their harness, not a benchmark.
 bench: $(VENV)/.bench-installed
-	@shopt -s nullglob; scripts=(benchmarks/*.py); \
-	if [ $${#scripts[@]} -eq 0 ]; then echo "make bench: no benchmarks/*.py" >&2; exit 1; fi; \
+	@shopt -s nullglob; scripts=(benchmarks/bench_*.py); \
+	if [ $${#scripts[@]} -eq 0 ]; then echo "make bench: no benchmarks/bench_*.py" >&2; exit 1; fi; \
 	for script in "$${scripts[@]}"; do \
 	  echo "== $$script --quick under mpiexec -n $(BENCH_NP)"; \
 	  $(call mpirun,$(BENCH_NP),$(PY) $$script --quick); \
-	done
+	done; \
+	echo "make bench: JSON records appended to benchmarks/results/bench_*.jsonl;" \
+	  "plots in benchmarks/results/bench_*.png (see benchmarks/README.md)"
 
 torch: venv
 	$(PY) -m pip install "torch==$(TORCH_VERSION)"

@@ -1,76 +1,71 @@
 #!/usr/bin/env python3
-"""mpigrad.kernels against the NumPy code they replace, alone and beside a spinning MPI rank.
+"""mpigrad.kernels against the numpy code they replace, alone and beside a spinning MPI rank.
 
-Configurations (float32):
+Cases (float32; each kernel against its numpy baseline, one call per sample):
 
-- ``accumulate``: ``kernels.accumulate(dst, src)`` vs ``np.add(dst, src, out=dst)``, sizes 64 Ki,
-  1 Mi, 4 Mi and 16 Mi elements, on 1 and 2 threads (``kernels.set_num_threads``).
-- ``sum_into``: ``kernels.sum_into(dst, srcs)`` of 4 sources vs a loop of ``np.add(out=)``.
-- ``scatter_add``: 50 000 rows of 16 into 10 000 rows vs ``np.add.at``.
-- ``--mpi`` (under ``mpiexec -n 2`` or more): ranks 1.. wait in a blocking ``comm.Recv``, which
-  MPICH busy-polls, while rank 0 times ``accumulate`` with the default thread policy (and, to
-  show what the policy avoids, with 2 threads forced); then rank 0 releases them.
+- ``accumulate``: ``kernels.accumulate(dst, src)`` against ``np.add(dst, src, out=dst)``, at
+  64 Ki, 1 Mi, 4 Mi and 16 Mi elements (``--quick``: 64 Ki and 1 Mi), on 1 and 2 threads
+  (``kernels.set_num_threads``).
+- ``sum_into``: ``kernels.sum_into(dst, srcs)`` of 4 sources against a loop of ``np.add(out=)``.
+- ``scatter_add``: 50 000 rows of 16 into 10 000 rows against ``np.add.at``.
+- ``--mpi`` (under ``mpiexec -n 2`` or more): the other ranks wait in a blocking ``comm.Recv``,
+  which MPICH busy-polls, while rank 0 times ``accumulate`` with the default thread policy and,
+  to show what the policy avoids, with 2 threads forced.
 
-Method, as mpi4py's demo/osu_bw.py: warm-up (which also compiles), a check that kernel and
-baseline computed the same array, then a timed loop (``time.perf_counter``; ``MPI.Wtime`` under
---mpi) in which they take turns, one call per sample; medians and quartiles. The two subjects
-also trade output arrays from sample to sample: timing np.add against itself on two arrays
-allocated alike gave ratios from 0.96 to 1.01 at 4 Mi elements, from where the arrays lie alone.
-``speedup`` is baseline median / kernel median: above 1, the kernel is faster. ``loadavg``
-(1-minute, taken after the samples) tells whether other processes shared the node: a parallel
-call stalls for milliseconds when one does (see Note [kernel threads] in kernels/threads.py),
-so the 2-thread figures mean something only on an otherwise idle node.
+Kernel and baseline are checked to compute the same array, then take turns and also trade their
+output arrays from sample to sample, so that where an array lies in memory counts alike for
+both.  ``speedup`` is the baseline's median over the kernel's: above 1, the kernel is faster.
+Targets: accumulate at 16 Mi elements on 2 threads, speedup >= 1.3; scatter_add on 1 thread,
+>= 10; accumulate beside a spinning rank with the default policy, every size, >= 1.0.  A
+2-thread figure means something only on an otherwise idle machine (see ``loadavg``).
 
-Output: one JSON line per configuration on stdout, then one per target (``"target"``, measured
-``value``, ``goal``, ``met``): targets are reported, not asserted. A table goes to stderr.
-Without --mpi, ranks other than 0 exit at once (without initializing MPI), so that rank 0 has
-the node to itself; --quick times fewer samples of two sizes (64 Ki and 1 Mi).
+Without ``--mpi``, ranks other than 0 exit at once, without initializing MPI, so that rank 0
+has the machine to itself.
 
-    python benchmarks/bench_kernels.py [--quick]
+    python benchmarks/bench_kernels.py [--quick] [--reps N]
     mpiexec -n 2 python benchmarks/bench_kernels.py --mpi [--quick]
 """
 
-import argparse
-import json
-import os
-import statistics
+import itertools
 import sys
 import time
 from typing import NamedTuple
 
-import numpy as np
+import _common
 
-try:
-    from mpigrad import kernels
-except ImportError:  # run from a source tree: benchmarks/ sits next to mpigrad/
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from mpigrad import kernels
-from _common import target_line  # noqa: E402
+_common.prepare()
+
+import numpy as np  # noqa: E402
+
+from mpigrad import kernels  # noqa: E402
 
 KI, MI = 1 << 10, 1 << 20
 SIZES = (64 * KI, MI, 4 * MI, 16 * MI)
 QUICK_SIZES = (64 * KI, MI)
 SCATTER_ROWS, SCATTER_COLUMNS, SCATTER_DST_ROWS = 50_000, 16, 10_000
-LAUNCHER_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
 RELEASE_TAG = 7
 
 
 class Case(NamedTuple):
-    """One configuration: the two subjects, a check that they agree, and the record's fields."""
+    """One configuration: the kernel and its numpy baseline, each ``(dst) -> None``."""
 
-    kernel: object  # (dst) -> None
-    baseline: object  # (dst) -> None
-    outputs: tuple  # two equal dst arrays; the subjects take turns on each
+    name: str
+    kernel: object
+    baseline: object
+    baseline_code: str
+    inputs: tuple  # the kernel's inputs besides dst
+    outputs: tuple  # two equal dst arrays; the subjects trade them
     touched: int  # elements read or written by one call, to size the sample count
-    fields: dict
+
+    def fields(self):
+        backend = kernels.backend(self.outputs[0], *self.inputs)
+        size = self.inputs[-1].size
+        return {"case": self.name, "size": size, "backend": backend, "baseline": self.baseline_code}
 
 
 def aligned(values):
-    """A copy of ``values`` whose data starts on a 64-byte boundary.
-
-    Both subjects get arrays aligned alike: measured here, np.add on 64 Ki float32 takes 2.9 to
-    4.0 us depending on the alignment alone.
-    """
+    """A copy of ``values`` whose data starts on a 64-byte boundary, so that both subjects' arrays
+    are aligned alike (numpy's speed on small arrays depends on the alignment)."""
     raw = np.empty(values.nbytes + 64, np.uint8)
     start = -raw.ctypes.data % 64
     out = raw[start : start + values.nbytes].view(values.dtype).reshape(values.shape)
@@ -78,56 +73,62 @@ def aligned(values):
     return out
 
 
+def random(rng, shape):
+    return aligned(rng.standard_normal(shape, dtype=np.float32))
+
+
 def zeros(shape):
-    return aligned(np.zeros(shape, np.float32))
+    """Two aligned float32 zero arrays of ``shape``."""
+    return aligned(np.zeros(shape, np.float32)), aligned(np.zeros(shape, np.float32))
 
 
 def accumulate_case(size, rng):
-    src = aligned(rng.standard_normal(size, dtype=np.float32))
-    outputs = zeros(size), zeros(size)
+    src = random(rng, size)
+    kernel = lambda dst: kernels.accumulate(dst, src)  # noqa: E731
+    code = "np.add(dst, src, out=dst)"
     return Case(
-        lambda dst: kernels.accumulate(dst, src),
+        "accumulate",
+        kernel,
         lambda dst: np.add(dst, src, out=dst),
-        outputs,
+        code,
+        (src,),
+        zeros(size),
         2 * size,
-        {"bench": "accumulate", "size": size, "backend": kernels.backend(outputs[0], src),
-         "baseline": "np.add(dst, src, out=dst)"},
-    )  # fmt: skip
+    )
 
 
 def sum_into_case(size, rng):
-    srcs = [aligned(rng.standard_normal(size, dtype=np.float32)) for _ in range(4)]
-    outputs = zeros(size), zeros(size)
+    srcs = [random(rng, size) for _ in range(4)]
 
     def numpy_loop(dst):
         for src in srcs:
             np.add(dst, src, out=dst)
 
+    code = "for s in srcs: np.add(dst, s, out=dst)"
     return Case(
+        "sum_into",
         lambda dst: kernels.sum_into(dst, srcs),
         numpy_loop,
-        outputs,
+        code,
+        tuple(srcs),
+        zeros(size),
         5 * size,
-        {"bench": "sum_into", "size": size, "sources": 4,
-         "backend": kernels.backend(outputs[0], *srcs),
-         "baseline": "for s in srcs: np.add(dst, s, out=dst)"},
-    )  # fmt: skip
+    )
 
 
 def scatter_case(rng):
+    """SCATTER_ROWS rows of SCATTER_COLUMNS, added into SCATTER_DST_ROWS rows."""
     index = rng.integers(-SCATTER_DST_ROWS, SCATTER_DST_ROWS, SCATTER_ROWS)
-    src = aligned(rng.standard_normal((SCATTER_ROWS, SCATTER_COLUMNS), dtype=np.float32))
-    outputs = zeros((SCATTER_DST_ROWS, SCATTER_COLUMNS)), zeros((SCATTER_DST_ROWS, SCATTER_COLUMNS))
+    src = random(rng, (SCATTER_ROWS, SCATTER_COLUMNS))
     return Case(
+        "scatter_add",
         lambda dst: kernels.scatter_add(dst, index, src),
         lambda dst: np.add.at(dst, index, src),
-        outputs,
+        "np.add.at(dst, index, src)",
+        (index, src),
+        zeros((SCATTER_DST_ROWS, SCATTER_COLUMNS)),
         2 * src.size,
-        {"bench": "scatter_add", "size": src.size,
-         "backend": kernels.backend(outputs[0], index, src),
-         "shape": f"{SCATTER_ROWS}x{SCATTER_COLUMNS} -> {SCATTER_DST_ROWS}x{SCATTER_COLUMNS}",
-         "baseline": "np.add.at(dst, index, src)"},
-    )  # fmt: skip
+    )
 
 
 def samples_for(touched, quick):
@@ -137,47 +138,59 @@ def samples_for(touched, quick):
     return max(7, min(1000, (1 << 30) // touched))
 
 
-def measure(case, samples, clock, **fields):
-    """Warm up, check, then time ``case``'s subjects in turn; return the record."""
-    subjects, (ours, theirs) = (case.kernel, case.baseline), case.outputs
-    for _ in range(3):
-        case.kernel(ours)
-        case.baseline(theirs)
-    assert np.array_equal(ours, theirs), f"{case.fields['bench']}: kernel and baseline disagree"
-    times = ([], [])
-    for i in range(samples):
-        # Every combination of order and output array, equally often (see the docstring).
-        dsts = case.outputs if i % 4 < 2 else case.outputs[::-1]
-        for j in (0, 1) if i % 2 == 0 else (1, 0):
-            start = clock()
-            subjects[j](dsts[j])
-            times[j].append(clock() - start)
-    (k1, k2, k3), (b1, b2, b3) = (statistics.quantiles(t, n=4) for t in times)
-    return {
-        **case.fields, **fields, "dtype": "float32", "samples": samples, "unit": "us",
-        "median": k2 * 1e6, "q1": k1 * 1e6, "q3": k3 * 1e6,
-        "baseline_median": b2 * 1e6, "baseline_q1": b1 * 1e6, "baseline_q3": b3 * 1e6,
-        "speedup": b2 / k2, "loadavg": round(os.getloadavg()[0], 2),
-    }  # fmt: skip
+def trading(call, outputs, first, clock):
+    """A subject that times ``call`` on ``outputs[first]`` twice, then on the other array twice,
+    and so on: with the order of the two subjects alternating every round, every combination of
+    order and array comes equally often."""
+    count = itertools.count()
+
+    def sample():
+        dst = outputs[(next(count) // 2 + first) % 2]
+        start = clock()
+        call(dst)
+        return clock() - start
+
+    return sample
 
 
-def alone(quick):
-    """Every configuration, on 1 then 2 threads, in a process with the node to itself."""
+def measure(report, case, reps, clock, **fields):
+    """Check, warm up and time ``case``'s subjects; record and return the record."""
+    ours, theirs = case.outputs
+    case.kernel(ours)  # compiles
+    case.baseline(theirs)
+    if not np.array_equal(ours, theirs):
+        sys.exit(f"bench_kernels: {case.name}: kernel and baseline disagree")
+    subjects = {
+        "kernel": trading(case.kernel, case.outputs, 0, clock),
+        "numpy": trading(case.baseline, case.outputs, 1, clock),
+    }
+    samples = _common.interleave(subjects, reps, warmup=3)
+    kernel, numpy = (_common.summary(samples[name]["time"], 1e6) for name in subjects)
+    baseline = {f"baseline_{key}": numpy[key] for key in ("median", "q1", "q3")}
+    speedup = round(numpy["median"] / kernel["median"], 3)
+    fields.update(case.fields(), dtype="float32", reps=reps, unit="us")
+    return report.record(**fields, **kernel, **baseline, speedup=speedup)
+
+
+def alone(report, args):
+    """Every configuration, on 1 then 2 threads, in a process with the machine to itself."""
     rng = np.random.default_rng(0)
     records = []
     for threads in (1, 2):
         kernels.set_num_threads(threads)
-        cases = [make(size, rng) for size in (QUICK_SIZES if quick else SIZES)
-                 for make in (accumulate_case, sum_into_case)] + [scatter_case(rng)]  # fmt: skip
-        for case in cases:
-            samples = samples_for(case.touched, quick)
-            records.append(measure(case, samples, time.perf_counter, threads=threads, mode="alone"))
+        sizes = QUICK_SIZES if args.quick else SIZES
+        cases = [make(size, rng) for size in sizes for make in (accumulate_case, sum_into_case)]
+        for case in cases + [scatter_case(rng)]:
+            reps = args.reps or samples_for(case.touched, args.quick)
+            records.append(
+                measure(report, case, reps, time.perf_counter, threads=threads, mode="alone")
+            )
     kernels.set_num_threads(None)
     return records
 
 
-def beside_spinning_ranks(quick):
-    """Rank 0 times accumulate while the other ranks spin in Recv; returns rank 0's records."""
+def beside_spinning_ranks(args):
+    """Rank 0 times accumulate while the other ranks spin in Recv: (comm, rank 0's records)."""
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
@@ -189,88 +202,85 @@ def beside_spinning_ranks(quick):
         cpu, wall = time.process_time(), MPI.Wtime()
         comm.Recv(flag, source=0, tag=RELEASE_TAG)
         comm.gather((time.process_time() - cpu) / (MPI.Wtime() - wall), root=0)
-        return []
+        return
+    report = _common.Report(args, comm)
     rng = np.random.default_rng(0)
     records = []
     for policy, forced in (("default", None), ("forced", 2)):
         kernels.set_num_threads(forced)
         threads = kernels.get_num_threads()
-        for size in QUICK_SIZES if quick else SIZES:
+        for size in QUICK_SIZES if args.quick else SIZES:
             case = accumulate_case(size, rng)
-            # Forced threads stall for milliseconds a call: few samples.
-            samples = 7 if forced else samples_for(case.touched, quick)
+            # Forced threads stall for milliseconds a call beside a spinning rank: few samples.
+            reps = 7 if forced else args.reps or samples_for(case.touched, args.quick)
             records.append(
-                measure(case, samples, MPI.Wtime, threads=threads, mode="mpi", policy=policy)
+                measure(report, case, reps, MPI.Wtime, threads=threads, mode="mpi", policy=policy)
             )
     kernels.set_num_threads(None)
     for dest in range(1, comm.size):
         comm.Send(flag, dest=dest, tag=RELEASE_TAG)
     busy = [round(b, 2) for b in comm.gather(None, root=0)[1:]]
-    for record in records:
-        record.update(ranks=comm.size, waiting_ranks_cpu_busy=busy)
-    return records
+    report.record(case="waiting ranks", subject="blocking Recv", ranks=comm.size, cpu_busy=busy)
+    print(f"waiting ranks' CPU busy fraction: {busy}")
+    return report, records
 
 
-def targets(records):
-    """The targets this benchmark reports, each with its measured value."""
+def targets(report, records):
+    """Report the targets, each with its measured value."""
 
     def find(**keys):
         return [r for r in records if all(r.get(k) == v for k, v in keys.items())]
 
-    found = [
-        ("accumulate 16 Mi float32, 2 threads, process alone", ">= 1.3", r["speedup"])
-        for r in find(bench="accumulate", size=16 * MI, threads=2, mode="alone")
-    ] + [
-        ("scatter_add 50 000 rows vs np.add.at, 1 thread", ">= 10", r["speedup"])
-        for r in find(bench="scatter_add", threads=1)
-    ]
-    beside = find(bench="accumulate", mode="mpi", policy="default")
+    for r in find(case="accumulate", size=16 * MI, threads=2, mode="alone"):
+        report.target("accumulate 16 Mi float32, 2 threads, speedup", r["speedup"], ">= 1.3")
+    for r in find(case="scatter_add", threads=1):
+        report.target("scatter_add 50 000 rows vs np.add.at, 1 thread", r["speedup"], ">= 10")
+    beside = find(case="accumulate", mode="mpi", policy="default")
     if beside:
         worst = min(beside, key=lambda r: r["speedup"])
-        found.append(
-            (f"accumulate beside a spinning rank, default policy, worst size ({worst['size']})",
-             ">= 1.0", worst["speedup"])
-        )  # fmt: skip
-    return [
-        {"target": name, "goal": goal, "value": round(value, 3),
-         "met": value >= float(goal.split()[1])}
-        for name, goal, value in found
-    ]  # fmt: skip
-
-
-def table(records, goals):
-    lines = [f"{'bench':<12}{'mode':<6}{'policy':<8}{'size':>9}{'thr':>4}  {'backend':<15}"
-             f"{'kernel us':>11}{'numpy us':>11}{'speedup':>8}"]  # fmt: skip
-    for r in records:
-        lines.append(
-            f"{r['bench']:<12}{r['mode']:<6}{r.get('policy', '-'):<8}{r['size']:>9}"
-            f"{r['threads']:>4}  {r['backend']:<15}{r['median']:>11.1f}"
-            f"{r['baseline_median']:>11.1f}{r['speedup']:>8.2f}"
+        report.target(
+            f"accumulate beside a spinning rank, default policy, worst size ({worst['size']})",
+            worst["speedup"],
+            ">= 1.0",
         )
-    if records and "waiting_ranks_cpu_busy" in records[0]:
-        lines.append(f"waiting ranks' CPU busy fraction: {records[0]['waiting_ranks_cpu_busy']}")
-    lines += [target_line(g) for g in goals]
-    return "\n".join(lines)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer samples, 64 Ki and 1 Mi only")
+COLUMNS = (
+    "case",
+    "mode",
+    "policy",
+    "size",
+    "threads",
+    "backend",
+    "median",
+    "baseline_median",
+    "speedup",
+)
+
+
+def main():
+    p = _common.parser(__doc__)
     p.add_argument("--mpi", action="store_true", help="rank 0 times beside spinning ranks")
-    args = p.parse_args(argv)
+    args = p.parse_args()
     if args.mpi:
-        records = beside_spinning_ranks(args.quick)
-        if not records:
+        found = beside_spinning_ranks(args)
+        if found is None:
             return
+        report, records = found
     else:
-        rank = next((os.environ[v] for v in LAUNCHER_RANK_VARS if v in os.environ), "0")
-        if rank.strip() != "0":
+        if _common.launcher_rank() != 0:
             return  # rank 0 measures alone: see the module docstring
-        records = alone(args.quick)
-    goals = targets(records)
-    for line in records + goals:
-        print(json.dumps(line), flush=True)
-    print(table(records, goals), file=sys.stderr)
+        report = _common.Report(args)
+        records = alone(report, args)
+    table = _common.Table(
+        "case:11 mode:5 policy:7 size:9 thr:3 backend:15 kernel_us:10.1f numpy_us:10.1f "
+        "speedup:7.2f",
+        note="median us per call; speedup: numpy / kernel",
+    )
+    for r in records:
+        table.row(*(r.get(key) for key in COLUMNS))
+    targets(report, records)
+    report.close()
 
 
 if __name__ == "__main__":

@@ -117,7 +117,9 @@ class Call:
         self.root = self.comms.check_peer(root, self.kind, role)
 
     def check_timeout(self):
-        waiting.resolve_timeout(self.timeout, self.kind)
+        timeout, self.timeout = self.timeout, None  # the agreement waits even if it is invalid
+        waiting.resolve_timeout(timeout, self.kind)
+        self.timeout = timeout
 
     def take(self, x):
         """``x`` (a Tensor or numpy array) as the call's one Tensor."""

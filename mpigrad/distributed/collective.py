@@ -48,8 +48,8 @@ from . import messages, waiting
 from .errors import DistributedError
 
 __all__ = [
-    "Call", "SAME", "RAGGED", "ROOTED", "NONE", "reduction", "all_reduce", "broadcast", "reduce",
-    "all_gather", "gather", "scatter", "reduce_scatter", "all_to_all",
+    "Call", "tangents", "SAME", "RAGGED", "ROOTED", "NONE", "reduction", "all_reduce",
+    "broadcast", "reduce", "all_gather", "gather", "scatter", "reduce_scatter", "all_to_all",
 ]
 
 KINDS = ("barrier", "all_reduce", "broadcast", "reduce", "all_gather", "gather", "scatter",
@@ -281,6 +281,13 @@ class Call:
         """The shape rank ``rank`` passed (rules SAME and RAGGED)."""
         row = self.rows[rank]
         return tuple(row[SHAPE:SHAPE + row[NDIM]].tolist())
+
+
+def tangents(inputs, ts):
+    """The tangents ``ts`` of ``inputs``, zeros where an input carries none: a rank takes part
+    in a tangent's collective whether or not its inputs carry one."""
+    return [Tensor._make(np.zeros(x.shape, x.dtype)) if t is None else t
+            for x, t in zip(inputs, ts)]
 
 
 def _tensor(x, kind):

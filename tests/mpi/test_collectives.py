@@ -153,9 +153,10 @@ def test_the_other_collectives_move_the_right_values(comm):
         for piece, expected in zip(pieces, every):
             np.testing.assert_array_equal(piece.data, expected)
     xs = [np.full((j + 1,), 10.0 * rank + j) for j in range(size)]
-    np.testing.assert_array_equal(dist.scatter(xs, root).data, np.full(rank + 1, 10.0 * root + rank))
-    np.testing.assert_array_equal(dist.scatter(None if rank else [np.full(2, j) for j in range(size)],
-                                               0).data, np.full(2, rank))
+    np.testing.assert_array_equal(dist.scatter(xs, root).data,
+                                  np.full(rank + 1, 10.0 * root + rank))
+    pieces = None if rank else [np.full(2, j) for j in range(size)]
+    np.testing.assert_array_equal(dist.scatter(pieces, 0).data, np.full(2, rank))
     received = dist.all_to_all(xs)
     for j, piece in enumerate(received):
         np.testing.assert_array_equal(piece.data, np.full(rank + 1, 10.0 * j + rank))
@@ -198,7 +199,7 @@ def test_all_gather_derivatives_with_uneven_shapes(comm, seed):
 @pytest.mark.parametrize("op", OPS)
 def test_reduce_scatter_derivatives(comm, op):
     size = comm.size
-    arrays = [_data(comm, lambda r: (j + 1, 2), 50 + j)[0] for j in range(size)]
+    arrays = [_data(comm, lambda r, j=j: (j + 1, 2), 50 + j)[0] for j in range(size)]
     _check(comm, lambda *xs: dist.reduce_scatter([x * 1.0 for x in xs], op), arrays)
     if op in ("sum", "max"):
         _check_second(comm, lambda *xs: dist.reduce_scatter([x * x for x in xs], op), arrays)

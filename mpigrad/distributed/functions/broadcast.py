@@ -36,7 +36,7 @@ class Broadcast(Function):
     @staticmethod
     def jvp(ctx, _, __, t):
         x = ctx.inputs[2]
-        t = Tensor._make(np.zeros(x.shape, x.dtype)) if t is None else t
+        (t,) = collective.tangents([x], [t])
         return _broadcast(t, ctx.inputs[0].root)
 
 

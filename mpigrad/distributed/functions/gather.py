@@ -43,7 +43,7 @@ class Gather(Function):
     @staticmethod
     def jvp(ctx, _, __, t):
         x = ctx.inputs[2]
-        t = Tensor._make(np.zeros(x.shape, x.dtype)) if t is None else t
+        (t,) = collective.tangents([x], [t])
         pieces = _gather(t, ctx.inputs[0].root)
         return None if pieces is None else tuple(pieces)
 

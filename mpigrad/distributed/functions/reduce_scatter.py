@@ -44,8 +44,7 @@ class ReduceScatter(Function):
     @staticmethod
     def jvp(ctx, _, __, *ts):
         xs = ctx.inputs[2:]
-        ts = [Tensor._make(np.zeros(x.shape, x.dtype)) if t is None else t
-              for x, t in zip(xs, ts)]
+        ts = collective.tangents(xs, ts)
         return _reduce_scatter(ts, ctx.inputs[0].op)
 
 

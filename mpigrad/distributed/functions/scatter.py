@@ -38,8 +38,7 @@ class Scatter(Function):
     @staticmethod
     def jvp(ctx, _, __, *ts):
         xs = ctx.inputs[2:]
-        ts = [Tensor._make(np.zeros(x.shape, x.dtype)) if t is None else t
-              for x, t in zip(xs, ts)]
+        ts = collective.tangents(xs, ts)
         return _scatter(ts, ctx.inputs[0].root)
 
 

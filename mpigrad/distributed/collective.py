@@ -57,16 +57,16 @@ KINDS = ("barrier", "all_reduce", "broadcast", "reduce", "all_gather", "gather",
 OPS = ("sum", "avg", "max", "min", "prod")
 _MPI_OPS = {"sum": MPI.SUM, "avg": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "prod": MPI.PROD}
 
-# Signature words; see Note [agreed collectives].
-(SEQ, KIND, ADJOINT, OP, ROOT, LEVELS, DTYPE, NDIM, COUNT, DIGEST, PROBLEM, RECORD,
- TANGENTS) = range(13)
-SHAPE = 13
-WORDS = SHAPE + messages.MAX_NDIM
-_CALL = [SEQ, KIND, ADJOINT, OP, ROOT, LEVELS]
-# The words each rule needs equal on every rank.
-SAME = np.array(_CALL + [DTYPE, NDIM, COUNT, DIGEST, *range(SHAPE, WORDS)])
-RAGGED = np.array(_CALL + [DTYPE, NDIM, COUNT])  # shapes may differ
-ROOTED = NONE = np.array(_CALL)  # only the root passes tensors; no tensors
+# Signature words; see Note [agreed collectives].  The words a rule compares come first, so that
+# each rule is a prefix (SAME: up to the shape; RAGGED: up to the count; ROOTED and NONE: the
+# call alone); the words every rank's are joined from (PROBLEM, RECORD, TANGENTS) come last.
+(SEQ, KIND, ADJOINT, OP, ROOT, LEVELS, DTYPE, NDIM, COUNT, DIGEST) = range(10)
+SHAPE = 10
+PROBLEM = SHAPE + messages.MAX_NDIM
+RECORD, TANGENTS = PROBLEM + 1, PROBLEM + 2
+WORDS = TANGENTS + 1
+SAME, RAGGED, ROOTED, NONE = PROBLEM, DIGEST, DTYPE, DTYPE
+_UNUSED = [[-1] * (messages.MAX_NDIM - n) for n in range(messages.MAX_NDIM + 1)]
 _REASONS = {
     SEQ: "the ranks have made different numbers of collective calls before this one",
     KIND: "the ranks are in different collective calls", ADJOINT: "the ranks are in different "
@@ -151,8 +151,9 @@ class Call:
     # --- agreement ----------------------------------------------------------------------------
 
     def agree(self, rule):
-        """Agree with every rank on this call under ``rule`` (SAME, RAGGED, ROOTED, NONE), or
-        raise on every rank; see Note [agreed collectives]."""
+        """Agree with every rank on this call under ``rule`` (SAME, RAGGED, ROOTED, NONE: how
+        many leading words must be equal), or raise on every rank; see Note [agreed
+        collectives]."""
         comms = self.comms
         if comms.out_of_step is not None:
             raise DistributedError(
@@ -162,21 +163,27 @@ class Call:
             )
         levels = dual._levels if _State.forward_ad_enabled else ()
         words = self._signature(levels)
-        self.seq = int(words[SEQ])
+        self.seq = words[SEQ]
         comms.collective_calls += 1
         rows = np.empty((comms.size, WORDS), np.int64)
-        self._wait(comms.collective.Iallgather(words, rows), "every rank to join it")
-        if rows[:, PROBLEM].any() or not (rows[:, rule] == words[rule]).all():
-            self._fail(rows, rule)
-        self.rows = rows
-        self.record = bool(rows[:, RECORD].any())
+        self._wait(comms.collective.Iallgather(np.array(words, np.int64), rows),
+                   "every rank to join it")
+        # Plain lists: at the sizes of a call, faster than numpy's indexing.
+        self.rows = rows = rows.tolist()
+        agreed, record, tangents = words[:rule], False, 0
+        for row in rows:
+            if row[PROBLEM] or row[:rule] != agreed:
+                self._fail(rows, rule)
+            record = record or row[RECORD]
+            tangents |= row[TANGENTS]
+        self.record = bool(record)
         if self.record and _context.current() is not None:
             raise NotImplementedError(
                 f"{self.kind}: rank {comms.rank}: collectives on tensors that require grad are "
                 "not differentiable inside a dist_autograd context yet; call it outside the "
                 "context (loss.backward() differentiates through it), or under mpigrad.no_grad()"
             )
-        missing = int(np.bitwise_or.reduce(rows[:, TANGENTS])) & ~int(words[TANGENTS])
+        missing = tangents & ~words[TANGENTS]
         fill = self.record and _State.grad_enabled and not words[RECORD]
         if fill or missing:
             self.anchor = Tensor(np.zeros(()), requires_grad=fill)
@@ -185,29 +192,31 @@ class Call:
                     self.anchor = make_dual(self.anchor, np.zeros(()), level=level)
 
     def _signature(self, levels):
-        words = np.full(WORDS, -1, np.int64)
-        words[[SEQ, KIND, ADJOINT, LEVELS]] = (self.comms.collective_calls,
-                                               KINDS.index(self.kind), self.adjoint_of,
-                                               len(levels))
-        words[OP] = -1 if self.op is None else OPS.index(self.op)
-        words[ROOT] = -1 if self.root is None else self.root
-        words[PROBLEM] = self.problem is not None
+        """This rank's signature words, a list of ints (see Note [agreed collectives])."""
         tensors = self.tensors
-        words[RECORD] = _State.grad_enabled and any(t._requires_grad for t in tensors)
+        words = [self.comms.collective_calls, KINDS.index(self.kind), self.adjoint_of,
+                 -1 if self.op is None else OPS.index(self.op),
+                 -1 if self.root is None else self.root, len(levels)]
+        shape = ()
+        if tensors and self.problem is None:
+            first = tensors[0]
+            words += [messages.dtype_code(first.dtype), first.ndim]
+            if self.listed:
+                words += [len(tensors), zlib.crc32(repr([t.shape for t in tensors]).encode())]
+            else:
+                words += [-1, -1]
+                shape = first.shape
+        else:
+            words += [-1, -1, -1, -1]
+        words += shape
+        words += _UNUSED[len(shape)]
         tangents = 0
         for t in tensors:
             for level in t._fw or ():
                 if level in levels:
                     tangents |= 1 << levels.index(level)
-        words[TANGENTS] = tangents
-        if tensors and self.problem is None:
-            first = tensors[0]
-            words[DTYPE], words[NDIM] = messages.dtype_code(first.dtype), first.ndim
-            if self.listed:
-                words[COUNT] = len(tensors)
-                words[DIGEST] = zlib.crc32(repr([t.shape for t in tensors]).encode())
-            else:
-                words[SHAPE:SHAPE + first.ndim] = first.shape
+        record = _State.grad_enabled and any(t._requires_grad for t in tensors)
+        words += [self.problem is not None, record, tangents]
         return words
 
     def describe(self):
@@ -236,7 +245,7 @@ class Call:
                 name, text = theirs["problem"]
                 raise _ERRORS.get(name, DistributedError)(
                     f"{self.kind}: rank {r}: {text} {where}")
-        column = next(c for c in rule if (rows[:, c] != rows[0, c]).any())
+        column = next(c for c in range(rule) if len({row[c] for row in rows}) > 1)
         groups = {}
         for r, theirs in enumerate(described):
             groups.setdefault(theirs["call"], []).append(str(r))
@@ -266,6 +275,8 @@ class Call:
     def _wait(self, request, what):
         """Wait for ``request`` (a collective on ``comms.collective``) to complete; if the
         wait raises, the request is abandoned (see Note [agreed collectives])."""
+        if request.Test():
+            return
         comms = self.comms
         try:
             waiting.wait_for(request.Test, self.kind, self.timeout,
@@ -280,7 +291,7 @@ class Call:
     def shape_of(self, rank):
         """The shape rank ``rank`` passed (rules SAME and RAGGED)."""
         row = self.rows[rank]
-        return tuple(row[SHAPE:SHAPE + row[NDIM]].tolist())
+        return tuple(row[SHAPE:SHAPE + row[NDIM]])
 
 
 def tangents(inputs, ts):
@@ -383,8 +394,8 @@ def gather(call, array):
 def scatter(call, arrays):
     """This rank's piece of the root's ``arrays`` (ignored elsewhere)."""
     comms, root = call.comms, call.root
-    dtype = messages.DTYPES[int(call.rows[root, DTYPE])]
-    ndim = int(call.rows[root, NDIM])
+    dtype = messages.DTYPES[call.rows[root][DTYPE]]
+    ndim = call.rows[root][NDIM]
     shapes = None
     if comms.rank == root:
         shapes = np.array([a.shape for a in arrays], np.int64).reshape(comms.size, ndim)

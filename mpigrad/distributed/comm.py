@@ -1,6 +1,6 @@
 """The communicators mpigrad talks on, duplicated from the user's, and checks of ranks and tags.
 
-``init(comm)`` duplicates the user's communicator (COMM_WORLD by default) six times, so that no
+``init(comm)`` duplicates the user's communicator (COMM_WORLD by default) seven times, so that no
 message of mpigrad's can match a receive of the user's, nor one of its kinds another:
 
 - ``data_free``: the headers (with any inline payload) of tensors sent outside any context
@@ -13,7 +13,10 @@ message of mpigrad's can match a receive of the user's, nor one of its kinds ano
   the pass (see Note [pass tags]);
 - ``control``: notices (a rank failed in a context, a rank's program ended), the agreement that
   leaves a context, the questions a stalled rank asks and their answers (see waiting.py), and
-  the collectives of ``init`` (aligning context ids) and ``destroy`` (counting messages).
+  the collectives of ``init`` (aligning context ids) and ``destroy`` (counting messages);
+- ``collective``: the collectives users call (``all_reduce``, ``broadcast``, ...) and the
+  signatures the ranks agree on before each (see Note [agreed collectives] in collective.py);
+  nothing point-to-point travels on it.
 
 ``init`` is collective over the communicator, as a duplication is.  Without an explicit call,
 the first call of any ``mpigrad.distributed`` function initializes on COMM_WORLD, so then every
@@ -47,6 +50,11 @@ class Communicators:
         self.control = comm.Dup()
         for dup, name in self._named():
             dup.Set_name(f"mpigrad {name}")
+        self.collective = comm.Dup()
+        self.collective.Set_name("mpigrad collective")
+        self.collective_calls = 0  # collective calls this rank has made on it
+        # Collectives that never completed on this rank (see Note [agreed collectives]), and why.
+        self.abandoned, self.out_of_step = [], None
         self.tag_ub = self.data_free.Get_attr(MPI.TAG_UB)
         # Control tags: two per context (its notices, its leaving agreement) below the three
         # reserved at the top; gradient tags: four per context (two passes' messages and
@@ -97,15 +105,20 @@ class Communicators:
         [pass tags])."""
         return (4 * context_id + 2 * (pass_index & 1) + agreement) % self._gradient_span
 
-    def check_peer(self, peer, op, role):
+    def check_peer(self, peer, op, role, null=False):
         """``peer`` as an int if it is a rank of the communicator (any integer type: numpy's
-        too); ValueError otherwise (no wildcards, no PROC_NULL)."""
+        too), or ``MPI.PROC_NULL`` where ``null`` allows it (the peer of a point-to-point
+        transfer); ValueError otherwise (no wildcards)."""
         index = _integer(peer)
+        if null and index == MPI.PROC_NULL:
+            return index
         if index is None or not 0 <= index < self.size:
+            allowed = "no ANY_SOURCE; PROC_NULL" if null else "no ANY_SOURCE, no PROC_NULL"
             raise ValueError(
                 f"{op}: {role} {peer!r} is not a rank of the communicator: ranks are 0 to "
                 f"{self.size - 1} (world size {self.size}; this is rank {self.rank}). "
-                "mpigrad.distributed takes explicit ranks only (no ANY_SOURCE, no PROC_NULL)"
+                f"mpigrad.distributed takes explicit ranks only ({allowed}"
+                + (" stands for no peer)" if null else ")")
             )
         return index
 
@@ -124,6 +137,8 @@ class Communicators:
     def free(self):
         for dup, _ in self._named():
             dup.Free()
+        if not self.abandoned:  # else MPI may still complete them: see Note [agreed collectives]
+            self.collective.Free()
 
 
 def _integer(value):

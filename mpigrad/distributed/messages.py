@@ -39,7 +39,7 @@ import numpy as np
 
 __all__ = [
     "FORMAT_VERSION", "MAX_NDIM", "INLINE_LIMIT", "HEADER_WORDS", "MESSAGE_WORDS", "NO_CONTEXT",
-    "Kind", "Header", "DTYPE_CODES", "dtype_code", "decode_header", "pack",
+    "Kind", "Header", "DTYPE_CODES", "DTYPES", "dtype_code", "decode_header", "pack",
     "unpack_inline", "empty_message", "text_array", "text_of", "check_sendable",
 ]
 
@@ -78,7 +78,7 @@ DTYPE_CODES = {
     np.dtype(np.complex64): 7,
     np.dtype(np.complex128): 8,
 }
-_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
+DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}  # code -> dtype
 _SUPPORTED = ", ".join(str(d) for d in DTYPE_CODES)
 
 
@@ -151,7 +151,7 @@ def decode_header(words):
         )
     if not 0 <= words[_KIND] < len(_KINDS):
         raise ValueError(f"unknown message kind {words[_KIND]} in a header")
-    dtype = _DTYPES.get(words[_DTYPE])
+    dtype = DTYPES.get(words[_DTYPE])
     if dtype is None:
         raise ValueError(f"unknown dtype code {words[_DTYPE]} in a header")
     ndim = words[_NDIM]

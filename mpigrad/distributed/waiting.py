@@ -111,6 +111,8 @@ def _shared_cores():
 
 
 _current = None  # the Waiter this rank waits in, which answers questions
+BACKWARD, LEAVING, DESTROY = "dist_autograd.backward", "leaving the context", "destroy"
+_AGREEING = (BACKWARD, LEAVING, DESTROY)  # calls every rank makes together, with collectives
 
 
 class Waiter:
@@ -119,15 +121,17 @@ class Waiter:
     call belongs to (its notices are read); ``check()`` runs with the notices;
     ``state()`` goes into this rank's answers; ``started`` is when the call began (default: now);
     ``stage`` limits the failures that fail the call (see ``DistAutogradContext.stage``);
-    ``peers`` are the ranks it depends on (None: all);
+    ``peers`` are the ranks it depends on (None: all); ``agreeing`` marks a call that every
+    rank makes together, as a collective (see ``diverged``);
     ``summarize(answers, ranks)`` turns the answers of the ranks asked into text (default
     ``describe_answers``)."""
 
     def __init__(self, op, timeout, describe, *, context=None, peers=None, summarize=None,
-                 check=None, state=None, started=None, stage=None):
+                 check=None, state=None, started=None, stage=None, agreeing=False):
         global _current
         self.comms = _comm.get()
         self.op, self.describe, self.context, self.peers = op, describe, context, peers
+        self.agreeing = agreeing or op in _AGREEING
         self.summarize = summarize or describe_answers
         self.check, self.state, self.stage = check, state, stage
         self.waiting_since = time.monotonic()  # the pace counts from here (Note [waiting])
@@ -258,6 +262,7 @@ class Waiter:
             "context": None if context is None else context.context_id, "last": last_id(),
             "passes": 0 if context is None else context.passes,
             "peers": None if self.peers is None else list(self.peers),
+            "agreeing": self.agreeing,
         }
 
 
@@ -344,8 +349,6 @@ class Question:
         return len(self.answers) == len(self.asked) or time.monotonic() > self.deadline
 
 
-BACKWARD, LEAVING, DESTROY = "dist_autograd.backward", "leaving the context", "destroy"
-_AGREEING = (BACKWARD, LEAVING, DESTROY)  # calls every rank makes together
 
 
 def diverged(mine, theirs, rank, me):
@@ -362,7 +365,7 @@ def diverged(mine, theirs, rank, me):
     if op is None:
         return None  # it is computing: it may yet come
     context, their_context = mine["context"], theirs["context"]
-    agreeing, they_agree = mine["op"] in _AGREEING, op in _AGREEING
+    agreeing, they_agree = mine["agreeing"], theirs["agreeing"]
     waits_for_me = theirs["peers"] is None or me in theirs["peers"]
     if context != their_context:
         if context is not None and their_context is not None:

@@ -1,7 +1,8 @@
 """recv and irecv: a tensor from another rank, as a new Tensor.
 
 Collective: no; point to point. The rank ``source`` must post a matching ``send``/``isend``
-(same dest and tag) on the same communicator, in the same context (or both outside any).
+(same dest and tag) on the same communicator, in the same context (or both outside any).  A
+receive from ``PROC_NULL`` completes at once with None and records nothing.
 
 Adjoint: send to ``source``. Inside a distributed autograd context, a tensor sent with
 requires_grad gets a recv function (``RecvBackward``) holding (source, context id, message id)
@@ -220,20 +221,38 @@ def _record(context, header, array, source, rank):
     return Tensor._make(array)
 
 
+class NullRecvRequest(RecvRequest):
+    """A receive from ``PROC_NULL``: complete, its ``wait()`` returns None."""
+
+    def __init__(self, source, tag):
+        self.source, self.tag = source, tag
+
+    def wait(self, timeout: float | None = None) -> None:
+        return None
+
+    def cancel(self, why: str = "") -> bool:
+        return False
+
+
+def receive(comms, source, tag, op):
+    """A ``RecvRequest`` for ``op`` (checks its source, which may be ``PROC_NULL``, and tag)."""
+    source = comms.check_peer(source, op, "source", null=True)
+    tag = comms.check_tag(tag, op)
+    if source == MPI.PROC_NULL:
+        return NullRecvRequest(source, tag)
+    return RecvRequest(comms, source, tag, op)
+
+
 def irecv(source: int, tag: int = 0) -> RecvRequest:
-    """Start receiving a tensor from rank source; returns a ``RecvRequest``."""
-    comms = _comm.get()
-    source = comms.check_peer(source, "irecv", "source")
-    tag = comms.check_tag(tag, "irecv")
-    return RecvRequest(comms, source, tag, "irecv")
+    """Start receiving a tensor from rank source; returns a ``RecvRequest`` (whose ``wait()``
+    returns None when source is ``PROC_NULL``)."""
+    return receive(_comm.get(), source, tag, "irecv")
 
 
-def recv(source: int, tag: int = 0, timeout: float | None = None) -> Tensor:
-    """Receive a tensor from rank source: a new Tensor with the sent shape and dtype.
+def recv(source: int, tag: int = 0, timeout: float | None = None) -> Tensor | None:
+    """Receive a tensor from rank source: a new Tensor with the sent shape and dtype (None when
+    source is ``PROC_NULL``).
 
     Blocks until it arrives; ``DistTimeoutError`` after ``timeout`` seconds (default
     ``MPIGRAD_TIMEOUT``)."""
-    comms = _comm.get()
-    source = comms.check_peer(source, "recv", "source")
-    tag = comms.check_tag(tag, "recv")
-    return RecvRequest(comms, source, tag, "recv").wait(timeout)
+    return receive(_comm.get(), source, tag, "recv").wait(timeout)

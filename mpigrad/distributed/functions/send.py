@@ -10,7 +10,8 @@ the received tensor, or a no-gradient marker) and passes it on to the sent tenso
 Under the loss convention of ``mpigrad.distributed`` this is the exact adjoint of the transfer.
 
 Everything is checked before anything is recorded or sent: a call that raises leaves the context
-as it was.  Forward-mode tangents do not travel yet: sending a dual tensor raises.
+as it was.  A send to ``PROC_NULL`` does nothing and records nothing (its request is complete).
+Forward-mode tangents do not travel yet: sending a dual tensor raises.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import warnings
 import weakref
 
 import numpy as np
+from mpi4py import MPI
 
 from ...grad_mode import is_grad_enabled
 from ...graph import Node, gradient_edge
@@ -60,7 +62,7 @@ class Outgoing:
 
     def __init__(self, comms, tensor, dest, tag, op):
         self.comms, self.tensor, self.op = comms, tensor, op
-        self.dest = comms.check_peer(dest, op, "dest")
+        self.dest = comms.check_peer(dest, op, "dest", null=True)
         self.tag = comms.check_tag(tag, op)
         if isinstance(tensor, Tensor):
             array = tensor.data
@@ -83,6 +85,8 @@ class Outgoing:
 
     def start(self):
         """Record the send (see the module docstring) and post it; a ``SendRequest``."""
+        if self.dest == MPI.PROC_NULL:
+            return SendRequest([], (), self.dest, self.tag)
         context, tensor = self.context, self.tensor
         header = {}
         tracked = isinstance(tensor, Tensor) and tensor.requires_grad and is_grad_enabled()

@@ -84,7 +84,7 @@ help:
 	@echo "make test-mpi     tests/mpi/ under mpiexec -n N for N in MPI_SIZES ($(MPI_SIZES))"
 	@echo "make test-slurm   slurm/*.sbatch submitted to a one-node Slurm on localhost (root)"
 	@echo "make test-openmpi tests/mpi/ on Debian's Open MPI, in $(OPENMPI_VENV) (apt-get as root if missing)"
-	@echo "make lint         ruff check"
+	@echo "make lint         ruff check and ruff format --check"
 	@echo "make bench        each benchmarks/bench_*.py --quick under mpiexec -n $(BENCH_NP) (installs the bench extra); records and plots in benchmarks/results/"
 	@echo "make torch        torch==$(TORCH_VERSION) into the venv, the benchmarks' baseline"
 	@echo "make venv         $(VENV) with mpigrad[$(EXTRAS)] installed from this tree"
@@ -212,6 +212,7 @@ demo: venv
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 $(VENV)/.bench-installed: $(STAMP)
 	rm -rf build

@@ -37,6 +37,6 @@ class Adam:
             m += (1 - b1) * g
             v *= b2
             v += (1 - b2) * g * g
-            m_hat = m / (1 - b1 ** self.t)
-            v_hat = v / (1 - b2 ** self.t)
+            m_hat = m / (1 - b1**self.t)
+            v_hat = v / (1 - b2**self.t)
             p.data -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)

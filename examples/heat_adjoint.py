@@ -48,7 +48,7 @@ mine = np.array_split(np.arange(N), size)[rank]  # this rank's grid points
 rng = np.random.default_rng(2024)
 x = np.arange(N) / N
 u0_global = np.sin(2 * np.pi * x) + 0.5 * rng.standard_normal(N)
-u_obs_global = np.exp(-((x - 0.5) / 0.1) ** 2)
+u_obs_global = np.exp(-(((x - 0.5) / 0.1) ** 2))
 direction_global = rng.standard_normal(N)
 u_obs = u_obs_global[mine]
 
@@ -103,17 +103,23 @@ fd_error = abs(predicted - finite_difference) / abs(finite_difference)
 u0_serial = mg.tensor(u0_global, requires_grad=True)
 (grad_serial,) = mg.autograd.grad(serial_misfit(u0_serial), [u0_serial])
 scale = np.max(np.abs(grad_serial.data))
-serial_error = comm.allreduce(float(np.max(np.abs(grad - grad_serial.data[mine]))) / scale,
-                              op=MPI.MAX)
+serial_error = comm.allreduce(
+    float(np.max(np.abs(grad - grad_serial.data[mine]))) / scale, op=MPI.MAX
+)
 
 if rank == 0:
     print(f"{size} ranks, N={N}, T={T}: J and dJ/du0 in {seconds:.2f} s")
     print(f"directional derivative {predicted:.12e}, finite difference {finite_difference:.12e}")
     print(f"finite-difference check: relative error {fd_error:.2e} (tolerance {FD_TOL:.0e})")
     print(f"one-rank check: relative error {serial_error:.2e} (tolerance {SERIAL_TOL:.0e})")
-failures = [name for name, error, tolerance in [("finite-difference", fd_error, FD_TOL),
-                                                ("one-rank", serial_error, SERIAL_TOL)]
-            if not error <= tolerance]
+failures = [
+    name
+    for name, error, tolerance in [
+        ("finite-difference", fd_error, FD_TOL),
+        ("one-rank", serial_error, SERIAL_TOL),
+    ]
+    if not error <= tolerance
+]
 if failures:
     raise SystemExit(f"heat_adjoint: rank {rank}: the {' and '.join(failures)} check failed")
 if rank == 0:

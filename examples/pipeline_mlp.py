@@ -46,8 +46,9 @@ layers = []  # (W, b) of this stage's layers
 for i in range(LAYERS):
     w = init.normal(0, 1 / np.sqrt(WIDTHS[i]), (WIDTHS[i], WIDTHS[i + 1]))
     if LAYERS * rank // size <= i < LAYERS * (rank + 1) // size:
-        layers.append((mg.tensor(w, requires_grad=True), mg.zeros(WIDTHS[i + 1],
-                                                                  requires_grad=True)))
+        layers.append(
+            (mg.tensor(w, requires_grad=True), mg.zeros(WIDTHS[i + 1], requires_grad=True))
+        )
 params = [p for layer in layers for p in layer]
 has_last_layer = LAYERS * (rank + 1) // size == LAYERS  # (only the last rank has it)
 
@@ -92,8 +93,7 @@ for step in range(STEPS):
         logits = forward([x_train[b] for b in batch])
         roots = []
         if last:
-            roots = [mg.cross_entropy(z, y_train[b]) / MICRO_BATCHES
-                     for z, b in zip(logits, batch)]
+            roots = [mg.cross_entropy(z, y_train[b]) / MICRO_BATCHES for z, b in zip(logits, batch)]
         dist_autograd.backward(context_id, roots)
         optimizer.step(dist_autograd.get_gradients(context_id))
     if last and step % 50 == 0:

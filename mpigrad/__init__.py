@@ -16,6 +16,14 @@ from .tensor import Tensor
 __version__ = "0.1.0"
 
 __all__ = [
-    "Tensor", "Function", "autograd", "ops", "no_grad", "enable_grad", "set_grad_enabled",
-    "is_grad_enabled", *_factories, *_ops,
+    "Tensor",
+    "Function",
+    "autograd",
+    "ops",
+    "no_grad",
+    "enable_grad",
+    "set_grad_enabled",
+    "is_grad_enabled",
+    *_factories,
+    *_ops,
 ]

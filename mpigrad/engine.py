@@ -75,7 +75,13 @@ from .slice_grad import SliceGrad, sum_with_slices
 from .tensor import Tensor
 
 __all__ = [
-    "GraphTask", "BackwardError", "accumulate_grad", "added", "owned", "read_only", "unit_seed",
+    "GraphTask",
+    "BackwardError",
+    "accumulate_grad",
+    "added",
+    "owned",
+    "read_only",
+    "unit_seed",
 ]
 
 
@@ -172,8 +178,19 @@ class GraphTask:
     leaf (see Note [gradient ownership]).  ``ordered``: see Note [canonical order].
     """
 
-    def __init__(self, roots, grads, *, extra_roots=(), keep_graph=False, create_graph=False,
-                 capture=None, accumulate=None, retain_grads=True, ordered=False):
+    def __init__(
+        self,
+        roots,
+        grads,
+        *,
+        extra_roots=(),
+        keep_graph=False,
+        create_graph=False,
+        capture=None,
+        accumulate=None,
+        retain_grads=True,
+        ordered=False,
+    ):
         self.keep_graph = keep_graph
         self.create_graph = create_graph
         self.retain_grads = retain_grads
@@ -256,8 +273,11 @@ class GraphTask:
                     pending = self._in_order((node, nr), pending)
                 grads.append(_total(pending, create_graph))
         capture = self.capture_slots
-        if node.pre_hooks or node.retained or (capture and node in capture) or (
-            type(node) is AccumulateGrad and node.variable._hooks
+        if (
+            node.pre_hooks
+            or node.retained
+            or (capture and node in capture)
+            or (type(node) is AccumulateGrad and node.variable._hooks)
         ):
             grads = self._hooks_and_capture(node, grads)
         if self.needed is not None and node not in self.needed:
@@ -338,11 +358,13 @@ class GraphTask:
         it returns enters read-only (Note [gradient ownership])."""
         if self.arrays:
             outs = self._outside(node.apply, [None if g is None else _tensor(g) for g in grads])
-            return [None if g is None else read_only(_array(node, i, g))
-                    for i, g in enumerate(outs)]
+            return [
+                None if g is None else read_only(_array(node, i, g)) for i, g in enumerate(outs)
+            ]
         outs = node.apply(grads)
-        return [None if g is None else read_only(_tensor_of(node, i, g))
-                for i, g in enumerate(outs)]
+        return [
+            None if g is None else read_only(_tensor_of(node, i, g)) for i, g in enumerate(outs)
+        ]
 
     def _hooks_and_capture(self, node, grads):
         """Run the hooks on ``node``'s gradients, then fill retained ``.grad``s and captured

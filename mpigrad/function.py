@@ -24,7 +24,13 @@ from .graph import Node, gradient_edge, next_sequence_nr
 from .tensor import Tensor, is_differentiable
 
 __all__ = [
-    "Function", "FunctionCtx", "BackwardNode", "unary_op", "binary_op", "linear", "multilinear",
+    "Function",
+    "FunctionCtx",
+    "BackwardNode",
+    "unary_op",
+    "binary_op",
+    "linear",
+    "multilinear",
     "elementwise",
 ]
 
@@ -103,8 +109,9 @@ class BackwardNode(FunctionCtx, Node):
         if self.released:
             raise RuntimeError(f"{self.name()}: {RETAIN_GRAPH_HINT}")
         if _State.array_mode:
-            return tuple([s.data if type(s) is Tensor or type(s) is _SavedOutput else s
-                          for s in self._saved])
+            return tuple(
+                [s.data if type(s) is Tensor or type(s) is _SavedOutput else s for s in self._saved]
+            )
         if not self._saved_outputs:
             return self._saved
         return tuple([s.unpack(self) if type(s) is _SavedOutput else s for s in self._saved])
@@ -176,9 +183,14 @@ class Function:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.takes_arrays = cls.__dict__.get("takes_arrays", False)
-        cls._backward_cls = type(f"{cls.__name__}Backward", (BackwardNode,), {
-            "_forward_cls": cls, "takes_arrays": cls.takes_arrays,
-        })
+        cls._backward_cls = type(
+            f"{cls.__name__}Backward",
+            (BackwardNode,),
+            {
+                "_forward_cls": cls,
+                "takes_arrays": cls.takes_arrays,
+            },
+        )
         if getattr(cls.apply, "short_path_of", cls) is not cls:
             # A subclass of a decorated op: the short path is bound to its base's forward.
             cls.apply = Function.__dict__["apply"]
@@ -318,10 +330,12 @@ def linear(fixed=()):
 
     def jvp(cls, ctx, *tangents):
         dtype = ctx.outputs[0].data.dtype
-        return cls.apply(*[
-            a if i in fixed else _zeros(a, dtype) if t is None else t
-            for i, (a, t) in enumerate(zip(ctx.inputs, tangents))
-        ])
+        return cls.apply(
+            *[
+                a if i in fixed else _zeros(a, dtype) if t is None else t
+                for i, (a, t) in enumerate(zip(ctx.inputs, tangents))
+            ]
+        )
 
     return _with_jvp(jvp)
 
@@ -335,7 +349,7 @@ def multilinear(fixed=()):
         total = None
         for i, t in enumerate(tangents):
             if t is not None and i not in fixed:
-                term = cls.apply(*ctx.inputs[:i], t, *ctx.inputs[i + 1:])
+                term = cls.apply(*ctx.inputs[:i], t, *ctx.inputs[i + 1 :])
                 total = term if total is None else total + term
         return total
 

@@ -90,4 +90,3 @@ class enable_grad(_ScopedMode):
     """Re-enable recording inside a ``no_grad`` region."""
 
     mode = True
-

@@ -27,8 +27,7 @@ def numerical_jvp(fn, args, directions, eps=1e-6):
     return (at(1) - at(-1)) / (2 * eps)
 
 
-def check_grads(fn, args, modes=("rev", "fwd"), order=1, eps=1e-6, rtol=1e-5, atol=1e-6,
-                seed=0):
+def check_grads(fn, args, modes=("rev", "fwd"), order=1, eps=1e-6, rtol=1e-5, atol=1e-6, seed=0):
     """Assert that fn's derivatives w.r.t. its floating-point Tensor ``args`` match finite
     differences.  ``fn`` takes the args and returns a Tensor; other args are passed unchanged."""
     rng = np.random.default_rng(seed)
@@ -52,8 +51,10 @@ def check_grads(fn, args, modes=("rev", "fwd"), order=1, eps=1e-6, rtol=1e-5, at
 
         def vjp(*xs):
             # Finite differences call this with plain tensors: make them leaves to differentiate.
-            xs = [x if not f or x.requires_grad else Tensor(x.data, requires_grad=True)
-                  for x, f in zip(xs, free)]
+            xs = [
+                x if not f or x.requires_grad else Tensor(x.data, requires_grad=True)
+                for x, f in zip(xs, free)
+            ]
             inputs = [x for x, f in zip(xs, free) if f]
             grads = _vjp(fn(*xs), inputs, cotangent, create_graph=True)
             total = None
@@ -82,7 +83,8 @@ def _check_rev(fn, primals, free, directions, expected, out, rng, rtol, atol):
     inputs = [a for a, f in zip(primals, free) if f]
     grads = _vjp(fn(*primals), inputs, Tensor(cotangent))
     got = sum(
-        float(np.sum(g.data * d)) for g, d in zip(grads, [d for d in directions if d is not None])
+        float(np.sum(g.data * d))
+        for g, d in zip(grads, [d for d in directions if d is not None])
         if g is not None
     )
     want = float(np.sum(cotangent * expected))

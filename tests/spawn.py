@@ -31,8 +31,7 @@ KEPT = ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM")
 
 def child_env(**extra):
     """This process's environment without launcher variables, importing this run's mpigrad."""
-    env = {k: v for k, v in os.environ.items()
-           if k in KEPT or not k.startswith(LAUNCHER_PREFIXES)}
+    env = {k: v for k, v in os.environ.items() if k in KEPT or not k.startswith(LAUNCHER_PREFIXES)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [IMPORT_ROOT, env.get("PYTHONPATH")]))
     env.update(extra)
     return env
@@ -48,8 +47,14 @@ def run_limited(command, limit, cwd=None, env=None):
     env["MPIEXEC_TIMEOUT"] = str(limit)
     start = time.monotonic()
     proc = subprocess.Popen(
-        command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         output, _ = proc.communicate(timeout=limit + 15)

@@ -407,8 +407,13 @@ def test_graph_task_extra_root_waits_for_supply():
     loss = (x * x).sum()
     grads = {}
     task = GraphTask(
-        [gradient_edge(loss)], [seed(loss)], extra_roots=(send,), keep_graph=False,
-        create_graph=False, capture=None, accumulate=lambda t, g: grads.__setitem__(t, g),
+        [gradient_edge(loss)],
+        [seed(loss)],
+        extra_roots=(send,),
+        keep_graph=False,
+        create_graph=False,
+        capture=None,
+        accumulate=lambda t, g: grads.__setitem__(t, g),
         retain_grads=True,
     )
     task.execute()
@@ -442,8 +447,9 @@ def test_graph_task_two_extra_roots_supplied_in_any_order():
     x = leaf([1.0, 2.0])
     send_a, send_b = SendFunction(x * 2.0), SendFunction(x * 5.0)
     grads = {}
-    task = GraphTask([], [], extra_roots=(send_a, send_b),
-                     accumulate=lambda t, g: grads.__setitem__(t, g))
+    task = GraphTask(
+        [], [], extra_roots=(send_a, send_b), accumulate=lambda t, g: grads.__setitem__(t, g)
+    )
     task.supply(send_b, mg.tensor([1.0, 1.0]))
     task.execute()
     assert grads == {} and send_a.received == []
@@ -492,8 +498,13 @@ def test_graph_task_keep_graph_and_create_graph():
     x = leaf([1.0, 2.0])
     y = (x * x * x).sum()
     grads = {}
-    task = GraphTask([gradient_edge(y)], [seed(y)], keep_graph=True, create_graph=True,
-                     accumulate=lambda t, g: grads.__setitem__(t, g))
+    task = GraphTask(
+        [gradient_edge(y)],
+        [seed(y)],
+        keep_graph=True,
+        create_graph=True,
+        accumulate=lambda t, g: grads.__setitem__(t, g),
+    )
     task.execute()
     g = grads[x]
     assert g.requires_grad
@@ -511,8 +522,13 @@ def test_graph_task_capture_and_retain_grads():
     h = x * 2.0
     h.retain_grad()
     y = (h * h).sum()
-    task = GraphTask([gradient_edge(y)], [seed(y)], keep_graph=True, retain_grads=False,
-                     capture=[gradient_edge(x)])
+    task = GraphTask(
+        [gradient_edge(y)],
+        [seed(y)],
+        keep_graph=True,
+        retain_grads=False,
+        capture=[gradient_edge(x)],
+    )
     task.execute()
     np.testing.assert_allclose(task.captured[0].data, [8.0, 16.0])
     assert x.grad is None and h.grad is None
@@ -529,8 +545,13 @@ def test_graph_task_retains_grads_beside_a_custom_leaf_sink():
     h.retain_grad()
     send = SendFunction(h * 3.0)
     grads = {}
-    task = GraphTask([], [], extra_roots=(send,), retain_grads=True,
-                     accumulate=lambda t, g: grads.__setitem__(t, g))
+    task = GraphTask(
+        [],
+        [],
+        extra_roots=(send,),
+        retain_grads=True,
+        accumulate=lambda t, g: grads.__setitem__(t, g),
+    )
     task.supply(send, mg.tensor([1.0, -1.0]))
     task.execute()
     np.testing.assert_allclose(h.grad.data, [3.0, -3.0])

@@ -162,21 +162,32 @@ def _child(value, script):
     if value is not None:
         env["MPIGRAD_POOL_BYTES"] = value
     return subprocess.run(
-        [sys.executable, "-c", "import numpy as np\nfrom mpigrad.distributed import buffers\n"
-         + script], env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "import numpy as np\nfrom mpigrad.distributed import buffers\n" + script,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
-@pytest.mark.parametrize("value, limit", [(None, 256 * MIB), ("", 256 * MIB),
-                                          ("12345678", 12345678), (" 0 ", 0)])
+@pytest.mark.parametrize(
+    "value, limit", [(None, 256 * MIB), ("", 256 * MIB), ("12345678", 12345678), (" 0 ", 0)]
+)
 def test_the_variable_sets_the_bound_once(value, limit):
-    done = _child(value, (
-        "import os\n"
-        "print(buffers.pool().limit_bytes)\n"
-        "os.environ['MPIGRAD_POOL_BYTES'] = '1'\n"  # read once: a later change does nothing
-        "print(buffers.pool().limit_bytes)\n"
-        "print(buffers.receive_buffer((4 << 20,), np.uint8).base is None)\n"
-    ))
+    done = _child(
+        value,
+        (
+            "import os\n"
+            "print(buffers.pool().limit_bytes)\n"
+            "os.environ['MPIGRAD_POOL_BYTES'] = '1'\n"  # read once: a later change does nothing
+            "print(buffers.pool().limit_bytes)\n"
+            "print(buffers.receive_buffer((4 << 20,), np.uint8).base is None)\n"
+        ),
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(limit), str(limit), str(limit == 0)]
 

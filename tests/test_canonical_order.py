@@ -75,8 +75,14 @@ def leaf_gradients(build, ordered, create_graph=False):
         x = mg.tensor(np.zeros(2 if build is slices else 1), requires_grad=True)
         sends, grads = build(x)
         sink = {}
-        task = GraphTask([], [], extra_roots=sends, ordered=ordered, create_graph=create_graph,
-                         accumulate=accumulating_into(sink))
+        task = GraphTask(
+            [],
+            [],
+            extra_roots=sends,
+            ordered=ordered,
+            create_graph=create_graph,
+            accumulate=accumulating_into(sink),
+        )
         for i in order:
             task.supply(sends[i], grads[i].copy())
             task.execute()
@@ -90,4 +96,3 @@ def test_ordered_sums_are_the_same_bits_in_every_arrival_order(build, create_gra
     # Without ordered the arrival order shows in the bits: the test can fail.
     assert len(leaf_gradients(build, False, create_graph)) > 1
     assert len(leaf_gradients(build, True, create_graph)) == 1
-

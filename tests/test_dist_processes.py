@@ -43,11 +43,14 @@ def run(source, n=2, tmp_path=None, **env):
 
 @needs_mpiexec
 def test_an_uncaught_exception_on_one_rank_aborts_the_job_with_its_traceback(tmp_path):
-    returncode, output, seconds = run("""
+    returncode, output, seconds = run(
+        """
         if rank == 1:
             raise ValueError("rank 1 fails on purpose")
         dist.recv(1)  # would wait for ever: rank 1 never sends
-        """, tmp_path=tmp_path)
+        """,
+        tmp_path=tmp_path,
+    )
     assert returncode != 0, output
     assert seconds < 30, f"took {seconds:.1f} s:\n{output}"
     assert "[rank 1] Traceback (most recent call last):" in output, output
@@ -57,55 +60,79 @@ def test_an_uncaught_exception_on_one_rank_aborts_the_job_with_its_traceback(tmp
 
 @needs_mpiexec
 def test_without_the_abort_the_exit_notice_still_ends_the_waiting_rank(tmp_path):
-    returncode, output, seconds = run("""
+    returncode, output, seconds = run(
+        """
         if rank == 1:
             raise ValueError("rank 1 fails on purpose")
         dist.recv(1)
-        """, tmp_path=tmp_path, MPIGRAD_ABORT_ON_EXCEPTION="0")
+        """,
+        tmp_path=tmp_path,
+        MPIGRAD_ABORT_ON_EXCEPTION="0",
+    )
     assert returncode != 0, output
     assert seconds < 30, f"took {seconds:.1f} s:\n{output}"
     assert "aborting the job" not in output, output
     assert "ValueError: rank 1 fails on purpose" in output, output
-    assert re.search(r"DistributedError: rank 0: rank 1's program ended \(it exited\) while this "
-                     r"rank waits in recv for: a tensor from rank 1 with tag 0", output), output
+    assert re.search(
+        r"DistributedError: rank 0: rank 1's program ended \(it exited\) while this "
+        r"rank waits in recv for: a tensor from rank 1 with tag 0",
+        output,
+    ), output
 
 
 @needs_mpiexec
 def test_a_rank_whose_program_ends_early_is_not_waited_for(tmp_path):
     # Rank 1 forgets to send and its program ends normally; rank 0 waits for its tensor.
-    returncode, output, seconds = run("""
+    returncode, output, seconds = run(
+        """
         if rank == 0:
             try:
                 dist.recv(1, tag=4)
             except dist.DistributedError as exc:
                 print("raised:", exc, flush=True)
-        """, tmp_path=tmp_path)
+        """,
+        tmp_path=tmp_path,
+    )
     assert returncode == 0, output
     assert seconds < 30, f"took {seconds:.1f} s:\n{output}"
-    assert output.strip() == ("raised: rank 0: rank 1's program ended (it exited) while this rank "
-                              "waits in recv for: a tensor from rank 1 with tag 4 (outside any "
-                              "context)"), output
+    assert output.strip() == (
+        "raised: rank 0: rank 1's program ended (it exited) while this rank "
+        "waits in recv for: a tensor from rank 1 with tag 4 (outside any "
+        "context)"
+    ), output
 
 
 def test_the_default_timeout_comes_from_the_environment(tmp_path):
     # One rank, a receive from itself that nothing matches.
-    returncode, output, _ = run("""
+    returncode, output, _ = run(
+        """
         start = time.monotonic()
         try:
             dist.recv(0)
         except dist.DistTimeoutError as exc:
             print(f"{time.monotonic() - start:.2f}", exc)
-        """, n=0, tmp_path=tmp_path, MPIGRAD_TIMEOUT="0.5")
+        """,
+        n=0,
+        tmp_path=tmp_path,
+        MPIGRAD_TIMEOUT="0.5",
+    )
     assert returncode == 0, output
     seconds, message = output.strip().split(" ", 1)
     assert 0.45 <= float(seconds) < 5, output
-    assert message.startswith("rank 0: recv timed out after 0.5 s still waiting for: a tensor "
-                              "from rank 0 with tag 0 (outside any context); no other rank"), output
+    assert message.startswith(
+        "rank 0: recv timed out after 0.5 s still waiting for: a tensor "
+        "from rank 0 with tag 0 (outside any context); no other rank"
+    ), output
 
 
-@pytest.mark.parametrize("name, value", [
-    ("MPIGRAD_TIMEOUT", "soon"), ("MPIGRAD_TIMEOUT", "-1"), ("MPIGRAD_STALL_WARNING", "1s"),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("MPIGRAD_TIMEOUT", "soon"),
+        ("MPIGRAD_TIMEOUT", "-1"),
+        ("MPIGRAD_STALL_WARNING", "1s"),
+    ],
+)
 def test_a_variable_that_is_not_seconds_is_an_error(tmp_path, name, value):
     returncode, output, _ = run("dist.recv(0)", n=0, tmp_path=tmp_path, **{name: value})
     assert returncode != 0, output
@@ -114,24 +141,35 @@ def test_a_variable_that_is_not_seconds_is_an_error(tmp_path, name, value):
 
 
 def test_the_old_backward_variable_is_refused_by_name(tmp_path):
-    returncode, output, _ = run("dist.recv(0)", n=0, tmp_path=tmp_path,
-                                MPIGRAD_BACKWARD_TIMEOUT="5")
+    returncode, output, _ = run(
+        "dist.recv(0)", n=0, tmp_path=tmp_path, MPIGRAD_BACKWARD_TIMEOUT="5"
+    )
     assert returncode != 0, output
-    assert ("ValueError: MPIGRAD_BACKWARD_TIMEOUT is no longer read: MPIGRAD_TIMEOUT sets the "
-            "timeout of every blocking call") in output, output
+    assert (
+        "ValueError: MPIGRAD_BACKWARD_TIMEOUT is no longer read: MPIGRAD_TIMEOUT sets the "
+        "timeout of every blocking call"
+    ) in output, output
 
 
 def test_a_stalled_call_says_what_it_waits_for(tmp_path):
-    returncode, output, _ = run("""
+    returncode, output, _ = run(
+        """
         try:
             dist.recv(0, tag=3, timeout=1.7)
         except dist.DistTimeoutError:
             print("timed out")
-        """, n=0, tmp_path=tmp_path, MPIGRAD_STALL_WARNING="0.5")
+        """,
+        n=0,
+        tmp_path=tmp_path,
+        MPIGRAD_STALL_WARNING="0.5",
+    )
     assert returncode == 0, output
-    lines = re.findall(r"^mpigrad: rank 0 has waited (\S+) s in recv for: a tensor from rank 0 "
-                       r"with tag 3 \(outside any context\); no other rank takes part$", output,
-                       re.MULTILINE)
+    lines = re.findall(
+        r"^mpigrad: rank 0 has waited (\S+) s in recv for: a tensor from rank 0 "
+        r"with tag 3 \(outside any context\); no other rank takes part$",
+        output,
+        re.MULTILINE,
+    )
     waited = [float(s) for s in lines]
     assert len(waited) == 3, output  # at 0.5, 1.0 and 1.5 s
     assert all(0 <= w - t < 0.3 for w, t in zip(waited, [0.5, 1.0, 1.5])), output
@@ -139,7 +177,8 @@ def test_a_stalled_call_says_what_it_waits_for(tmp_path):
 
 
 def test_a_tensor_sent_outside_any_context_warns_once_per_process(tmp_path):
-    returncode, output, _ = run("""
+    returncode, output, _ = run(
+        """
         import warnings
         x = mg.tensor(np.ones(2), requires_grad=True)
         with warnings.catch_warnings(record=True) as caught:
@@ -149,16 +188,21 @@ def test_a_tensor_sent_outside_any_context_warns_once_per_process(tmp_path):
                 dist.recv(0)
                 request.wait()
         print(len(caught), caught[0].category.__name__, caught[0].message)
-        """, n=0, tmp_path=tmp_path)
+        """,
+        n=0,
+        tmp_path=tmp_path,
+    )
     assert returncode == 0, output
-    assert output.startswith("1 NoContextWarning isend: a tensor that requires grad was sent "
-                             "outside any distributed autograd context, so no gradient will flow "
-                             "back across this message."), output
+    assert output.startswith(
+        "1 NoContextWarning isend: a tensor that requires grad was sent "
+        "outside any distributed autograd context, so no gradient will flow "
+        "back across this message."
+    ), output
 
 
 def _readme_example():
     text = README.read_text()
-    section = text[text.index("## Across ranks"):]
+    section = text[text.index("## Across ranks") :]
     return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
 
 
@@ -167,6 +211,7 @@ def _readme_example():
 def test_the_readme_example_runs_at_more_ranks_than_it_uses(tmp_path, n):
     (tmp_path / "example.py").write_text(_readme_example())
     returncode, output, seconds = run_limited(
-        [MPIEXEC, "-n", str(n), sys.executable, "example.py"], LIMIT, cwd=tmp_path)
+        [MPIEXEC, "-n", str(n), sys.executable, "example.py"], LIMIT, cwd=tmp_path
+    )
     assert returncode == 0, output
     assert output.strip() == "True", output

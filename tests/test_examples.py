@@ -18,7 +18,8 @@ LIMIT = 120  # s per run; each takes a few seconds
 def run_example(name, n, tmp_path):
     """Run examples/name on n ranks; return (returncode, output)."""
     returncode, output, _ = run_limited(
-        [MPIEXEC, "-n", str(n), sys.executable, str(EXAMPLES / name)], LIMIT, cwd=tmp_path)
+        [MPIEXEC, "-n", str(n), sys.executable, str(EXAMPLES / name)], LIMIT, cwd=tmp_path
+    )
     return returncode, output
 
 
@@ -30,8 +31,9 @@ def test_pipeline_mlp_trains(n, tmp_path):
     losses = [float(v) for v in re.findall(r"^step +\d+  loss (\S+)$", output, re.MULTILINE)]
     assert len(losses) == 7, output  # steps 0, 50, ..., 300, printed by the last stage only
     assert losses[-1] < 0.5 * losses[0], output
-    match = re.search(rf"^{n} stages, 301 steps in \S+ s, final test accuracy (\S+)$", output,
-                      re.MULTILINE)
+    match = re.search(
+        rf"^{n} stages, 301 steps in \S+ s, final test accuracy (\S+)$", output, re.MULTILINE
+    )
     assert match and float(match.group(1)) >= 0.9, output
 
 
@@ -42,7 +44,8 @@ def test_heat_adjoint_gradient_checks_pass(n, tmp_path):
     assert returncode == 0, output
     assert re.search(rf"^{n} ranks, N=240, T=200: J and dJ/du0 in ", output, re.MULTILINE), output
     for check, tolerance in (("finite-difference", 1e-7), ("one-rank", 1e-12)):
-        match = re.search(rf"^{check} check: relative error (\S+) \(tolerance", output,
-                          re.MULTILINE)
+        match = re.search(
+            rf"^{check} check: relative error (\S+) \(tolerance", output, re.MULTILINE
+        )
         assert match and float(match.group(1)) <= tolerance, output
     assert re.search(r"^both checks passed$", output, re.MULTILINE), output

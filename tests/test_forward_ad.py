@@ -150,8 +150,10 @@ def test_make_dual_is_differentiable_in_reverse_mode():
 )
 def test_forward_over_forward_second_derivative(f, d2f):
     if d2f is None:  # tanh'' = -2 tanh (1 - tanh**2)
+
         def d2f(x):
             return -2 * np.tanh(x) * (1 - np.tanh(x) ** 2)
+
     got = second_derivative(f, X0, U, V)
     np.testing.assert_allclose(got.data, d2f(X0) * U * V, rtol=1e-12)
 
@@ -253,9 +255,7 @@ def test_reverse_over_forward_hessian_vector_product():
     with fwad.dual_level():
         x = fwad.make_dual(p, t(V))
         directional = fwad.unpack_dual(f_known(x)).tangent  # grad f . v, a graph in p
-    np.testing.assert_allclose(
-        directional.item(), jvp(f_known, X0, V).item(), rtol=1e-12
-    )
+    np.testing.assert_allclose(directional.item(), jvp(f_known, X0, V).item(), rtol=1e-12)
     (hv,) = grad(directional, [p])
     np.testing.assert_allclose(hv.data, hvp_known(X0, V), rtol=1e-12)
 

@@ -161,8 +161,12 @@ def test_needs_input_grad():
             seen.append(ctx.needs_input_grad)
             x, w = ctx.saved_tensors
             need_x, need_w, need_b, _ = ctx.needs_input_grad
-            return (g * w if need_x else None, g * x if need_w else None,
-                    g if need_b else None, None)
+            return (
+                g * w if need_x else None,
+                g * x if need_w else None,
+                g if need_b else None,
+                None,
+            )
 
     x, w, b = leaf([1.0, 2.0]), mg.tensor([3.0, 4.0]), leaf([0.5, 0.5])
     Affine.apply(x, w, b, 2.0).sum().backward()

@@ -15,8 +15,16 @@ from mpigrad.distributed.messages import (
     unpack_inline,
 )
 
-DTYPES = [np.float32, np.float64, np.int32, np.int64, np.bool_, np.uint8, np.complex64,
-          np.complex128]
+DTYPES = [
+    np.float32,
+    np.float64,
+    np.int32,
+    np.int64,
+    np.bool_,
+    np.uint8,
+    np.complex64,
+    np.complex128,
+]
 SHAPES = [(), (0,), (3,), (2, 0, 4), *[tuple(range(1, n + 1)) for n in range(2, MAX_NDIM + 1)]]
 
 
@@ -35,12 +43,21 @@ def _header_words(array, kind=Kind.TENSOR, **header):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_header_round_trip(dtype, shape):
     array = np.zeros(shape, dtype)
-    header = decode_header(_header_words(
-        array, Kind.GRADIENT, context_id=7, message_id=12, requires_grad=True, payload_tag=5))
+    header = decode_header(
+        _header_words(
+            array, Kind.GRADIENT, context_id=7, message_id=12, requires_grad=True, payload_tag=5
+        )
+    )
     inline = array.nbytes <= INLINE_LIMIT
     assert header == (
-        Kind.GRADIENT, 7, 12, True, np.dtype(dtype), shape,
-        int(np.prod(shape)) * np.dtype(dtype).itemsize, -1 if inline else 5,
+        Kind.GRADIENT,
+        7,
+        12,
+        True,
+        np.dtype(dtype),
+        shape,
+        int(np.prod(shape)) * np.dtype(dtype).itemsize,
+        -1 if inline else 5,
     )
     assert header.inline == inline
 
@@ -48,7 +65,11 @@ def test_header_round_trip(dtype, shape):
 def test_header_defaults_mean_outside_a_context():
     header = decode_header(_header_words(np.zeros(2)))
     assert (header.kind, header.context_id, header.message_id, header.requires_grad) == (
-        Kind.TENSOR, -1, -1, False)
+        Kind.TENSOR,
+        -1,
+        -1,
+        False,
+    )
     assert header.context_id == messages.NO_CONTEXT and header.inline
 
 

@@ -50,8 +50,9 @@ def _grads(out, inputs):
 def _tangent(fn, args, tangents):
     """Forward-mode derivative of ``fn`` at ``args`` along ``tangents`` (None: no tangent)."""
     with forward_ad.dual_level():
-        duals = [a if t is None else forward_ad.make_dual(a, Tensor(t))
-                 for a, t in zip(args, tangents)]
+        duals = [
+            a if t is None else forward_ad.make_dual(a, Tensor(t)) for a, t in zip(args, tangents)
+        ]
         return forward_ad.unpack_dual(fn(*duals)).tangent
 
 
@@ -75,8 +76,9 @@ def test_derivatives_match_finite_differences(case):
     """Reverse and forward mode at every order up to ``case.order`` (order 2 and 3 check the
     derivatives of the derivatives: create_graph and forward-over-reverse)."""
     rng = np.random.default_rng(_seed(case.id))
-    check_grads(case.fn, case.inputs(rng), order=case.order, seed=_seed(case.id) % 1000,
-                **case.tolerances)
+    check_grads(
+        case.fn, case.inputs(rng), order=case.order, seed=_seed(case.id) % 1000, **case.tolerances
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -116,8 +118,11 @@ def test_jvp_rules_are_differentiable(case):
 
     with forward_ad.dual_level() as outer, forward_ad.dual_level() as inner:
         duals = [
-            a if d is None else forward_ad.make_dual(
-                forward_ad.make_dual(a, Tensor(e), level=inner), Tensor(d), level=outer)
+            a
+            if d is None
+            else forward_ad.make_dual(
+                forward_ad.make_dual(a, Tensor(e), level=inner), Tensor(d), level=outer
+            )
             for a, d, e in zip(args, u, v)
         ]
         first = forward_ad.unpack_dual(case.fn(*duals), level=outer).tangent
@@ -134,7 +139,7 @@ def test_check_grads_catches_a_wrong_derivative():
         @staticmethod
         def forward(ctx, x):
             ctx.save_for_backward(x)
-            return x.data ** 2
+            return x.data**2
 
         @staticmethod
         def backward(ctx, grad):
@@ -154,9 +159,13 @@ def test_check_grads_catches_a_wrong_derivative():
 # --- 2. shapes drawn by hypothesis ----------------------------------------------------------
 
 BINARY = {
-    "add": (mg.add, np.add), "sub": (mg.sub, np.subtract), "mul": (mg.mul, np.multiply),
-    "div": (mg.div, np.divide), "pow": (mg.pow, np.power),
-    "maximum": (mg.maximum, np.maximum), "minimum": (mg.minimum, np.minimum),
+    "add": (mg.add, np.add),
+    "sub": (mg.sub, np.subtract),
+    "mul": (mg.mul, np.multiply),
+    "div": (mg.div, np.divide),
+    "pow": (mg.pow, np.power),
+    "maximum": (mg.maximum, np.maximum),
+    "minimum": (mg.minimum, np.minimum),
 }
 
 
@@ -217,15 +226,22 @@ def test_where_broadcasts(shapes, seed):
 
 
 UNARY = {  # op, input generator, numpy reference
-    "neg": (mg.neg, normal, np.negative), "exp": (mg.exp, normal, np.exp),
-    "log": (mg.log, positive, np.log), "sqrt": (mg.sqrt, positive, np.sqrt),
-    "sin": (mg.sin, normal, np.sin), "cos": (mg.cos, normal, np.cos),
+    "neg": (mg.neg, normal, np.negative),
+    "exp": (mg.exp, normal, np.exp),
+    "log": (mg.log, positive, np.log),
+    "sqrt": (mg.sqrt, positive, np.sqrt),
+    "sin": (mg.sin, normal, np.sin),
+    "cos": (mg.cos, normal, np.cos),
     "tanh": (mg.tanh, normal, np.tanh),
     "sigmoid": (mg.sigmoid, normal, lambda a: 1 / (1 + np.exp(-a))),
-    "abs": (mg.abs, apart, np.abs), "relu": (mg.relu, apart, lambda a: np.maximum(a, 0)),
+    "abs": (mg.abs, apart, np.abs),
+    "relu": (mg.relu, apart, lambda a: np.maximum(a, 0)),
     "alias": (mg.alias, normal, lambda a: a),
-    "clamp": (lambda x: mg.clamp(x, -0.5, 0.5), lambda r, *shape: outside(r, -0.5, 0.5, *shape),
-              lambda a: np.clip(a, -0.5, 0.5)),
+    "clamp": (
+        lambda x: mg.clamp(x, -0.5, 0.5),
+        lambda r, *shape: outside(r, -0.5, 0.5, *shape),
+        lambda a: np.clip(a, -0.5, 0.5),
+    ),
 }
 
 
@@ -245,10 +261,14 @@ def test_unary_ops_any_shape(op, shape, seed):
 
 
 REDUCTIONS = {
-    "sum": (mg.sum, np.sum), "mean": (mg.mean, np.mean), "max": (mg.max, np.max),
+    "sum": (mg.sum, np.sum),
+    "mean": (mg.mean, np.mean),
+    "max": (mg.max, np.max),
     "min": (mg.min, np.min),
-    "logsumexp": (mg.logsumexp,
-                  lambda a, axis, keepdims: np.log(np.sum(np.exp(a), axis, keepdims=keepdims))),
+    "logsumexp": (
+        mg.logsumexp,
+        lambda a, axis, keepdims: np.log(np.sum(np.exp(a), axis, keepdims=keepdims)),
+    ),
 }
 
 
@@ -409,9 +429,17 @@ def test_float32_with_float64_promotes_and_each_gradient_keeps_its_input_dtype()
 @pytest.mark.parametrize("shape", [(), (3,)], ids=["0d", "1d"])
 @pytest.mark.parametrize(
     "fn",
-    [lambda x: x * 2.5, lambda x: 2.5 * x, lambda x: x + 1, lambda x: 3.0 / x, lambda x: x ** 2.0,
-     lambda x: mg.mean(x), lambda x: mg.clamp(x, 0.0, 1.0), lambda x: mg.maximum(x, 0.5),
-     lambda x: mg.where(x.data > 1, x, 0.0)],
+    [
+        lambda x: x * 2.5,
+        lambda x: 2.5 * x,
+        lambda x: x + 1,
+        lambda x: 3.0 / x,
+        lambda x: x**2.0,
+        lambda x: mg.mean(x),
+        lambda x: mg.clamp(x, 0.0, 1.0),
+        lambda x: mg.maximum(x, 0.5),
+        lambda x: mg.where(x.data > 1, x, 0.0),
+    ],
     ids=["mul", "rmul", "add-int", "rdiv", "pow", "mean", "clamp", "maximum", "where"],
 )
 def test_python_scalars_keep_float32(fn, shape):
@@ -631,7 +659,8 @@ def test_cross_entropy_with_probabilities_matches_numpy():
     # one-hot probabilities are the same loss as class indices
     targets = np.array([1, 3, 0])
     assert mg.cross_entropy(x, np.eye(4)[targets]).item() == pytest.approx(
-        mg.cross_entropy(x, targets).item(), rel=1e-14)
+        mg.cross_entropy(x, targets).item(), rel=1e-14
+    )
 
 
 def test_mse_loss_is_the_mean_over_all_elements():
@@ -669,56 +698,152 @@ def _bad(name, call, error, match):
 
 
 BAD_INPUTS = [
-    _bad("matmul-0d", lambda: mg.matmul(_t(), _t(3)), ValueError,
-         r"matmul: both operands need at least one dimension, got shapes \(\) and \(3,\)"),
-    _bad("matmul-operator-0d", lambda: _t(3) @ _t(), ValueError,
-         "matmul: both operands need at least one dimension"),
-    _bad("mse-shape", lambda: mg.mse_loss(_t(3), _t(3, 1)), ValueError,
-         r"mse_loss: input shape \(3,\) and target shape \(3, 1\) differ"),
-    _bad("ce-index-shape", lambda: mg.cross_entropy(_t(2, 3), np.array([[0], [1]])), ValueError,
-         r"class-index targets must have shape \(2,\), got \(2, 1\)"),
-    _bad("ce-prob-shape", lambda: mg.cross_entropy(_t(2, 3), np.ones((2, 4))), ValueError,
-         r"probability targets must have shape \(2, 3\), got \(2, 4\)"),
-    _bad("ce-target-range", lambda: mg.cross_entropy(_t(2, 3), np.array([0, 3])), IndexError,
-         "cross_entropy: target 3 is out of range for 3 classes"),
-    _bad("ce-negative-target", lambda: mg.cross_entropy(_t(2, 3), np.array([-1, 0])), IndexError,
-         "target -1 is out of range"),
-    _bad("ce-logits-3d", lambda: mg.cross_entropy(_t(2, 3, 4), np.zeros(2, int)), ValueError,
-         r"cross_entropy: logits must have shape \(N, C\), got \(2, 3, 4\)"),
-    _bad("split-sections-sum", lambda: mg.split(_t(5), [1, 3]), ValueError,
-         r"split: sizes \[1, 3\] add up to 4, but axis 0 has length 5"),
-    _bad("split-size-zero", lambda: mg.split(_t(5), 0), ValueError,
-         "split: split size must be positive, got 0"),
-    _bad("permute-repeated", lambda: mg.permute(_t(2, 3), 0, 0), ValueError,
-         r"permute: \(0, 0\) is not a permutation of 2 axes"),
-    _bad("permute-too-few", lambda: mg.permute(_t(2, 3), 0), ValueError,
-         "not a permutation of 2 axes"),
-    _bad("permute-out-of-range", lambda: mg.permute(_t(2, 3), 0, 3), ValueError,
-         "not a permutation of 2 axes"),
-    _bad("transpose-out-of-range", lambda: mg.transpose(_t(2, 3), 0, 2), ValueError,
-         "transpose: axis 2 is out of range for a tensor of 2 dimensions"),
-    _bad("sum-axis-out-of-range", lambda: mg.sum(_t(2, 3), axis=2), ValueError,
-         "sum: axis 2 is out of range for a tensor of 2 dimensions"),
-    _bad("sum-repeated-axis", lambda: mg.sum(_t(2, 3), axis=(0, -2)), ValueError,
-         "sum: repeated axis"),
-    _bad("max-negative-axis", lambda: mg.max(_t(2), axis=-2), ValueError,
-         "max: axis -2 is out of range"),
-    _bad("squeeze-out-of-range", lambda: mg.squeeze(_t(1, 3), 2), ValueError,
-         "squeeze: axis 2 is out of range"),
-    _bad("unsqueeze-out-of-range", lambda: mg.unsqueeze(_t(2), 2), ValueError,
-         "unsqueeze: axis 2 is out of range"),
-    _bad("stack-unequal", lambda: mg.stack([_t(2, 3), _t(3, 2)]), ValueError,
-         r"stack: all tensors must have the same shape, got \[\(2, 3\), \(3, 2\)\]"),
+    _bad(
+        "matmul-0d",
+        lambda: mg.matmul(_t(), _t(3)),
+        ValueError,
+        r"matmul: both operands need at least one dimension, got shapes \(\) and \(3,\)",
+    ),
+    _bad(
+        "matmul-operator-0d",
+        lambda: _t(3) @ _t(),
+        ValueError,
+        "matmul: both operands need at least one dimension",
+    ),
+    _bad(
+        "mse-shape",
+        lambda: mg.mse_loss(_t(3), _t(3, 1)),
+        ValueError,
+        r"mse_loss: input shape \(3,\) and target shape \(3, 1\) differ",
+    ),
+    _bad(
+        "ce-index-shape",
+        lambda: mg.cross_entropy(_t(2, 3), np.array([[0], [1]])),
+        ValueError,
+        r"class-index targets must have shape \(2,\), got \(2, 1\)",
+    ),
+    _bad(
+        "ce-prob-shape",
+        lambda: mg.cross_entropy(_t(2, 3), np.ones((2, 4))),
+        ValueError,
+        r"probability targets must have shape \(2, 3\), got \(2, 4\)",
+    ),
+    _bad(
+        "ce-target-range",
+        lambda: mg.cross_entropy(_t(2, 3), np.array([0, 3])),
+        IndexError,
+        "cross_entropy: target 3 is out of range for 3 classes",
+    ),
+    _bad(
+        "ce-negative-target",
+        lambda: mg.cross_entropy(_t(2, 3), np.array([-1, 0])),
+        IndexError,
+        "target -1 is out of range",
+    ),
+    _bad(
+        "ce-logits-3d",
+        lambda: mg.cross_entropy(_t(2, 3, 4), np.zeros(2, int)),
+        ValueError,
+        r"cross_entropy: logits must have shape \(N, C\), got \(2, 3, 4\)",
+    ),
+    _bad(
+        "split-sections-sum",
+        lambda: mg.split(_t(5), [1, 3]),
+        ValueError,
+        r"split: sizes \[1, 3\] add up to 4, but axis 0 has length 5",
+    ),
+    _bad(
+        "split-size-zero",
+        lambda: mg.split(_t(5), 0),
+        ValueError,
+        "split: split size must be positive, got 0",
+    ),
+    _bad(
+        "permute-repeated",
+        lambda: mg.permute(_t(2, 3), 0, 0),
+        ValueError,
+        r"permute: \(0, 0\) is not a permutation of 2 axes",
+    ),
+    _bad(
+        "permute-too-few",
+        lambda: mg.permute(_t(2, 3), 0),
+        ValueError,
+        "not a permutation of 2 axes",
+    ),
+    _bad(
+        "permute-out-of-range",
+        lambda: mg.permute(_t(2, 3), 0, 3),
+        ValueError,
+        "not a permutation of 2 axes",
+    ),
+    _bad(
+        "transpose-out-of-range",
+        lambda: mg.transpose(_t(2, 3), 0, 2),
+        ValueError,
+        "transpose: axis 2 is out of range for a tensor of 2 dimensions",
+    ),
+    _bad(
+        "sum-axis-out-of-range",
+        lambda: mg.sum(_t(2, 3), axis=2),
+        ValueError,
+        "sum: axis 2 is out of range for a tensor of 2 dimensions",
+    ),
+    _bad(
+        "sum-repeated-axis",
+        lambda: mg.sum(_t(2, 3), axis=(0, -2)),
+        ValueError,
+        "sum: repeated axis",
+    ),
+    _bad(
+        "max-negative-axis",
+        lambda: mg.max(_t(2), axis=-2),
+        ValueError,
+        "max: axis -2 is out of range",
+    ),
+    _bad(
+        "squeeze-out-of-range",
+        lambda: mg.squeeze(_t(1, 3), 2),
+        ValueError,
+        "squeeze: axis 2 is out of range",
+    ),
+    _bad(
+        "unsqueeze-out-of-range",
+        lambda: mg.unsqueeze(_t(2), 2),
+        ValueError,
+        "unsqueeze: axis 2 is out of range",
+    ),
+    _bad(
+        "stack-unequal",
+        lambda: mg.stack([_t(2, 3), _t(3, 2)]),
+        ValueError,
+        r"stack: all tensors must have the same shape, got \[\(2, 3\), \(3, 2\)\]",
+    ),
     _bad("cat-empty", lambda: mg.cat([]), ValueError, "cat: expected a non-empty list of tensors"),
-    _bad("index-select-2d", lambda: mg.index_select(_t(3, 3), 0, np.array([[0, 1]])), ValueError,
-         r"index_select: index must be a 1-D integer array, got shape \(1, 2\)"),
-    _bad("index-select-float", lambda: mg.index_select(_t(3), 0, np.array([0.0])), ValueError,
-         r"index must be a 1-D integer array, got shape \(1,\) and dtype float64"),
-    _bad("clamp-no-bounds", lambda: mg.clamp(_t(3)), ValueError,
-         "clamp: at least one of min and max must be given"),
+    _bad(
+        "index-select-2d",
+        lambda: mg.index_select(_t(3, 3), 0, np.array([[0, 1]])),
+        ValueError,
+        r"index_select: index must be a 1-D integer array, got shape \(1, 2\)",
+    ),
+    _bad(
+        "index-select-float",
+        lambda: mg.index_select(_t(3), 0, np.array([0.0])),
+        ValueError,
+        r"index must be a 1-D integer array, got shape \(1,\) and dtype float64",
+    ),
+    _bad(
+        "clamp-no-bounds",
+        lambda: mg.clamp(_t(3)),
+        ValueError,
+        "clamp: at least one of min and max must be given",
+    ),
     _bad("add-incompatible", lambda: mg.add(_t(2, 3), _t(4)), ValueError, "could not be broadcast"),
-    _bad("sum-to-incompatible", lambda: mg.sum_to(_t(3), (2, 3)), ValueError,
-         r"cannot sum shape \(3,\) to shape"),
+    _bad(
+        "sum-to-incompatible",
+        lambda: mg.sum_to(_t(3), (2, 3)),
+        ValueError,
+        r"cannot sum shape \(3,\) to shape",
+    ),
 ]
 
 

@@ -56,14 +56,18 @@ def test_the_two_inputs_of_add_get_gradients_of_their_own_under_create_graph():
     np.testing.assert_array_equal(g.data, [1.0, 1.0])
 
 
-@pytest.mark.parametrize("f", [
-    lambda x: (x.reshape(3, 2) * 2.0).sum(),
-    lambda x: (x.transpose(0, 1) * 2.0).sum(),
-    lambda x: (x[:, 1:] * 2.0).sum(),
-    lambda x: x[1:].sum(),
-    lambda x: x.sum(),
-    lambda x: mg.broadcast_to(x, (4, 2, 3)).sum(),
-], ids=["reshape", "transpose", "getitem", "getitem-sum", "sum", "broadcast"])
+@pytest.mark.parametrize(
+    "f",
+    [
+        lambda x: (x.reshape(3, 2) * 2.0).sum(),
+        lambda x: (x.transpose(0, 1) * 2.0).sum(),
+        lambda x: (x[:, 1:] * 2.0).sum(),
+        lambda x: x[1:].sum(),
+        lambda x: x.sum(),
+        lambda x: mg.broadcast_to(x, (4, 2, 3)).sum(),
+    ],
+    ids=["reshape", "transpose", "getitem", "getitem-sum", "sum", "broadcast"],
+)
 def test_a_leaf_reached_through_views_gets_a_writable_grad(f):
     x = leaf(np.arange(6.0).reshape(2, 3))
     f(x).backward()
@@ -111,8 +115,12 @@ def test_a_node_returning_an_array_it_keeps_does_not_alias_it():
     x = leaf([1.0, 2.0])
     node = Keeps(x)
     sink = {}  # as the distributed context keeps its leaves' gradients
-    task = GraphTask([], [], extra_roots=(node,),
-                     accumulate=lambda t, g: sink.__setitem__(t, added(sink.get(t), g)))
+    task = GraphTask(
+        [],
+        [],
+        extra_roots=(node,),
+        accumulate=lambda t, g: sink.__setitem__(t, added(sink.get(t), g)),
+    )
     task.supply(node, np.zeros(2))
     task.execute()
     assert_own(sink[x].data, apart_from=[node.kept])

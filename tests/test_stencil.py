@@ -22,8 +22,11 @@ def _reference(x, w, axis):
 
 
 @settings(max_examples=60, deadline=None)
-@given(shape=array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=6), data=st.data(),
-       dtype=st.sampled_from([np.float64, np.float32, np.complex128, np.int64]))
+@given(
+    shape=array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=6),
+    data=st.data(),
+    dtype=st.sampled_from([np.float64, np.float32, np.complex128, np.int64]),
+)
 def test_values_match_numpy_on_any_axis_and_layout(shape, data, dtype):
     rng = np.random.default_rng(0)
     axis = data.draw(st.integers(0, len(shape) - 1))
@@ -36,8 +39,9 @@ def test_values_match_numpy_on_any_axis_and_layout(shape, data, dtype):
     expected = _reference(x, w, axis)
     assert out.dtype == expected.dtype and out.shape == expected.shape
     tolerance = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(out, expected, rtol=tolerance, atol=tolerance * np.abs(x).max()
-                               * np.abs(w).sum())
+    np.testing.assert_allclose(
+        out, expected, rtol=tolerance, atol=tolerance * np.abs(x).max() * np.abs(w).sum()
+    )
 
 
 @pytest.mark.parametrize("k", [1, 4, 9])

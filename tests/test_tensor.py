@@ -273,8 +273,7 @@ def test_tensor_backward_signature():
     x = mg.tensor([1.0, 2.0], requires_grad=True)
     w = mg.tensor([1.0, 1.0], requires_grad=True)
     y = x * x * w
-    y.backward(gradient=mg.tensor([1.0, 1.0]), retain_graph=True, create_graph=False,
-               inputs=[x])
+    y.backward(gradient=mg.tensor([1.0, 1.0]), retain_graph=True, create_graph=False, inputs=[x])
     np.testing.assert_array_equal(x.grad.data, [2.0, 4.0])
     assert w.grad is None
     y.backward(mg.tensor([1.0, 0.0]))

@@ -7,6 +7,14 @@ from . import forward_ad
 from .api import backward, grad
 
 __all__ = [
-    "backward", "grad", "Function", "FunctionCtx", "BackwardError", "forward_ad", "no_grad",
-    "enable_grad", "set_grad_enabled", "is_grad_enabled",
+    "backward",
+    "grad",
+    "Function",
+    "FunctionCtx",
+    "BackwardError",
+    "forward_ad",
+    "no_grad",
+    "enable_grad",
+    "set_grad_enabled",
+    "is_grad_enabled",
 ]

@@ -73,8 +73,7 @@ class Agreement:
             for k in range(p.bit_length() - 1):
                 partner = rank ^ (1 << k)
                 self._send(partner, total, extra)
-                total += self._take(partner, len(total), len(extra), poll,
-                                    f"its share (round {k})")
+                total += self._take(partner, len(total), len(extra), poll, f"its share (round {k})")
             if rank + p < size:
                 self._send(rank + p, total, extra)
         self.step = "done"
@@ -82,16 +81,18 @@ class Agreement:
 
     def _send(self, dest, total, extra):
         message = total.tobytes() + extra.tobytes()
-        transport.keep_until_sent(transport.post_words(self.comms, self.channel, message, dest,
-                                                       self.tag))
+        transport.keep_until_sent(
+            transport.post_words(self.comms, self.channel, message, dest, self.tag)
+        )
 
     def _take(self, source, length, extra, poll, what):
         """The summed words of ``source``'s message (each source sends this rank one)."""
         self.step = f"rank {source} to send {what} of the agreement"
         message = self.early.pop(source, None)
         if message is None:
-            self.waiting = transport.Receive(self.comms, self.channel, source, self.tag,
-                                             np.empty(length + extra, np.int64))
+            self.waiting = transport.Receive(
+                self.comms, self.channel, source, self.tag, np.empty(length + extra, np.int64)
+            )
             while not self.waiting.test():
                 poll()
             message, self.waiting = self.waiting.words, None

@@ -28,7 +28,12 @@ import numpy as np
 from . import settings
 
 __all__ = [
-    "receive_buffer", "release", "pool", "BufferPool", "Lease", "POOL_MIN_BYTES",
+    "receive_buffer",
+    "release",
+    "pool",
+    "BufferPool",
+    "Lease",
+    "POOL_MIN_BYTES",
 ]
 
 POOL_MIN_BYTES = 1 << 20
@@ -44,8 +49,12 @@ class Lease:
     def __init__(self, buffer, shape, dtype):
         self.buffer = buffer  # keeps the memory alive, whatever becomes of the pool
         self.__array_interface__ = {
-            "version": 3, "shape": shape, "typestr": dtype.str, "descr": dtype.descr,
-            "data": (buffer.ctypes.data, False), "strides": None,
+            "version": 3,
+            "shape": shape,
+            "typestr": dtype.str,
+            "descr": dtype.descr,
+            "data": (buffer.ctypes.data, False),
+            "strides": None,
         }
 
 
@@ -141,9 +150,6 @@ def pool():
     if _pool is None:
         _pool = BufferPool(settings.pool_bytes())
     return _pool
-
-
-
 
 
 def receive_buffer(shape, dtype):

@@ -48,12 +48,34 @@ from . import messages, waiting
 from .errors import DistributedError
 
 __all__ = [
-    "Call", "tangents", "SAME", "RAGGED", "ROOTED", "NONE", "reduction", "all_reduce",
-    "broadcast", "reduce", "all_gather", "gather", "scatter", "reduce_scatter", "all_to_all",
+    "Call",
+    "tangents",
+    "SAME",
+    "RAGGED",
+    "ROOTED",
+    "NONE",
+    "reduction",
+    "all_reduce",
+    "broadcast",
+    "reduce",
+    "all_gather",
+    "gather",
+    "scatter",
+    "reduce_scatter",
+    "all_to_all",
 ]
 
-KINDS = ("barrier", "all_reduce", "broadcast", "reduce", "all_gather", "gather", "scatter",
-         "reduce_scatter", "all_to_all")
+KINDS = (
+    "barrier",
+    "all_reduce",
+    "broadcast",
+    "reduce",
+    "all_gather",
+    "gather",
+    "scatter",
+    "reduce_scatter",
+    "all_to_all",
+)
 OPS = ("sum", "avg", "max", "min", "prod")
 _MPI_OPS = {"sum": MPI.SUM, "avg": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "prod": MPI.PROD}
 
@@ -69,10 +91,15 @@ SAME, RAGGED, ROOTED, NONE = PROBLEM, DIGEST, DTYPE, DTYPE
 _UNUSED = [[-1] * (messages.MAX_NDIM - n) for n in range(messages.MAX_NDIM + 1)]
 _REASONS = {
     SEQ: "the ranks have made different numbers of collective calls before this one",
-    KIND: "the ranks are in different collective calls", ADJOINT: "the ranks are in different "
-    "collective calls", OP: "the ops differ", ROOT: "the roots differ",
-    LEVELS: "the numbers of open dual levels differ", DTYPE: "the dtypes differ",
-    NDIM: "the shapes differ", COUNT: "the list lengths differ", DIGEST: "the shapes differ",
+    KIND: "the ranks are in different collective calls",
+    ADJOINT: "the ranks are in different collective calls",
+    OP: "the ops differ",
+    ROOT: "the roots differ",
+    LEVELS: "the numbers of open dual levels differ",
+    DTYPE: "the dtypes differ",
+    NDIM: "the shapes differ",
+    COUNT: "the list lengths differ",
+    DIGEST: "the shapes differ",
 }
 _ERRORS = {"TypeError": TypeError, "ValueError": ValueError}
 
@@ -130,22 +157,30 @@ class Call:
         """``xs`` (a list of ``world_size`` Tensors or arrays of one dtype and ndim) as Tensors."""
         size = self.comms.size
         if not isinstance(xs, (list, tuple)) or len(xs) != size:
-            got = f"a {type(xs).__name__} of length {len(xs)}" if isinstance(xs, (list, tuple)) \
+            got = (
+                f"a {type(xs).__name__} of length {len(xs)}"
+                if isinstance(xs, (list, tuple))
                 else f"a {type(xs).__name__}"
+            )
             raise ValueError(f"{what} must be a list of world_size ({size}) tensors, got {got}")
         tensors = tuple(_tensor(x, self.kind) for x in xs)
         kinds = {(t.dtype, t.ndim) for t in tensors}
         if len(kinds) > 1:
-            raise ValueError(f"the tensors of {what} must share one dtype and ndim, got "
-                             f"{[f'{t.dtype} {t.shape}' for t in tensors]}")
+            raise ValueError(
+                f"the tensors of {what} must share one dtype and ndim, got "
+                f"{[f'{t.dtype} {t.shape}' for t in tensors]}"
+            )
         self.tensors, self.listed = tensors, True
         return list(tensors)
 
     def check_reducible(self):
         """ValueError unless the call's dtype can be reduced with its op."""
         dtype = self.tensors[0].dtype
-        if dtype == np.bool_ or (dtype.kind == "c" and self.op in ("max", "min")) \
-                or (dtype.kind in "iu" and self.op == "avg"):
+        if (
+            dtype == np.bool_
+            or (dtype.kind == "c" and self.op in ("max", "min"))
+            or (dtype.kind in "iu" and self.op == "avg")
+        ):
             raise ValueError(f"op {self.op!r} cannot reduce tensors of dtype {dtype}")
 
     # --- agreement ----------------------------------------------------------------------------
@@ -166,8 +201,9 @@ class Call:
         self.seq = words[SEQ]
         comms.collective_calls += 1
         rows = np.empty((comms.size, WORDS), np.int64)
-        self._wait(comms.collective.Iallgather(np.array(words, np.int64), rows),
-                   "every rank to join it")
+        self._wait(
+            comms.collective.Iallgather(np.array(words, np.int64), rows), "every rank to join it"
+        )
         # Plain lists: at the sizes of a call, faster than numpy's indexing.
         self.rows = rows = rows.tolist()
         agreed, record, tangents = words[:rule], False, 0
@@ -194,9 +230,14 @@ class Call:
     def _signature(self, levels):
         """This rank's signature words, a list of ints (see Note [agreed collectives])."""
         tensors = self.tensors
-        words = [self.comms.collective_calls, KINDS.index(self.kind), self.adjoint_of,
-                 -1 if self.op is None else OPS.index(self.op),
-                 -1 if self.root is None else self.root, len(levels)]
+        words = [
+            self.comms.collective_calls,
+            KINDS.index(self.kind),
+            self.adjoint_of,
+            -1 if self.op is None else OPS.index(self.op),
+            -1 if self.root is None else self.root,
+            len(levels),
+        ]
         shape = ()
         if tensors and self.problem is None:
             first = tensors[0]
@@ -235,22 +276,22 @@ class Call:
     def _fail(self, rows, rule):
         """Raise, on every rank, what the agreement found wrong (every rank calls this)."""
         me = self.comms.rank
-        problem = None if self.problem is None else [type(self.problem).__name__,
-                                                     str(self.problem)]
+        problem = None if self.problem is None else [type(self.problem).__name__, str(self.problem)]
         mine = json.dumps({"call": self.describe(), "problem": problem}).encode()
         described = [json.loads(text) for text in self._allgather_bytes(mine)]
         where = f"(raised on every rank; this is rank {me})"
         for r, theirs in enumerate(described):
             if theirs["problem"] is not None:
                 name, text = theirs["problem"]
-                raise _ERRORS.get(name, DistributedError)(
-                    f"{self.kind}: rank {r}: {text} {where}")
+                raise _ERRORS.get(name, DistributedError)(f"{self.kind}: rank {r}: {text} {where}")
         column = next(c for c in range(rule) if len({row[c] for row in rows}) > 1)
         groups = {}
         for r, theirs in enumerate(described):
             groups.setdefault(theirs["call"], []).append(str(r))
-        calls = "; ".join(f"rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)}: {call}"
-                          for call, ranks in groups.items())
+        calls = "; ".join(
+            f"rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)}: {call}"
+            for call, ranks in groups.items()
+        )
         reason = _REASONS.get(column, "the shapes differ")  # the SHAPE words
         raise DistributedError(
             f"{self.kind}: the ranks' calls do not match: {reason}: {calls}. Every "
@@ -263,14 +304,19 @@ class Call:
         """Every rank's ``data`` (bytes), by rank."""
         size, channel = self.comms.size, self.comms.collective
         lengths = np.empty(size, np.int64)
-        self._wait(channel.Iallgather(np.array([len(data)], np.int64), lengths),
-                   "every rank to describe its call")
+        self._wait(
+            channel.Iallgather(np.array([len(data)], np.int64), lengths),
+            "every rank to describe its call",
+        )
         received = bytearray(int(lengths.sum()))
         displs = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        self._wait(channel.Iallgatherv([data, MPI.BYTE],
-                                       [received, lengths.tolist(), displs.tolist(), MPI.BYTE]),
-                   "every rank to describe its call")
-        return [bytes(received[d:d + n]) for d, n in zip(displs.tolist(), lengths.tolist())]
+        self._wait(
+            channel.Iallgatherv(
+                [data, MPI.BYTE], [received, lengths.tolist(), displs.tolist(), MPI.BYTE]
+            ),
+            "every rank to describe its call",
+        )
+        return [bytes(received[d : d + n]) for d, n in zip(displs.tolist(), lengths.tolist())]
 
     def _wait(self, request, what):
         """Wait for ``request`` (a collective on ``comms.collective``) to complete; if the
@@ -279,26 +325,35 @@ class Call:
             return
         comms = self.comms
         try:
-            waiting.wait_for(request.Test, self.kind, self.timeout,
-                             lambda: f"{what} ({self.kind}, collective call {self.seq})",
-                             context=_context.current(), agreeing=True, started=self.started)
+            waiting.wait_for(
+                request.Test,
+                self.kind,
+                self.timeout,
+                lambda: f"{what} ({self.kind}, collective call {self.seq})",
+                context=_context.current(),
+                agreeing=True,
+                started=self.started,
+            )
         except BaseException as e:
             comms.abandoned.append(request)
-            comms.out_of_step = f"{self.kind} (collective call {self.seq}), did not complete " \
+            comms.out_of_step = (
+                f"{self.kind} (collective call {self.seq}), did not complete "
                 f"on rank {comms.rank} ({type(e).__name__})"
+            )
             raise
 
     def shape_of(self, rank):
         """The shape rank ``rank`` passed (rules SAME and RAGGED)."""
         row = self.rows[rank]
-        return tuple(row[SHAPE:SHAPE + row[NDIM]])
+        return tuple(row[SHAPE : SHAPE + row[NDIM]])
 
 
 def tangents(inputs, ts):
     """The tangents ``ts`` of ``inputs``, zeros where an input carries none: a rank takes part
     in a tangent's collective whether or not its inputs carry one."""
-    return [Tensor._make(np.zeros(x.shape, x.dtype)) if t is None else t
-            for x, t in zip(inputs, ts)]
+    return [
+        Tensor._make(np.zeros(x.shape, x.dtype)) if t is None else t for x, t in zip(inputs, ts)
+    ]
 
 
 def _tensor(x, kind):
@@ -328,15 +383,20 @@ def _pieces(buffer, shapes, dtype):
     displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64).tolist()
     if buffer is None:
         return None, counts, displs
-    return [buffer[d:d + n].view(dtype).reshape(s)
-            for d, n, s in zip(displs, counts, shapes)], counts, displs
+    return (
+        [buffer[d : d + n].view(dtype).reshape(s) for d, n, s in zip(displs, counts, shapes)],
+        counts,
+        displs,
+    )
 
 
 def all_reduce(call, array):
     """The reduction of every rank's ``array`` by ``call.op`` (avg: the sum over the size)."""
     out = np.empty(array.shape, array.dtype)
-    call._wait(call.comms.collective.Iallreduce(np.ascontiguousarray(array), out,
-                                                 op=_MPI_OPS[call.op]), "every rank's data")
+    call._wait(
+        call.comms.collective.Iallreduce(np.ascontiguousarray(array), out, op=_MPI_OPS[call.op]),
+        "every rank's data",
+    )
     if call.op == "avg":
         out /= call.comms.size
     return out
@@ -344,10 +404,15 @@ def all_reduce(call, array):
 
 def broadcast(call, array):
     """The root's ``array``, on every rank (a new array)."""
-    out = np.array(array, order="C") if call.comms.rank == call.root else \
-        np.empty(array.shape, array.dtype)
-    call._wait(call.comms.collective.Ibcast([_bytes(out), MPI.BYTE], root=call.root),
-               f"rank {call.root}'s data")
+    out = (
+        np.array(array, order="C")
+        if call.comms.rank == call.root
+        else np.empty(array.shape, array.dtype)
+    )
+    call._wait(
+        call.comms.collective.Ibcast([_bytes(out), MPI.BYTE], root=call.root),
+        f"rank {call.root}'s data",
+    )
     return out
 
 
@@ -355,9 +420,12 @@ def reduce(call, array):
     """The reduction of every rank's ``array`` on the root; an empty array elsewhere."""
     root = call.comms.rank == call.root
     out = np.empty(array.shape if root else (0,), array.dtype)
-    call._wait(call.comms.collective.Ireduce(np.ascontiguousarray(array), out if root else None,
-                                              op=_MPI_OPS[call.op], root=call.root),
-               "every rank's data")
+    call._wait(
+        call.comms.collective.Ireduce(
+            np.ascontiguousarray(array), out if root else None, op=_MPI_OPS[call.op], root=call.root
+        ),
+        "every rank's data",
+    )
     if root and call.op == "avg":
         out /= call.comms.size
     return out
@@ -369,9 +437,12 @@ def all_gather(call, array):
     total = sum(_pieces(None, shapes, array.dtype)[1])
     buffer = np.empty(total, np.uint8)
     pieces, counts, displs = _pieces(buffer, shapes, array.dtype)
-    call._wait(call.comms.collective.Iallgatherv(
-        [_bytes(np.ascontiguousarray(array)), MPI.BYTE], [buffer, counts, displs, MPI.BYTE]),
-        "every rank's data")
+    call._wait(
+        call.comms.collective.Iallgatherv(
+            [_bytes(np.ascontiguousarray(array)), MPI.BYTE], [buffer, counts, displs, MPI.BYTE]
+        ),
+        "every rank's data",
+    )
     return pieces
 
 
@@ -379,15 +450,24 @@ def gather(call, array):
     """Every rank's ``array`` on the root, by rank; None elsewhere."""
     comms = call.comms
     if comms.rank != call.root:
-        call._wait(comms.collective.Igatherv([_bytes(np.ascontiguousarray(array)), MPI.BYTE],
-                                             None, root=call.root), "every rank's data")
+        call._wait(
+            comms.collective.Igatherv(
+                [_bytes(np.ascontiguousarray(array)), MPI.BYTE], None, root=call.root
+            ),
+            "every rank's data",
+        )
         return None
     shapes = [call.shape_of(r) for r in range(comms.size)]
     buffer = np.empty(sum(_pieces(None, shapes, array.dtype)[1]), np.uint8)
     pieces, counts, displs = _pieces(buffer, shapes, array.dtype)
-    call._wait(comms.collective.Igatherv([_bytes(np.ascontiguousarray(array)), MPI.BYTE],
-                                         [buffer, counts, displs, MPI.BYTE], root=call.root),
-               "every rank's data")
+    call._wait(
+        comms.collective.Igatherv(
+            [_bytes(np.ascontiguousarray(array)), MPI.BYTE],
+            [buffer, counts, displs, MPI.BYTE],
+            root=call.root,
+        ),
+        "every rank's data",
+    )
     return pieces
 
 
@@ -407,8 +487,9 @@ def scatter(call, arrays):
         buffer = np.concatenate([_bytes(np.ascontiguousarray(a)) for a in arrays])
         _, counts, displs = _pieces(None, [a.shape for a in arrays], dtype)
         send = [buffer, counts, displs, MPI.BYTE]
-    call._wait(comms.collective.Iscatterv(send, [_bytes(out), MPI.BYTE], root=root),
-               f"rank {root}'s data")
+    call._wait(
+        comms.collective.Iscatterv(send, [_bytes(out), MPI.BYTE], root=root), f"rank {root}'s data"
+    )
     return out
 
 
@@ -417,8 +498,10 @@ def reduce_scatter(call, arrays):
     comms = call.comms
     send = np.concatenate([np.ascontiguousarray(a).reshape(-1) for a in arrays])
     out = np.empty(arrays[comms.rank].shape, send.dtype)
-    call._wait(comms.collective.Ireduce_scatter(send, out, [a.size for a in arrays],
-                                                op=_MPI_OPS[call.op]), "every rank's data")
+    call._wait(
+        comms.collective.Ireduce_scatter(send, out, [a.size for a in arrays], op=_MPI_OPS[call.op]),
+        "every rank's data",
+    )
     if call.op == "avg":
         out /= comms.size
     return out
@@ -429,15 +512,21 @@ def all_to_all(call, arrays):
     comms, dtype = call.comms, arrays[0].dtype
     ndim = arrays[0].ndim
     shapes = np.empty((comms.size, ndim), np.int64)
-    call._wait(comms.collective.Ialltoall(
-        np.array([a.shape for a in arrays], np.int64).reshape(comms.size, ndim), shapes),
-        "every rank's shapes")
+    call._wait(
+        comms.collective.Ialltoall(
+            np.array([a.shape for a in arrays], np.int64).reshape(comms.size, ndim), shapes
+        ),
+        "every rank's shapes",
+    )
     shapes = [tuple(s) for s in shapes.tolist()]
     buffer = np.empty(sum(_pieces(None, shapes, dtype)[1]), np.uint8)
     pieces, counts, displs = _pieces(buffer, shapes, dtype)
     send = np.concatenate([_bytes(np.ascontiguousarray(a)) for a in arrays])
     _, send_counts, send_displs = _pieces(None, [a.shape for a in arrays], dtype)
-    call._wait(comms.collective.Ialltoallv([send, send_counts, send_displs, MPI.BYTE],
-                                           [buffer, counts, displs, MPI.BYTE]),
-               "every rank's data")
+    call._wait(
+        comms.collective.Ialltoallv(
+            [send, send_counts, send_displs, MPI.BYTE], [buffer, counts, displs, MPI.BYTE]
+        ),
+        "every rank's data",
+    )
     return pieces

@@ -32,7 +32,13 @@ import weakref
 from mpi4py import MPI
 
 __all__ = [
-    "init", "destroy", "is_initialized", "get_rank", "get_world_size", "Communicators", "get",
+    "init",
+    "destroy",
+    "is_initialized",
+    "get_rank",
+    "get_world_size",
+    "Communicators",
+    "get",
 ]
 
 
@@ -72,8 +78,14 @@ class Communicators:
         self.receiving = weakref.WeakSet()
 
     def _named(self):
-        return ((self.data_free, "data"), (self.data[0], "data even"), (self.data[1], "data odd"),
-                (self.payload, "payload"), (self.gradient, "gradient"), (self.control, "control"))
+        return (
+            (self.data_free, "data"),
+            (self.data[0], "data even"),
+            (self.data[1], "data odd"),
+            (self.payload, "payload"),
+            (self.gradient, "gradient"),
+            (self.control, "control"),
+        )
 
     # Note [data communicators]
     # ~~~~~~~~~~~~~~~~~~~~~~~~~

@@ -22,7 +22,12 @@ from .errors import DistributedError
 from .messages import Kind
 
 __all__ = [
-    "DistAutogradContext", "context", "current", "retrieve", "last_id", "align_ids",
+    "DistAutogradContext",
+    "context",
+    "current",
+    "retrieve",
+    "last_id",
+    "align_ids",
     "leaving_message_length",
 ]
 
@@ -62,16 +67,19 @@ class DistAutogradContext:
 
     def failed(self, stage=None):
         """Whether a failure is known (at ``stage`` or before it, if given)."""
-        return bool(self.failures) and any(stage is None or s <= stage
-                                           for s, _ in self.failures.values())
+        return bool(self.failures) and any(
+            stage is None or s <= stage for s, _ in self.failures.values()
+        )
 
     def failure(self, where, error=DistributedError):
         """The error to raise at ``where`` on this rank for the failures (which it then has
         reported)."""
         self.reported = True
         ranks = sorted(self.failures)
-        return error(f"{where} on rank {_comm.get().rank}: context {self.context_id} failed on "
-                     f"rank(s) {ranks}:\n" + "\n".join(self.failures[r][1] for r in ranks))
+        return error(
+            f"{where} on rank {_comm.get().rank}: context {self.context_id} failed on "
+            f"rank(s) {ranks}:\n" + "\n".join(self.failures[r][1] for r in ranks)
+        )
 
     def fail(self, text):
         """This rank's part failed (the caller raises): record it and tell every other rank; no
@@ -81,8 +89,9 @@ class DistAutogradContext:
         if comms.rank not in self.failures:
             stage, text = self.stage(), f"rank {comms.rank}: {text}"
             self.failures[comms.rank] = (stage, text)
-            waiting.send_notice(comms, Kind.ERROR, text, comms.control_tag(self.context_id),
-                                self.context_id, stage)
+            waiting.send_notice(
+                comms, Kind.ERROR, text, comms.control_tag(self.context_id), self.context_id, stage
+            )
 
     def check_open(self, what, stage=None):
         """Raise if the context has failed (it stays failed: leave it, enter a new one)."""
@@ -145,8 +154,9 @@ def context(timeout: float | None = None) -> Iterator[int]:
         yield context.context_id
     except BaseException as exc:
         if not context.failures:
-            context.fail(f"left context {context.context_id} by an exception: "
-                     f"{type(exc).__name__}: {exc}")
+            context.fail(
+                f"left context {context.context_id} by an exception: {type(exc).__name__}: {exc}"
+            )
         raise
     else:
         _leave(comms, context, timeout)
@@ -197,10 +207,16 @@ def _leave(comms, context, timeout):
     received[comms.rank] = context.received
     agreement = Agreement(comms, comms.control, comms.control_tag(cid, agreement=True))
     agreement.early, context.early_leavers = context.early_leavers, {}
-    vector = (context.sent_to + received + [len(unmatched)] + equality_words(context.passes)
-              + equality_words(cid))
-    with waiting.Waiter(waiting.LEAVING, timeout, lambda: agreement.step,
-                        context=context) as waiter:
+    vector = (
+        context.sent_to
+        + received
+        + [len(unmatched)]
+        + equality_words(context.passes)
+        + equality_words(cid)
+    )
+    with waiting.Waiter(
+        waiting.LEAVING, timeout, lambda: agreement.step, context=context
+    ) as waiter:
         try:
             total = agreement.run(vector, [context.passes], waiter.pause).tolist()
         except BaseException as exc:
@@ -208,22 +224,27 @@ def _leave(comms, context, timeout):
             if not context.reported:  # this rank gives up: the others must not wait for it
                 context.fail(f"gave up leaving context {cid}: {type(exc).__name__}: {exc}")
             raise
-        sent, got = total[:size], total[size:2 * size]
-        posted, passes, ids = total[2 * size], total[2 * size + 1:2 * size + 3], total[-2:]
+        sent, got = total[:size], total[size : 2 * size]
+        posted, passes, ids = total[2 * size], total[2 * size + 1 : 2 * size + 3], total[-2:]
         problems = []
         if not same_everywhere(ids, size):
             problems.append(f"the ranks left different contexts (this rank: context {cid})")
         if not same_everywhere(passes, size):
-            problems.append(f"the ranks ran different numbers of backward passes in it (this "
-                            f"rank: {context.passes})")
+            problems.append(
+                f"the ranks ran different numbers of backward passes in it (this "
+                f"rank: {context.passes})"
+            )
         lost = [r for r in range(size) if sent[r] != got[r]]
         if lost:
-            details = _take_unreceived(comms, context, sent[comms.rank], waiter) \
-                if comms.rank in lost else []
+            details = (
+                _take_unreceived(comms, context, sent[comms.rank], waiter)
+                if comms.rank in lost
+                else []
+            )
             problems.append(
                 "tensors sent in it were never received ("
-                + ", ".join(f"rank {r} received {got[r]} of the {sent[r]} sent to it"
-                            for r in lost) + ")"
+                + ", ".join(f"rank {r} received {got[r]} of the {sent[r]} sent to it" for r in lost)
+                + ")"
                 + "".join(f"\n  {line}" for line in details)
             )
         if posted:
@@ -232,8 +253,7 @@ def _leave(comms, context, timeout):
                 + "".join(f"\n  {line}" for line in unmatched)
             )
     if problems:
-        raise DistributedError(f"rank {comms.rank}: leaving context {cid}: "
-                               + "; ".join(problems))
+        raise DistributedError(f"rank {comms.rank}: leaving context {cid}: " + "; ".join(problems))
 
 
 def leaving_message_length(size):
@@ -248,8 +268,10 @@ def _settle_receives(context):
     cancelled = []
     for request in list(context.receiving):
         if request.cancel():
-            cancelled.append(f"rank {_comm.get().rank}: a receive from rank {request.source} "
-                             f"with tag {request.tag}")
+            cancelled.append(
+                f"rank {_comm.get().rank}: a receive from rank {request.source} "
+                f"with tag {request.tag}"
+            )
     context.receiving = weakref.WeakSet()
     return cancelled
 
@@ -269,6 +291,8 @@ def _take_unreceived(comms, context, expected, waiter):
         if header.context_id != context.context_id:
             continue  # left by a failed context: see Note [data communicators]
         context.received += 1
-        lines.append(f"rank {source} sent rank {comms.rank} a tensor of shape {array.shape} "
-                     f"and dtype {array.dtype} with tag {tag}, never received")
+        lines.append(
+            f"rank {source} sent rank {comms.rank} a tensor of shape {array.shape} "
+            f"and dtype {array.dtype} with tag {tag}, never received"
+        )
     return lines

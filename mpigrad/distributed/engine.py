@@ -63,14 +63,18 @@ def _root_list(roots, rank):
     elif isinstance(roots, (list, tuple)):
         roots = list(roots)
     else:
-        raise TypeError(f"rank {rank}: roots must be a Tensor or a list or tuple of Tensors, "
-                        f"got {type(roots).__name__}")
+        raise TypeError(
+            f"rank {rank}: roots must be a Tensor or a list or tuple of Tensors, "
+            f"got {type(roots).__name__}"
+        )
     for i, root in enumerate(roots):
         if not isinstance(root, Tensor):
             raise TypeError(f"rank {rank}: roots[{i}] is a {type(root).__name__}, not a Tensor")
         if root.size != 1:
-            raise RuntimeError(f"rank {rank}: roots[{i}] has shape {root.shape}; roots must be "
-                               "scalars (the objective is the sum of all roots on all ranks)")
+            raise RuntimeError(
+                f"rank {rank}: roots[{i}] has shape {root.shape}; roots must be "
+                "scalars (the objective is the sum of all roots on all ranks)"
+            )
         if not root.requires_grad:
             raise RuntimeError(f"rank {rank}: roots[{i}] does not require grad")
     return roots
@@ -94,13 +98,17 @@ class _Pass:
         self.context = context = _context.retrieve(self.context_id, _OP)
         rank = self.comms.rank
         if context.running is not None:
-            raise RuntimeError(f"rank {rank}: a backward pass of context {self.context_id} is "
-                               "already running")
+            raise RuntimeError(
+                f"rank {rank}: a backward pass of context {self.context_id} is already running"
+            )
         index = context.passes
         context.passes += 1
         self.tag = self.comms.gradient_tag(self.context_id, index)  # Note [pass tags] in comm.py
-        self.agreement = Agreement(self.comms, self.comms.gradient,
-                                   self.comms.gradient_tag(self.context_id, index, agreement=True))
+        self.agreement = Agreement(
+            self.comms,
+            self.comms.gradient,
+            self.comms.gradient_tag(self.context_id, index, agreement=True),
+        )
         self.started = time.monotonic()
         context.running = self
         try:
@@ -158,8 +166,11 @@ class _Pass:
         sends = list(self.context.send_functions.values())
         self.waiting = {node.message_id: node for node in sends}
         self.task = GraphTask(
-            [gradient_edge(r) for r in roots], [unit_seed(r.shape, r.dtype) for r in roots],
-            extra_roots=sends, keep_graph=self.retain_graph, accumulate=self.context.accumulate,
+            [gradient_edge(r) for r in roots],
+            [unit_seed(r.shape, r.dtype) for r in roots],
+            extra_roots=sends,
+            keep_graph=self.retain_graph,
+            accumulate=self.context.accumulate,
             ordered=True,
         )
 
@@ -187,9 +198,18 @@ class _Pass:
         self._post(Kind.GRADIENT, node.source, np.asarray(grad), node.message_id)
 
     def _post(self, kind, dest, array, message_id):
-        self.requests.append(transport.post(
-            self.comms, self.comms.gradient, array, dest, self.tag, kind,
-            context_id=self.context_id, message_id=message_id))
+        self.requests.append(
+            transport.post(
+                self.comms,
+                self.comms.gradient,
+                array,
+                dest,
+                self.tag,
+                kind,
+                context_id=self.context_id,
+                message_id=message_id,
+            )
+        )
         self.sent_to[dest] += 1
 
     def _receive(self, block):
@@ -212,10 +232,17 @@ class _Pass:
             self.spins += 1
             if self.spins < waiting.FREE_POLLS:  # a short wait needs no Waiter
                 return
-            self.waiter = waiting.Waiter(_OP, self.timeout, self._describe, context=self.context,
-                                         summarize=self._summarize, check=self._read_leavers,
-                                         started=self.started, stage=self.context.stage(),
-                                         state=self._state)
+            self.waiter = waiting.Waiter(
+                _OP,
+                self.timeout,
+                self._describe,
+                context=self.context,
+                summarize=self._summarize,
+                check=self._read_leavers,
+                started=self.started,
+                stage=self.context.stage(),
+                state=self._state,
+            )
         self.waiter.pause()
 
     def _handle(self, header, array, source):
@@ -264,10 +291,14 @@ class _Pass:
 
     def _describe(self):
         if not self.agreement.started:
-            return ", ".join(f"message id {mid} from rank {node.dest}"
-                             for mid, node in sorted(self.waiting.items()))
-        return (f"the other ranks to finish (this rank's part is done; waiting for "
-                f"{self.agreement.step})")
+            return ", ".join(
+                f"message id {mid} from rank {node.dest}"
+                for mid, node in sorted(self.waiting.items())
+            )
+        return (
+            f"the other ranks to finish (this rank's part is done; waiting for "
+            f"{self.agreement.step})"
+        )
 
     def _summarize(self, answers, ranks):
         """Which ranks are elsewhere, which are in this pass and what they wait for, and which are
@@ -277,8 +308,11 @@ class _Pass:
             reply = answers.get(r)
             if reply is None or reply.get("op") is None:
                 silent.append(r)
-            elif (reply["op"] != _OP or reply["context"] != self.context_id
-                  or reply["passes"] != self.context.passes):
+            elif (
+                reply["op"] != _OP
+                or reply["context"] != self.context_id
+                or reply["passes"] != self.context.passes
+            ):
                 elsewhere.append(r)
             elif reply["state"] == "agreeing":
                 done.append(r)
@@ -286,11 +320,16 @@ class _Pass:
                 inside.append(f"rank {r} (waiting for {reply['waiting']})")
         parts = []
         if elsewhere:
-            parts.append(f"ranks that have not entered this backward: {elsewhere} ("
-                         + waiting.describe_answers(answers, elsewhere) + ")")
+            parts.append(
+                f"ranks that have not entered this backward: {elsewhere} ("
+                + waiting.describe_answers(answers, elsewhere)
+                + ")"
+            )
         if silent:
-            parts.append(f"ranks not waiting in mpigrad (they have not entered this backward, or "
-                         f"are computing their part of it): {silent}")
+            parts.append(
+                f"ranks not waiting in mpigrad (they have not entered this backward, or "
+                f"are computing their part of it): {silent}"
+            )
         if inside:
             parts.append("ranks in it that have not finished their part: " + ", ".join(inside))
         if done:
@@ -317,14 +356,16 @@ class _Pass:
         total = self.agreement.run(vector, (), self._pause).tolist()
         while self.received < total[comms.rank]:
             self._receive(block=True)
-        ids, retained = total[size:size + 2], total[size + 2]
+        ids, retained = total[size : size + 2], total[size + 2]
         for request in self.requests:
             transport.keep_until_sent(request)
         if not same_everywhere(ids, size):
             raise DistBackwardError(
                 f"rank {comms.rank}: the ranks called {_OP} for different contexts (this rank: "
-                f"context {self.context_id})")
+                f"context {self.context_id})"
+            )
         if retained not in (0, size):
             raise DistBackwardError(
                 f"rank {comms.rank}: the ranks disagree on retain_graph ({retained} of {size} set "
-                "it)")
+                "it)"
+            )

@@ -38,9 +38,24 @@ import numpy as np
 # shorter than its receive buffer.
 
 __all__ = [
-    "FORMAT_VERSION", "MAX_NDIM", "INLINE_LIMIT", "HEADER_WORDS", "MESSAGE_WORDS", "NO_CONTEXT",
-    "Kind", "Header", "DTYPE_CODES", "DTYPES", "dtype_code", "decode_header", "pack",
-    "unpack_inline", "empty_message", "text_array", "text_of", "check_sendable",
+    "FORMAT_VERSION",
+    "MAX_NDIM",
+    "INLINE_LIMIT",
+    "HEADER_WORDS",
+    "MESSAGE_WORDS",
+    "NO_CONTEXT",
+    "Kind",
+    "Header",
+    "DTYPE_CODES",
+    "DTYPES",
+    "dtype_code",
+    "decode_header",
+    "pack",
+    "unpack_inline",
+    "empty_message",
+    "text_array",
+    "text_of",
+    "check_sendable",
 ]
 
 FORMAT_VERSION = 2
@@ -128,12 +143,20 @@ def _check_ndim(shape):
         )
 
 
-def _header_bytes(kind, code, shape, nbytes, context_id, message_id, requires_grad,
-                  payload_tag):
+def _header_bytes(kind, code, shape, nbytes, context_id, message_id, requires_grad, payload_tag):
     """The header's HEADER_WORDS words, packed in one call."""
     return _HEADER.pack(
-        FORMAT_VERSION, kind, context_id, message_id, requires_grad, code, len(shape),
-        *shape, *_PADDING[len(shape)], nbytes, payload_tag,
+        FORMAT_VERSION,
+        kind,
+        context_id,
+        message_id,
+        requires_grad,
+        code,
+        len(shape),
+        *shape,
+        *_PADDING[len(shape)],
+        nbytes,
+        payload_tag,
     )
 
 
@@ -141,8 +164,9 @@ def decode_header(words):
     """Parse the header at the start of a buffer (an int64 array, bytes); ValueError on a
     malformed header."""
     if memoryview(words).nbytes < _HEADER_BYTES:
-        raise ValueError(f"a message header has {_HEADER_BYTES} bytes; got "
-                         f"{memoryview(words).nbytes}")
+        raise ValueError(
+            f"a message header has {_HEADER_BYTES} bytes; got {memoryview(words).nbytes}"
+        )
     words = _HEADER.unpack_from(words)
     if words[_VERSION] != FORMAT_VERSION:
         raise ValueError(
@@ -157,7 +181,7 @@ def decode_header(words):
     ndim = words[_NDIM]
     if not 0 <= ndim <= MAX_NDIM:
         raise ValueError(f"a header gives ndim {ndim}; at most {MAX_NDIM} are allowed")
-    shape = words[_SHAPE:_SHAPE + ndim]
+    shape = words[_SHAPE : _SHAPE + ndim]
     nbytes = words[_NBYTES]
     expected = dtype.itemsize
     for n in shape:
@@ -165,8 +189,14 @@ def decode_header(words):
     if min(shape, default=0) < 0 or nbytes != expected:
         raise ValueError(f"a header's nbytes {nbytes} does not match shape {shape} of {dtype}")
     return Header(
-        _KINDS[words[_KIND]], words[_CONTEXT], words[_MESSAGE], bool(words[_REQUIRES_GRAD]),
-        dtype, shape, nbytes, words[_PAYLOAD_TAG],
+        _KINDS[words[_KIND]],
+        words[_CONTEXT],
+        words[_MESSAGE],
+        bool(words[_REQUIRES_GRAD]),
+        dtype,
+        shape,
+        nbytes,
+        words[_PAYLOAD_TAG],
     )
 
 
@@ -175,8 +205,15 @@ def _bytes_of(array):
     return array.reshape(-1).view(np.uint8)
 
 
-def pack(array, kind=Kind.TENSOR, *, payload_tag=-1, context_id=NO_CONTEXT, message_id=-1,
-         requires_grad=False):
+def pack(
+    array,
+    kind=Kind.TENSOR,
+    *,
+    payload_tag=-1,
+    context_id=NO_CONTEXT,
+    message_id=-1,
+    requires_grad=False,
+):
     """The message for array: (header, payload or None), both sent as MPI_BYTE.
 
     With ``array.nbytes <= INLINE_LIMIT`` the payload is copied behind the header into one
@@ -190,12 +227,17 @@ def pack(array, kind=Kind.TENSOR, *, payload_tag=-1, context_id=NO_CONTEXT, mess
     _check_ndim(shape)
     nbytes = array.nbytes
     if nbytes <= INLINE_LIMIT:
-        return _header_bytes(kind, code, shape, nbytes, context_id, message_id, requires_grad,
-                             -1) + array.tobytes(), None
+        return _header_bytes(
+            kind, code, shape, nbytes, context_id, message_id, requires_grad, -1
+        ) + array.tobytes(), None
     if payload_tag < 0:
         raise ValueError(f"a payload of {array.nbytes} bytes needs a payload tag")
-    words = np.frombuffer(_header_bytes(kind, code, shape, nbytes, context_id, message_id,
-                                        requires_grad, payload_tag), np.int64)
+    words = np.frombuffer(
+        _header_bytes(
+            kind, code, shape, nbytes, context_id, message_id, requires_grad, payload_tag
+        ),
+        np.int64,
+    )
     return words, _bytes_of(np.ascontiguousarray(array))
 
 

@@ -17,8 +17,14 @@ import functools
 import os
 
 __all__ = [
-    "TIMEOUT", "STALL_WARNING", "POOL_BYTES", "ABORT_ON_EXCEPTION", "timeout", "stall_warning",
-    "pool_bytes", "abort_on_exception",
+    "TIMEOUT",
+    "STALL_WARNING",
+    "POOL_BYTES",
+    "ABORT_ON_EXCEPTION",
+    "timeout",
+    "stall_warning",
+    "pool_bytes",
+    "abort_on_exception",
 ]
 
 TIMEOUT = "MPIGRAD_TIMEOUT"
@@ -46,8 +52,10 @@ def _read(name, default, convert, what):
 def timeout():
     """Seconds, or None for no limit."""
     if "MPIGRAD_BACKWARD_TIMEOUT" in os.environ:
-        raise ValueError(f"MPIGRAD_BACKWARD_TIMEOUT is no longer read: {TIMEOUT} sets the "
-                         "timeout of every blocking call of mpigrad.distributed, backward too")
+        raise ValueError(
+            f"MPIGRAD_BACKWARD_TIMEOUT is no longer read: {TIMEOUT} sets the "
+            "timeout of every blocking call of mpigrad.distributed, backward too"
+        )
     return _read(TIMEOUT, 1800.0, float, "a number of seconds, 0 for none") or None
 
 
@@ -59,9 +67,13 @@ def stall_warning():
 
 @functools.cache
 def pool_bytes():
-    return _read(POOL_BYTES, 256 << 20, int,
-                 "a whole number of bytes, 0 or more (the most received buffers kept idle; 0 "
-                 "turns pooling off)")
+    return _read(
+        POOL_BYTES,
+        256 << 20,
+        int,
+        "a whole number of bytes, 0 or more (the most received buffers kept idle; 0 "
+        "turns pooling off)",
+    )
 
 
 def abort_on_exception():

@@ -45,7 +45,8 @@ def _aborting_hook(previous):
         rank = MPI.COMM_WORLD.Get_rank()
         text = "".join(traceback.format_exception(kind, value, tb)) + (
             f"mpigrad: uncaught exception on rank {rank}: aborting the job (set "
-            f"{settings.ABORT_ON_EXCEPTION}=0 to keep Python's handling)")
+            f"{settings.ABORT_ON_EXCEPTION}=0 to keep Python's handling)"
+        )
         # One write: another rank's abort may end this process at any moment.
         sys.stderr.write("".join(f"[rank {rank}] {line}\n" for line in text.splitlines()))
         sys.stderr.flush()

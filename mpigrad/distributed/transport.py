@@ -22,8 +22,17 @@ from . import comm as _comm
 from .messages import Kind
 
 __all__ = [
-    "SendRequest", "post", "post_words", "Receive", "header_of", "payload_of", "poll", "take",
-    "keep_until_sent", "settle", "drain",
+    "SendRequest",
+    "post",
+    "post_words",
+    "Receive",
+    "header_of",
+    "payload_of",
+    "poll",
+    "take",
+    "keep_until_sent",
+    "settle",
+    "drain",
 ]
 
 
@@ -42,8 +51,14 @@ class SendRequest:
         if not self.test():
             from . import waiting
 
-            waiting.wait_for(self.test, "SendRequest.wait", timeout, self._describe,
-                             peers=[self._dest], context=self.context and self.context())
+            waiting.wait_for(
+                self.test,
+                "SendRequest.wait",
+                timeout,
+                self._describe,
+                peers=[self._dest],
+                context=self.context and self.context(),
+            )
 
     def _describe(self):
         return f"rank {self._dest} to receive the tensor sent to it with tag {self._tag}"
@@ -139,8 +154,9 @@ def header_of(comms, words, source):
     try:
         return messages.decode_header(words)
     except ValueError as e:
-        raise ValueError(f"rank {comms.rank} received a malformed message from rank {source}: "
-                         f"{e}") from None
+        raise ValueError(
+            f"rank {comms.rank} received a malformed message from rank {source}: {e}"
+        ) from None
 
 
 def payload_of(comms, header, words, source):
@@ -193,8 +209,12 @@ def drain(comms, timeout):
     local = np.array([comms.sent[id(c)] for c in channels], np.int64)
     total = np.empty_like(local)
     agreement = comms.control.Iallreduce(local, total, op=MPI.SUM)
-    waiting.wait_for(agreement.Test, waiting.DESTROY, timeout,
-                     lambda: "the other ranks to call destroy() (it is collective)")
+    waiting.wait_for(
+        agreement.Test,
+        waiting.DESTROY,
+        timeout,
+        lambda: "the other ranks to call destroy() (it is collective)",
+    )
     status = MPI.Status()
     for channel, expected in zip(channels, total[:, comms.rank].tolist()):
 
@@ -207,6 +227,10 @@ def drain(comms, timeout):
             return True
 
         name = channel.Get_name()
-        waiting.wait_for(drained, waiting.DESTROY, timeout,
-                         lambda name=name: f"the messages still owed to this rank on {name}")
+        waiting.wait_for(
+            drained,
+            waiting.DESTROY,
+            timeout,
+            lambda name=name: f"the messages still owed to this rank on {name}",
+        )
     waiting.wait_for(settle, waiting.DESTROY, timeout, lambda: "this rank's sends to complete")

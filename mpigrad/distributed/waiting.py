@@ -72,8 +72,13 @@ from .errors import DistributedError, DistTimeoutError
 from .messages import Kind
 
 __all__ = [
-    "Waiter", "wait_for",
-    "resolve_timeout", "Question", "describe_answers", "send_notice", "read_notices",
+    "Waiter",
+    "wait_for",
+    "resolve_timeout",
+    "Question",
+    "describe_answers",
+    "send_notice",
+    "read_notices",
 ]
 
 
@@ -126,8 +131,21 @@ class Waiter:
     ``summarize(answers, ranks)`` turns the answers of the ranks asked into text (default
     ``describe_answers``)."""
 
-    def __init__(self, op, timeout, describe, *, context=None, peers=None, summarize=None,
-                 check=None, state=None, started=None, stage=None, agreeing=False):
+    def __init__(
+        self,
+        op,
+        timeout,
+        describe,
+        *,
+        context=None,
+        peers=None,
+        summarize=None,
+        check=None,
+        state=None,
+        started=None,
+        stage=None,
+        agreeing=False,
+    ):
         global _current
         self.comms = _comm.get()
         self.op, self.describe, self.context, self.peers = op, describe, context, peers
@@ -170,8 +188,9 @@ class Waiter:
         now = time.monotonic()
         waited = now - self.waiting_since
         if now >= self.next_check:
-            self.next_check = now + (CHECK_INTERVAL if waited < _PATIENT_AFTER
-                                     else PATIENT_CHECK_INTERVAL)
+            self.next_check = now + (
+                CHECK_INTERVAL if waited < _PATIENT_AFTER else PATIENT_CHECK_INTERVAL
+            )
             self._check(now)
         if not self.shared_cores and waited < _SPIN_SECONDS:
             return
@@ -192,8 +211,11 @@ class Waiter:
                 raise self.context.failure(self.op)
         if self.check is not None:
             self.check()
-        departed = [r for r, (text, when) in comms.departed.items()
-                    if (self.peers is None or r in self.peers) and now - when > EXIT_GRACE]
+        departed = [
+            r
+            for r, (text, when) in comms.departed.items()
+            if (self.peers is None or r in self.peers) and now - when > EXIT_GRACE
+        ]
         if departed:
             r = departed[0]
             raise DistributedError(
@@ -213,8 +235,11 @@ class Waiter:
         answers, ranks = question.answers, question.asked
         reasons = []
         if now - self.start >= QUESTION_AFTER:  # what was sent has arrived: see diverged
-            reasons = [reason for r in sorted(answers)
-                       if (reason := diverged(self.answer(), answers[r], r, comms.rank))]
+            reasons = [
+                reason
+                for r in sorted(answers)
+                if (reason := diverged(self.answer(), answers[r], r, comms.rank))
+            ]
         others = self.summarize(answers, ranks) if ranks else "no other rank takes part"
         if timed_out:
             raise DistTimeoutError(
@@ -230,9 +255,12 @@ class Waiter:
             )
         if warn:
             self.next_warning = now + settings.stall_warning()
-            print(f"mpigrad: rank {comms.rank} has waited {now - self.start:.1f} s in "
-                  f"{self._where()} for: {self.describe()}; {others}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"mpigrad: rank {comms.rank} has waited {now - self.start:.1f} s in "
+                f"{self._where()} for: {self.describe()}; {others}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _schedule_question(self, now):
         """The next question: QUESTION_EVERY from now, or sooner, so that its answers are in
@@ -257,9 +285,11 @@ class Waiter:
 
         context = self.context
         return {
-            "op": self.op, "waiting": self.describe(),
+            "op": self.op,
+            "waiting": self.describe(),
             "state": None if self.state is None else self.state(),
-            "context": None if context is None else context.context_id, "last": last_id(),
+            "context": None if context is None else context.context_id,
+            "last": last_id(),
             "passes": 0 if context is None else context.passes,
             "peers": None if self.peers is None else list(self.peers),
             "agreeing": self.agreeing,
@@ -286,15 +316,24 @@ def send_notice(comms, kind, text, tag, context_id=messages.NO_CONTEXT, stage=-1
     payload = messages.text_array(text)
     for dest in range(comms.size):
         if dest != comms.rank and dest not in comms.departed:
-            transport.keep_until_sent(transport.post(comms, comms.control, payload, dest, tag,
-                                                     kind, context_id=context_id,
-                                                     message_id=stage))
+            transport.keep_until_sent(
+                transport.post(
+                    comms,
+                    comms.control,
+                    payload,
+                    dest,
+                    tag,
+                    kind,
+                    context_id=context_id,
+                    message_id=stage,
+                )
+            )
 
 
 def _received(comms, tag):
     """Each message now waiting on the control communicator under ``tag``."""
     status = MPI.Status()
-    while (received := transport.poll(comms, comms.control, MPI.ANY_SOURCE, tag, status)):
+    while received := transport.poll(comms, comms.control, MPI.ANY_SOURCE, tag, status):
         yield received
 
 
@@ -321,9 +360,17 @@ def answer_questions(comms):
     for header, _, source in _received(comms, comms.query_tag):
         waiter = _current
         reply = waiter.answer() if waiter is not None else {"op": None}
-        transport.keep_until_sent(transport.post(
-            comms, comms.control, messages.text_array(json.dumps(reply)), source,
-            comms.answer_tag, Kind.ANSWER, message_id=header.message_id))
+        transport.keep_until_sent(
+            transport.post(
+                comms,
+                comms.control,
+                messages.text_array(json.dumps(reply)),
+                source,
+                comms.answer_tag,
+                Kind.ANSWER,
+                message_id=header.message_id,
+            )
+        )
 
 
 class Question:
@@ -336,9 +383,17 @@ class Question:
         self.deadline = time.monotonic() + seconds
         self.answers = {}
         for r in self.asked:
-            transport.keep_until_sent(transport.post(
-                comms, comms.control, messages.text_array(""), r, comms.query_tag, Kind.QUERY,
-                message_id=self.number))
+            transport.keep_until_sent(
+                transport.post(
+                    comms,
+                    comms.control,
+                    messages.text_array(""),
+                    r,
+                    comms.query_tag,
+                    Kind.QUERY,
+                    message_id=self.number,
+                )
+            )
 
     def collect(self):
         """Read the answers that have come; True once all have, or the time is up."""
@@ -347,8 +402,6 @@ class Question:
             if header.message_id == self.number:
                 self.answers[source] = json.loads(messages.text_of(array))
         return len(self.answers) == len(self.asked) or time.monotonic() > self.deadline
-
-
 
 
 def diverged(mine, theirs, rank, me):
@@ -369,33 +422,52 @@ def diverged(mine, theirs, rank, me):
     waits_for_me = theirs["peers"] is None or me in theirs["peers"]
     if context != their_context:
         if context is not None and their_context is not None:
-            if (their_context == context - 1 and op == LEAVING
-                    or their_context == context + 1 and mine["op"] == LEAVING):
+            if (
+                their_context == context - 1
+                and op == LEAVING
+                or their_context == context + 1
+                and mine["op"] == LEAVING
+            ):
                 return None
             return f"rank {rank} waits in {op} in context {their_context}"
         if context is None:
             if their_context > mine["last"]:
-                return (f"rank {rank} waits in {op} in context {their_context}, which this rank "
-                        "has not entered")
-            return None if op == LEAVING else f"rank {rank} waits in {op} in context " \
+                return (
+                    f"rank {rank} waits in {op} in context {their_context}, which this rank "
+                    "has not entered"
+                )
+            return (
+                None
+                if op == LEAVING
+                else f"rank {rank} waits in {op} in context "
                 f"{their_context}, which this rank has left"
+            )
         if theirs["last"] >= context:
             return None if mine["op"] == LEAVING else f"rank {rank} has left context {context}"
-        return f"rank {rank} waits in {op} for this rank before context {context}" \
-            if waits_for_me else None
+        return (
+            f"rank {rank} waits in {op} for this rank before context {context}"
+            if waits_for_me
+            else None
+        )
     passes, their_passes = mine["passes"], theirs["passes"]
     if mine["op"] == BACKWARD and op == LEAVING and their_passes < passes:
-        return (f"rank {rank} is leaving context {context} after {their_passes} backward "
-                f"pass(es), without this one (pass {passes})")
+        return (
+            f"rank {rank} is leaving context {context} after {their_passes} backward "
+            f"pass(es), without this one (pass {passes})"
+        )
     if mine["op"] == LEAVING and op == BACKWARD and their_passes > passes:
-        return (f"rank {rank} runs backward pass {their_passes} of context {context}, which this "
-                f"rank is leaving after {passes}")
+        return (
+            f"rank {rank} runs backward pass {their_passes} of context {context}, which this "
+            f"rank is leaving after {passes}"
+        )
     if not agreeing and they_agree:
         return f"rank {rank} is in {op} (context {context}) and sends nothing until all join it"
     if waits_for_me and not they_agree:
         if agreeing:
-            return (f"rank {rank} waits in {op} for this rank, which is in {mine['op']} and "
-                    "sends nothing until all join it")
+            return (
+                f"rank {rank} waits in {op} for this rank, which is in {mine['op']} and "
+                "sends nothing until all join it"
+            )
         return f"rank {rank} waits in {op} for this rank, as this rank waits for it"
     return None
 
@@ -415,7 +487,10 @@ def describe_answers(answers, ranks=None):
         if reply is None or reply["op"] is None:
             parts.append(f"rank {r}: not waiting in mpigrad (computing, or blocked elsewhere)")
         else:
-            where = reply["op"] if reply["context"] is None else \
-                f"{reply['op']} in context {reply['context']}"
+            where = (
+                reply["op"]
+                if reply["context"] is None
+                else f"{reply['op']} in context {reply['context']}"
+            )
             parts.append(f"rank {r}: in {where}, waiting for: {reply['waiting']}")
     return "; ".join(parts)

@@ -7,8 +7,26 @@ from ..tensor import Tensor
 from ._util import constant, data, plus
 
 __all__ = [
-    "add", "sub", "mul", "div", "pow", "neg", "exp", "log", "sqrt", "abs", "sin", "cos", "tanh",
-    "sigmoid", "relu", "maximum", "minimum", "where", "clamp", "astype",
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "pow",
+    "neg",
+    "exp",
+    "log",
+    "sqrt",
+    "abs",
+    "sin",
+    "cos",
+    "tanh",
+    "sigmoid",
+    "relu",
+    "maximum",
+    "minimum",
+    "where",
+    "clamp",
+    "astype",
 ]
 
 

@@ -10,8 +10,18 @@ from ..tensor import Tensor
 from ._util import data, normalize_axis
 
 __all__ = [
-    "reshape", "permute", "transpose", "broadcast_to", "squeeze", "unsqueeze", "getitem",
-    "index_select", "cat", "stack", "split", "alias",
+    "reshape",
+    "permute",
+    "transpose",
+    "broadcast_to",
+    "squeeze",
+    "unsqueeze",
+    "getitem",
+    "index_select",
+    "cat",
+    "stack",
+    "split",
+    "alias",
 ]
 
 

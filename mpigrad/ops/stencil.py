@@ -36,8 +36,11 @@ class Stencil(Function):
     def backward(cls, ctx, grad):
         w, a = ctx.saved_tensors
         need_a, need_w = ctx.needs_input_grad[:2]
-        return (cls.transposed.apply(grad, w, ctx.axis) if need_a else None,
-                _weight_grad(grad, a, w.shape[0], ctx.axis) if need_w else None, None)
+        return (
+            cls.transposed.apply(grad, w, ctx.axis) if need_a else None,
+            _weight_grad(grad, a, w.shape[0], ctx.axis) if need_w else None,
+            None,
+        )
 
 
 class StencilTransposed(Stencil):

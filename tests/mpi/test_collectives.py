@@ -65,18 +65,25 @@ def _check(comm, fn, arrays, modes=("rev", "fwd")):
         rng = np.random.default_rng(100 + q)
         directions = [rng.standard_normal(a.shape) for a in arrays]
         moving = rank == q
-        shifted = [[a + sign * EPS * d if moving else a for a, d in zip(arrays, directions)]
-                   for sign in (1, -1)]
+        shifted = [
+            [a + sign * EPS * d if moving else a for a, d in zip(arrays, directions)]
+            for sign in (1, -1)
+        ]
         expected = (_objective(comm, fn, shifted[0]) - _objective(comm, fn, shifted[1])) / (2 * EPS)
         if "rev" in modes:
-            mine = sum(float(np.sum(g.data * d)) for g, d in zip(grads, directions)
-                       if g is not None) if moving else 0.0
+            mine = (
+                sum(float(np.sum(g.data * d)) for g, d in zip(grads, directions) if g is not None)
+                if moving
+                else 0.0
+            )
             got = comm.allreduce(mine)
             assert got == pytest.approx(expected, rel=TOL, abs=TOL), f"reverse, rank {q} moved"
         if "fwd" in modes:
             with fwAD.dual_level():
-                inputs = [fwAD.make_dual(mg.tensor(a), mg.tensor(d)) if moving else mg.tensor(a)
-                          for a, d in zip(arrays, directions)]
+                inputs = [
+                    fwAD.make_dual(mg.tensor(a), mg.tensor(d)) if moving else mg.tensor(a)
+                    for a, d in zip(arrays, directions)
+                ]
                 tangent = fwAD.unpack_dual(_root(fn(*inputs), rank)).tangent
             got = comm.allreduce(0.0 if tangent is None else float(tangent.data))
             assert got == pytest.approx(expected, rel=TOL, abs=TOL), f"forward, rank {q} moved"
@@ -99,10 +106,11 @@ def _check_second(comm, fn, arrays):
     grads = mg.autograd.grad(_root(fn(*leaves), rank), leaves, create_graph=True)
     inner = sum(((g * v).sum() for g, v in zip(grads, w)), mg.tensor(0.0))
     second = mg.autograd.grad(inner, leaves, allow_unused=True)
-    got = comm.allreduce(sum(float(np.sum(h.data * v)) for h, v in zip(second, d)
-                             if h is not None))
-    expected = (gradient_dot_w([a + EPS * v for a, v in zip(arrays, d)])
-                - gradient_dot_w([a - EPS * v for a, v in zip(arrays, d)])) / (2 * EPS)
+    got = comm.allreduce(sum(float(np.sum(h.data * v)) for h, v in zip(second, d) if h is not None))
+    expected = (
+        gradient_dot_w([a + EPS * v for a, v in zip(arrays, d)])
+        - gradient_dot_w([a - EPS * v for a, v in zip(arrays, d)])
+    ) / (2 * EPS)
     assert got == pytest.approx(expected, rel=1e-6, abs=1e-6)
 
 
@@ -121,17 +129,20 @@ def _shape(seed, ndim_max=3):
 # --- values ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("op, name", [(op, op) for op in OPS] + [
-    (MPI.SUM, "sum"), (MPI.MAX, "max"), (MPI.MIN, "min"), (MPI.PROD, "prod")])
+@pytest.mark.parametrize(
+    "op, name",
+    [(op, op) for op in OPS]
+    + [(MPI.SUM, "sum"), (MPI.MAX, "max"), (MPI.MIN, "min"), (MPI.PROD, "prod")],
+)
 def test_all_reduce_values(comm, op, name):
     mine, every = _data(comm, lambda r: (2, 3), 1)
-    expected = {"sum": np.sum, "avg": np.mean, "max": np.max, "min": np.min,
-                "prod": np.prod}[name](every, axis=0)
+    expected = {"sum": np.sum, "avg": np.mean, "max": np.max, "min": np.min, "prod": np.prod}[name](
+        every, axis=0
+    )
     out = dist.all_reduce(mine, op)
     assert isinstance(out, mg.Tensor) and out.dtype == np.float64
     np.testing.assert_allclose(out.data, expected, rtol=1e-14)
-    ints = dist.all_reduce(np.arange(4, dtype=np.int32) + comm.rank, "max" if name == "avg"
-                           else op)
+    ints = dist.all_reduce(np.arange(4, dtype=np.int32) + comm.rank, "max" if name == "avg" else op)
     assert ints.dtype == np.int32
 
 
@@ -139,8 +150,9 @@ def test_the_other_collectives_move_the_right_values(comm):
     rank, size = comm.rank, comm.size
     mine, every = _data(comm, lambda r: (r + 1, 2), 2)
     root = size - 1
-    np.testing.assert_array_equal(dist.broadcast(mine[:1] * 0 + rank, root).data,
-                                  np.full((1, 2), root))
+    np.testing.assert_array_equal(
+        dist.broadcast(mine[:1] * 0 + rank, root).data, np.full((1, 2), root)
+    )
     reduced = dist.reduce(np.full(3, rank + 1.0), root, "prod")
     assert (reduced is None) == (rank != root)
     if rank == root:
@@ -153,8 +165,9 @@ def test_the_other_collectives_move_the_right_values(comm):
         for piece, expected in zip(pieces, every):
             np.testing.assert_array_equal(piece.data, expected)
     xs = [np.full((j + 1,), 10.0 * rank + j) for j in range(size)]
-    np.testing.assert_array_equal(dist.scatter(xs, root).data,
-                                  np.full(rank + 1, 10.0 * root + rank))
+    np.testing.assert_array_equal(
+        dist.scatter(xs, root).data, np.full(rank + 1, 10.0 * root + rank)
+    )
     pieces = None if rank else [np.full(2, j) for j in range(size)]
     np.testing.assert_array_equal(dist.scatter(pieces, 0).data, np.full(2, rank))
     received = dist.all_to_all(xs)
@@ -269,9 +282,11 @@ def test_prod_with_zeros(comm):
     _check(comm, lambda x: dist.all_reduce(x, "prod"), [values])
     x = mg.tensor(values, requires_grad=True)
     dist.all_reduce(x, "prod").sum().backward()
-    others = [np.prod([0.0 if r == 0 else 2.0 for r in range(size) if r != rank]),
-              np.prod([0.0 if r in (0, size - 1) else 3.0 for r in range(size) if r != rank]),
-              1.5 ** (size - 1)]
+    others = [
+        np.prod([0.0 if r == 0 else 2.0 for r in range(size) if r != rank]),
+        np.prod([0.0 if r in (0, size - 1) else 3.0 for r in range(size) if r != rank]),
+        1.5 ** (size - 1),
+    ]
     np.testing.assert_allclose(x.grad.data, size * np.array(others), rtol=1e-15)
 
 
@@ -299,11 +314,12 @@ def test_data_parallel_gradient_average(comm):
     np.testing.assert_allclose(loss.data, comm.allreduce(local) / size)
     (loss / size).backward()
     # Each rank's replica of w reaches the loss through its own term only.
-    np.testing.assert_allclose(w.grad.data, 2 * (batch[0] @ w.data) * batch[0] / size,
-                               rtol=1e-14)
+    np.testing.assert_allclose(w.grad.data, 2 * (batch[0] @ w.data) * batch[0] / size, rtol=1e-14)
     # Summing the replicas' gradients gives the gradient of the loss in the shared w.
-    expected = sum(2 * (np.array([1.0 + r, 2.0]) @ w.data) * np.array([1.0 + r, 2.0])
-                   for r in range(size)) / size
+    expected = (
+        sum(2 * (np.array([1.0 + r, 2.0]) @ w.data) * np.array([1.0 + r, 2.0]) for r in range(size))
+        / size
+    )
     np.testing.assert_allclose(dist.all_reduce(w.grad).data, expected, rtol=1e-14)
 
 
@@ -328,32 +344,64 @@ def test_mismatched_backward_raises_on_every_rank(comm):
 # --- errors ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param("shape", marks=pytest.mark.min_ranks(2)),  # one rank cannot disagree
-    pytest.param("dtype", marks=pytest.mark.min_ranks(2)),
-    "op", "src", "list-length", "scatter-list", "type", "timeout",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param("shape", marks=pytest.mark.min_ranks(2)),  # one rank cannot disagree
+        pytest.param("dtype", marks=pytest.mark.min_ranks(2)),
+        "op",
+        "src",
+        "list-length",
+        "scatter-list",
+        "type",
+        "timeout",
+    ],
+)
 def test_bad_input_on_one_rank_raises_on_every_rank(comm, case):
     rank, size = comm.rank, comm.size
     bad = rank == size - 1
     x = np.zeros(3)
     call, error, words = {
-        "shape": (lambda: dist.all_reduce(np.zeros(2) if bad else x), dist.DistributedError,
-                  f"the shapes differ: rank{'s' if size > 2 else ''} "),
-        "dtype": (lambda: dist.all_gather(x.astype(np.float32) if bad else x),
-                  dist.DistributedError, "the dtypes differ"),
-        "op": (lambda: dist.all_reduce(x, "mean" if bad else "sum"), ValueError,
-               f"all_reduce: rank {size - 1}: op 'mean' is not a reduction"),
-        "src": (lambda: dist.broadcast(x, size if bad else 0), ValueError,
-                f"broadcast: rank {size - 1}: broadcast: src {size} is not a rank"),
-        "list-length": (lambda: dist.all_to_all([x] * (size + bad)), ValueError,
-                        f"all_to_all: rank {size - 1}: xs must be a list of world_size ({size})"),
-        "scatter-list": (lambda: dist.scatter([x], size - 1) if size > 1 else dist.scatter(x, 0),
-                         ValueError, f"scatter: rank {size - 1}: xs must be a list"),
-        "type": (lambda: dist.all_reduce([1.0] if bad else x), TypeError,
-                 f"all_reduce: rank {size - 1}: expected a Tensor or a numpy array, got list"),
-        "timeout": (lambda: dist.barrier(timeout=-1 if bad else None), ValueError,
-                    "barrier: timeout must be a positive number"),
+        "shape": (
+            lambda: dist.all_reduce(np.zeros(2) if bad else x),
+            dist.DistributedError,
+            f"the shapes differ: rank{'s' if size > 2 else ''} ",
+        ),
+        "dtype": (
+            lambda: dist.all_gather(x.astype(np.float32) if bad else x),
+            dist.DistributedError,
+            "the dtypes differ",
+        ),
+        "op": (
+            lambda: dist.all_reduce(x, "mean" if bad else "sum"),
+            ValueError,
+            f"all_reduce: rank {size - 1}: op 'mean' is not a reduction",
+        ),
+        "src": (
+            lambda: dist.broadcast(x, size if bad else 0),
+            ValueError,
+            f"broadcast: rank {size - 1}: broadcast: src {size} is not a rank",
+        ),
+        "list-length": (
+            lambda: dist.all_to_all([x] * (size + bad)),
+            ValueError,
+            f"all_to_all: rank {size - 1}: xs must be a list of world_size ({size})",
+        ),
+        "scatter-list": (
+            lambda: dist.scatter([x], size - 1) if size > 1 else dist.scatter(x, 0),
+            ValueError,
+            f"scatter: rank {size - 1}: xs must be a list",
+        ),
+        "type": (
+            lambda: dist.all_reduce([1.0] if bad else x),
+            TypeError,
+            f"all_reduce: rank {size - 1}: expected a Tensor or a numpy array, got list",
+        ),
+        "timeout": (
+            lambda: dist.barrier(timeout=-1 if bad else None),
+            ValueError,
+            "barrier: timeout must be a positive number",
+        ),
     }[case]
     with pytest.raises(error) as info:
         call()
@@ -375,8 +423,11 @@ def test_a_collective_that_times_out_leaves_the_communicator_out_of_step(comm):
     if rank == 0:
         with pytest.raises(dist.DistTimeoutError, match="barrier timed out after 0.5 s"):
             dist.barrier(timeout=0.5)
-        with pytest.raises(dist.DistributedError, match="out of step: call "
-                           r"mpigrad.distributed.destroy\(\) and init\(\)"):
+        with pytest.raises(
+            dist.DistributedError,
+            match="out of step: call "
+            r"mpigrad.distributed.destroy\(\) and init\(\)",
+        ):
             dist.all_reduce(np.zeros(1))
     comm.Barrier()  # rank 0 has given up: the others join the barrier it left behind
     if rank != 0:
@@ -387,8 +438,10 @@ def test_inside_a_context_collectives_on_tensors_that_require_grad_raise(comm):
     x = mg.tensor(np.ones(2), requires_grad=comm.rank == 0)
     with dist_autograd.context():
         np.testing.assert_array_equal(dist.all_reduce(x.detach()).data, np.full(2, comm.size))
-        with pytest.raises(NotImplementedError, match="all_reduce: rank .*not differentiable "
-                           "inside a dist_autograd context yet"):
+        with pytest.raises(
+            NotImplementedError,
+            match="all_reduce: rank .*not differentiable inside a dist_autograd context yet",
+        ):
             dist.all_reduce(x)
 
 
@@ -406,8 +459,7 @@ def test_proc_null_peers(comm):
         np.testing.assert_array_equal(zeros.data, np.zeros(3))
         assert not zeros.requires_grad
         dist_autograd.backward(context_id, [(x * x).sum()])
-        np.testing.assert_array_equal(dist_autograd.get_gradients(context_id)[x].data,
-                                      2 * x.data)
+        np.testing.assert_array_equal(dist_autograd.get_gradients(context_id)[x].data, 2 * x.data)
 
 
 def test_non_periodic_halo_exchange(comm):
@@ -424,8 +476,14 @@ def test_non_periodic_halo_exchange(comm):
 
     leaves = [mg.tensor(u, requires_grad=True) for u in us]
     zero = mg.tensor(np.zeros(1))
-    total = sum(local_loss(leaves[r], leaves[r - 1][-1:] if r > 0 else zero,
-                           leaves[r + 1][:1] if r < size - 1 else zero) for r in range(size))
+    total = sum(
+        local_loss(
+            leaves[r],
+            leaves[r - 1][-1:] if r > 0 else zero,
+            leaves[r + 1][:1] if r < size - 1 else zero,
+        )
+        for r in range(size)
+    )
     expected = mg.autograd.grad(total, leaves)[rank].data
     u = mg.tensor(us[rank], requires_grad=True)
     with dist_autograd.context() as context_id:

@@ -492,7 +492,7 @@ def test_retain_graph_lets_backward_run_again_and_gradients_accumulate(comm):
     def objective(*x):
         return sum((mg.exp(x[(r - 1) % size] * 0.5) * x[r]).sum() for r in range(size))
 
-    (expected,) = _reference(objective, xs)[rank:rank + 1]
+    (expected,) = _reference(objective, xs)[rank : rank + 1]
     x = _leaf(xs[rank])
     with dist_autograd.context() as context_id:
         y = _pass_around(mg.exp(x * 0.5), dest, source)
@@ -557,8 +557,8 @@ def test_isend_irecv_waited_in_any_order(comm):
     def objective(*leaves):
         total = None
         for r in range(size):
-            theirs = leaves[3 * ((r - 1) % size):3 * ((r - 1) % size) + 3]
-            mine = leaves[3 * r:3 * r + 3]
+            theirs = leaves[3 * ((r - 1) % size) : 3 * ((r - 1) % size) + 3]
+            mine = leaves[3 * r : 3 * r + 3]
             term = sum((mg.sin(t) * m).sum() for t, m in zip(theirs, mine))
             total = term if total is None else total + term
         return total
@@ -604,8 +604,10 @@ def test_tensors_without_grad_travel_in_a_context_too(comm):
 
     def objective(*x):
         return sum(
-            (mg.index_select(mg.sin(x[(r - 1) % size]), 0, indices[(r - 1) % size])
-             * scales[(r - 1) % size]).sum()
+            (
+                mg.index_select(mg.sin(x[(r - 1) % size]), 0, indices[(r - 1) % size])
+                * scales[(r - 1) % size]
+            ).sum()
             for r in range(size)
         )
 

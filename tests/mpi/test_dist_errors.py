@@ -137,8 +137,11 @@ def test_receiving_in_a_context_a_tensor_sent_outside_names_both(comm):
             elapsed = time.monotonic() - start
     if rank == 0:
         message = str(info.value)
-        assert re.search(rf"received a tensor from rank 1 \(tag 0\) sent outside any context, "
-                         rf"but this rank is in context {context_id}\b", message), message
+        assert re.search(
+            rf"received a tensor from rank 1 \(tag 0\) sent outside any context, "
+            rf"but this rank is in context {context_id}\b",
+            message,
+        ), message
         assert elapsed < PROMPT, f"recv raised after {elapsed:.1f} s"
     _assert_a_normal_pass_works(comm)
 
@@ -161,8 +164,11 @@ def test_a_rank_in_another_context_than_backward_fails_every_rank(comm):
                 dist_autograd.backward(context_id, [(x * x).sum()])
     elapsed = time.monotonic() - start
     message = str(info.value)
-    assert re.search(rf"rank 1 left context {context_id} after 0 backward pass\(es\), without "
-                     "calling this one", message), message
+    assert re.search(
+        rf"rank 1 left context {context_id} after 0 backward pass\(es\), without "
+        "calling this one",
+        message,
+    ), message
     if rank != 1:
         assert isinstance(info.value, dist_autograd.DistBackwardError), repr(info.value)
     assert elapsed < PROMPT, f"raised after {elapsed:.1f} s"
@@ -188,9 +194,11 @@ def test_a_rank_waiting_in_another_context_is_found_by_asking(comm):
     elapsed = time.monotonic() - start
     message = str(info.value)
     assert "so it will never come" in message, message
-    assert re.search(r"rank 0 waits in recv for this rank, which is in leaving the context|"
-                     r"rank 1 is in leaving the context \(context \d+\) and sends nothing",
-                     message), message
+    assert re.search(
+        r"rank 0 waits in recv for this rank, which is in leaving the context|"
+        r"rank 1 is in leaving the context \(context \d+\) and sends nothing",
+        message,
+    ), message
     assert elapsed < PROMPT, f"raised after {elapsed:.1f} s"
     _step_again(comm)
     _assert_a_normal_pass_works(comm)
@@ -229,10 +237,14 @@ BAD_ROOTS = {  # what rank k passes as its roots, and the words of its error
     "not-a-scalar": (lambda root, y, x: [y * x], "roots[0] has shape (3,); roots must be scalars"),
     "no-grad": (lambda root, y, x: [mg.tensor(1.0)], "roots[0] does not require grad"),
     "a-number": (lambda root, y, x: [1.0], "roots[0] is a float, not a Tensor"),
-    "a-generator": (lambda root, y, x: (r for r in [root]),
-                    "roots must be a Tensor or a list or tuple of Tensors, got generator"),
-    "a-set": (lambda root, y, x: {root}, "roots must be a Tensor or a list or tuple of Tensors, "
-              "got set"),
+    "a-generator": (
+        lambda root, y, x: (r for r in [root]),
+        "roots must be a Tensor or a list or tuple of Tensors, got generator",
+    ),
+    "a-set": (
+        lambda root, y, x: {root},
+        "roots must be a Tensor or a list or tuple of Tensors, got set",
+    ),
 }
 
 
@@ -318,11 +330,16 @@ def test_a_timeout_on_one_rank_ends_every_rank(comm):
             assert timeout <= elapsed < timeout + 3, f"raised after {elapsed:.2f} s: {message}"
         assert re.search(r"failed on rank\(s\) \[0\]", message), message
     # Every rank's message carries rank 0's: what it waited for, and who had not come.
-    assert re.search(rf"rank 0: dist_autograd.backward in context {context_id} timed out after "
-                     rf"{timeout:g} s still waiting for: message id 0 from rank 1;",
-                     message), message
-    assert re.search(r"ranks not waiting in mpigrad \(they have not entered this backward, or "
-                     r"are computing their part of it\): \[1\]", message), message
+    assert re.search(
+        rf"rank 0: dist_autograd.backward in context {context_id} timed out after "
+        rf"{timeout:g} s still waiting for: message id 0 from rank 1;",
+        message,
+    ), message
+    assert re.search(
+        r"ranks not waiting in mpigrad \(they have not entered this backward, or "
+        r"are computing their part of it\): \[1\]",
+        message,
+    ), message
     _assert_a_normal_pass_works(comm)
 
 
@@ -358,11 +375,14 @@ def test_a_tensor_never_received_is_reported_when_its_context_is_left(comm):
             if rank == 1:
                 dist.isend(np.arange(3.0), 0, tag=7).wait()
     message = str(info.value)
-    assert (f"rank {rank}: leaving context {context_id}: tensors sent in it were never received "
-            "(rank 0 received 0 of the 1 sent to it)") in message, message
+    assert (
+        f"rank {rank}: leaving context {context_id}: tensors sent in it were never received "
+        "(rank 0 received 0 of the 1 sent to it)"
+    ) in message, message
     if rank == 0:
-        assert ("rank 1 sent rank 0 a tensor of shape (3,) and dtype float64 with tag 7, never "
-                "received") in message, message
+        assert (
+            "rank 1 sent rank 0 a tensor of shape (3,) and dtype float64 with tag 7, never received"
+        ) in message, message
     _assert_a_normal_pass_works(comm)
 
 
@@ -373,8 +393,10 @@ def test_a_receive_never_waited_for_is_reported_and_cancelled_when_its_context_i
         with dist_autograd.context() as context_id:
             request = dist.irecv(source, tag=4)  # nothing is sent with tag 4 in the context
     message = str(info.value)
-    assert (f"leaving context {context_id}: {size} receive(s) posted in it were not waited for "
-            "in it, and were cancelled") in message, message
+    assert (
+        f"leaving context {context_id}: {size} receive(s) posted in it were not waited for "
+        "in it, and were cancelled"
+    ) in message, message
     assert f"rank {rank}: a receive from rank {source} with tag 4" in message, message
     with pytest.raises(RuntimeError, match="was cancelled: its context was left"):
         request.wait()
@@ -411,8 +433,11 @@ def test_a_rank_that_leaves_by_an_exception_fails_the_others(comm):
     message = str(info.value)
     assert "the forward failed on purpose" in message, message
     if rank != 1:
-        assert re.search(r"failed on rank\(s\) \[1\]:\nrank 1: left context \d+ by an exception: "
-                         "ValueError", message), message
+        assert re.search(
+            r"failed on rank\(s\) \[1\]:\nrank 1: left context \d+ by an exception: "
+            "ValueError",
+            message,
+        ), message
     assert elapsed < PROMPT, f"raised after {elapsed:.1f} s"
     _assert_a_normal_pass_works(comm)
 
@@ -433,10 +458,13 @@ def test_a_rank_that_skips_backward_fails_the_others(comm):
     message = str(info.value)
     # Whichever rank sees it first tells the others: by rank 0's leaving agreement, or by asking
     # what the others do (rank 0 may already be on in the next context when asked).
-    assert re.search(rf"rank 0 (left|is leaving) context {context_id} after 0 backward "
-                     r"pass\(es\), without|rank \d+ runs backward pass 1 of context "
-                     rf"{context_id}, which this rank is leaving after 0|rank 0 waits in "
-                     rf"\S+ in context {context_id + 1}", message), message
+    assert re.search(
+        rf"rank 0 (left|is leaving) context {context_id} after 0 backward "
+        r"pass\(es\), without|rank \d+ runs backward pass 1 of context "
+        rf"{context_id}, which this rank is leaving after 0|rank 0 waits in "
+        rf"\S+ in context {context_id + 1}",
+        message,
+    ), message
     assert elapsed < PROMPT, f"raised after {elapsed:.1f} s"
     _assert_a_normal_pass_works(comm)
 
@@ -470,14 +498,20 @@ def test_a_backward_through_a_received_tensor_outside_its_pass_says_what_to_do(c
             with pytest.raises(dist_autograd.DistBackwardError) as info:
                 dist_autograd.backward(next_id, [loss])
     message = str(info.value)
-    assert (f"this graph crosses ranks: it holds a tensor received from rank {source} in "
-            f"context {context_id}, ") in message, message
+    assert (
+        f"this graph crosses ranks: it holds a tensor received from rank {source} in "
+        f"context {context_id}, "
+    ) in message, message
     if when == "in-the-context":
-        assert (f"and no dist_autograd.backward of it is running: call dist_autograd.backward("
-                f"{context_id}, roots) on every rank instead of a local backward") in message
+        assert (
+            f"and no dist_autograd.backward of it is running: call dist_autograd.backward("
+            f"{context_id}, roots) on every rank instead of a local backward"
+        ) in message
     else:
-        assert ("which has been left: gradients cross ranks only in the dist_autograd.backward "
-                "of the context the tensor was received in") in message, message
+        assert (
+            "which has been left: gradients cross ranks only in the dist_autograd.backward "
+            "of the context the tensor was received in"
+        ) in message, message
 
 
 def _refusal(node):
@@ -499,8 +533,10 @@ def test_a_recv_function_holds_its_context_weakly_and_runs_only_in_its_pass(comm
     gc.collect()
     assert context() is None, "the received tensor's recv function kept its context alive"
     after = _refusal(node)
-    start = (f"rank {rank}: this graph crosses ranks: it holds a tensor received from rank "
-             f"{source} in context {context_id}, ")
+    start = (
+        f"rank {rank}: this graph crosses ranks: it holds a tensor received from rank "
+        f"{source} in context {context_id}, "
+    )
     assert inside.startswith(start + "and no dist_autograd.backward of it is running"), inside
     assert after.startswith(start + "which has been left"), after
 
@@ -554,7 +590,8 @@ def test_a_rank_whose_pass_completed_learns_when_leaving_that_another_gave_up(co
         assert "timed out after 0.5 s" in message, message
     else:  # each times out, or learns first that another has
         with dist_autograd.context() as context_id:
-            with pytest.raises((dist_autograd.BackwardTimeoutError,
-                                dist_autograd.DistBackwardError)):
+            with pytest.raises(
+                (dist_autograd.BackwardTimeoutError, dist_autograd.DistBackwardError)
+            ):
                 dist_autograd.backward(context_id, [(x * 1.0).sum()], timeout=0.5)
     _assert_a_normal_pass_works(comm)

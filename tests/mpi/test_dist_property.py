@@ -54,10 +54,13 @@ def dags(draw, size):
         ops.append((name, inputs, draw(rank)))
         scalar.append(name == "sum" or all(scalar[i] for i in inputs))
     n = len(scalar)
-    roots = draw(st.lists(
-        st.tuples(st.integers(0, n - 1), st.sampled_from([1.0, -0.5, 2.0]), rank),
-        min_size=1, max_size=3,
-    ))
+    roots = draw(
+        st.lists(
+            st.tuples(st.integers(0, n - 1), st.sampled_from([1.0, -0.5, 2.0]), rank),
+            min_size=1,
+            max_size=3,
+        )
+    )
     return draw(st.integers(0, 2**32 - 1)), leaves, ops, roots, draw(st.booleans())
 
 

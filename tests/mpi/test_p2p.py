@@ -219,14 +219,19 @@ def test_any_integer_type_names_a_rank_and_a_tag(comm, kind):
     ],
     ids=["isend", "irecv", "recv", "sendrecv-sendtag", "sendrecv-recvtag"],
 )
-@pytest.mark.parametrize("tag", [-1, MPI.ANY_TAG, 2**62, True, 1.0, "1"],
-                         ids=["minus-1", "any-tag", "2**62", "bool", "float", "str"])
+@pytest.mark.parametrize(
+    "tag",
+    [-1, MPI.ANY_TAG, 2**62, True, 1.0, "1"],
+    ids=["minus-1", "any-tag", "2**62", "bool", "float", "str"],
+)
 def test_a_bad_tag_raises_the_same_way_everywhere(comm, call, tag):
     upper = comm.Get_attr(MPI.TAG_UB)
     with pytest.raises(ValueError) as info:
         call(tag)
-    assert (f"{tag!r} is not a valid tag: tags are integers from 0 to {upper} (MPI's TAG_UB; "
-            f"this is rank {comm.rank})") in str(info.value), str(info.value)
+    assert (
+        f"{tag!r} is not a valid tag: tags are integers from 0 to {upper} (MPI's TAG_UB; "
+        f"this is rank {comm.rank})"
+    ) in str(info.value), str(info.value)
 
 
 # --- a call that raises leaves nothing behind ----------------------------------------------------
@@ -242,8 +247,14 @@ def test_a_bad_tag_raises_the_same_way_everywhere(comm, call, tag):
         lambda x, dest, source: dist.sendrecv(x, dest, comm_size_plus_one(), sendtag=3),
         lambda x, dest, source: dist.sendrecv(x.astype(np.float16), dest, source, sendtag=3),
     ],
-    ids=["send-float16", "isend-9-dims", "isend-negative-tag", "sendrecv-negative-tag",
-         "sendrecv-bad-source", "sendrecv-float16"],
+    ids=[
+        "send-float16",
+        "isend-9-dims",
+        "isend-negative-tag",
+        "sendrecv-negative-tag",
+        "sendrecv-bad-source",
+        "sendrecv-float16",
+    ],
 )
 def test_a_send_that_raises_records_and_posts_nothing(comm, bad):
     # Inside a context: the failed call must leave no send function (backward would wait for
@@ -276,9 +287,11 @@ def test_a_tensor_with_tangents_is_refused_before_it_is_sent(comm, call):
     with fwAD.dual_level():
         dual = fwAD.make_dual(x, mg.ones(2))
         with pytest.raises(RuntimeError) as info:
-            {"send": lambda: dist.send(dual * 2.0, dest),
-             "isend": lambda: dist.isend(dual * 2.0, dest),
-             "sendrecv": lambda: dist.sendrecv(dual * 2.0, dest, source)}[call]()
+            {
+                "send": lambda: dist.send(dual * 2.0, dest),
+                "isend": lambda: dist.isend(dual * 2.0, dest),
+                "sendrecv": lambda: dist.sendrecv(dual * 2.0, dest, source),
+            }[call]()
     assert (f"{call}: rank {rank}: the tensor carries forward-mode tangents") in str(info.value)
     # Nothing went out: the next exchange gets the next tensor.
     out = dist.sendrecv(np.full(2, float(rank)), dest, source, sendtag=9)
@@ -296,8 +309,10 @@ def test_a_malformed_message_is_refused_naming_both_ranks(comm):
     sending = transport.post_words(comms, comms.data_free, words.tobytes(), dest, 3)
     with pytest.raises(ValueError) as info:
         dist.recv(source, tag=3)
-    assert (f"recv: rank {rank} received a malformed message from rank {source}: message format "
-            "version 99 from the peer") in str(info.value), str(info.value)
+    assert (
+        f"recv: rank {rank} received a malformed message from rank {source}: message format "
+        "version 99 from the peer"
+    ) in str(info.value), str(info.value)
     sending.wait()
     request = dist.isend(np.full(3, float(rank)), dest, tag=3)
     _check(dist.recv(source, tag=3), np.full(3, float(source)))
@@ -323,8 +338,10 @@ def test_a_receive_that_times_out_is_cancelled(comm, call):
             dist.sendrecv(np.zeros(1), dest, source, sendtag=8, recvtag=7, timeout=0.3)
     elapsed = time.monotonic() - start
     assert 0.3 <= elapsed < 5, elapsed
-    assert (f"rank {rank}: {call.split('-')[0]} timed out after 0.3 s still waiting for: a tensor "
-            f"from rank {source} with tag 7 (outside any context)") in str(info.value)
+    assert (
+        f"rank {rank}: {call.split('-')[0]} timed out after 0.3 s still waiting for: a tensor "
+        f"from rank {source} with tag 7 (outside any context)"
+    ) in str(info.value)
     comm.Barrier()
     if call == "sendrecv":
         _check(dist.recv(source, tag=8), np.zeros(1))  # the send went out as usual
@@ -354,6 +371,9 @@ def test_a_send_that_waits_too_long_raises_and_can_be_waited_again(comm):
 
 @pytest.mark.parametrize("timeout", [0, -1, "soon", float("nan")])
 def test_a_timeout_that_is_not_a_positive_number_raises(comm, timeout):
-    with pytest.raises(ValueError, match=r"recv: timeout must be a positive number of seconds, "
-                                         rf"got {re.escape(repr(timeout))}"):
+    with pytest.raises(
+        ValueError,
+        match=r"recv: timeout must be a positive number of seconds, "
+        rf"got {re.escape(repr(timeout))}",
+    ):
         dist.recv(comm.rank, timeout=timeout)

@@ -15,7 +15,20 @@ from .send import SendRequest, isend, send
 from .sendrecv import sendrecv
 
 __all__ = [
-    "send", "isend", "recv", "irecv", "sendrecv", "SendRequest", "RecvRequest",
-    "all_reduce", "broadcast", "reduce", "all_gather", "gather", "scatter", "reduce_scatter",
-    "all_to_all", "barrier",
+    "send",
+    "isend",
+    "recv",
+    "irecv",
+    "sendrecv",
+    "SendRequest",
+    "RecvRequest",
+    "all_reduce",
+    "broadcast",
+    "reduce",
+    "all_gather",
+    "gather",
+    "scatter",
+    "reduce_scatter",
+    "all_to_all",
+    "barrier",
 ]

@@ -48,9 +48,7 @@ class Gather(Function):
         return None if pieces is None else tuple(pieces)
 
 
-def gather(
-    x: Tensor | np.ndarray, dst: int, timeout: float | None = None
-) -> list[Tensor] | None:
+def gather(x: Tensor | np.ndarray, dst: int, timeout: float | None = None) -> list[Tensor] | None:
     """Every rank's ``x`` on rank ``dst``: a list of ``world_size`` Tensors, rank ``j``'s at
     index ``j`` (shapes may differ); None on the other ranks.  ``DistTimeoutError`` after
     ``timeout`` seconds (default ``MPIGRAD_TIMEOUT``)."""

@@ -112,12 +112,20 @@ class RecvRequest:
         later receive."""
         if self._tensor is None:
             if self._void is not None:
-                raise RuntimeError(f"{self._op}: rank {self._comms.rank}: this receive from rank "
-                                   f"{self.source} (tag {self.tag}) {self._void}")
+                raise RuntimeError(
+                    f"{self._op}: rank {self._comms.rank}: this receive from rank "
+                    f"{self.source} (tag {self.tag}) {self._void}"
+                )
             try:
-                waiting.wait_for(self._arrived, self._op, timeout, self._describe,
-                                 context=self._context and self._context(),
-                                 peers=[self.source], check=self._look_elsewhere)
+                waiting.wait_for(
+                    self._arrived,
+                    self._op,
+                    timeout,
+                    self._describe,
+                    context=self._context and self._context(),
+                    peers=[self.source],
+                    check=self._look_elsewhere,
+                )
             except BaseException:
                 if self.cancel("was cancelled after an error while it waited"):
                     raise
@@ -147,8 +155,10 @@ class RecvRequest:
             context.receiving.discard(self)
 
     def _describe(self):
-        return (f"a tensor from rank {self.source} with tag {self.tag} "
-                f"({_context_name(self._context_id)})")
+        return (
+            f"a tensor from rank {self.source} with tag {self.tag} "
+            f"({_context_name(self._context_id)})"
+        )
 
     def _arrived(self):
         """Whether the header has come; one left by a failed context is dropped and the receive

@@ -42,9 +42,7 @@ class Scatter(Function):
         return _scatter(ts, ctx.inputs[0].root)
 
 
-def scatter(
-    xs: list[Tensor | np.ndarray] | None, src: int, timeout: float | None = None
-) -> Tensor:
+def scatter(xs: list[Tensor | np.ndarray] | None, src: int, timeout: float | None = None) -> Tensor:
     """This rank's piece of rank ``src``'s ``xs`` (a list of ``world_size`` tensors, shapes may
     differ; ignored on the other ranks, which may pass None): ``xs[j]`` goes to rank ``j``.
     ``DistTimeoutError`` after ``timeout`` seconds (default ``MPIGRAD_TIMEOUT``)."""

@@ -70,7 +70,8 @@ class Outgoing:
             array = np.asarray(tensor)
         else:
             raise TypeError(
-                f"{op}: expected a Tensor or a numpy array, got {type(tensor).__name__}")
+                f"{op}: expected a Tensor or a numpy array, got {type(tensor).__name__}"
+            )
         messages.check_sendable(array)
         if isinstance(tensor, Tensor) and tensor._fw:
             raise RuntimeError(
@@ -95,7 +96,8 @@ class Outgoing:
             if tracked:
                 message_id = context.next_message_id()
                 context.send_functions[message_id] = SendBackward(
-                    tensor, self.dest, context.context_id, message_id)
+                    tensor, self.dest, context.context_id, message_id
+                )
                 header.update(message_id=message_id, requires_grad=True)
             context.sent_to[self.dest] += 1
         elif tracked:
@@ -119,7 +121,8 @@ def _warn_no_context(op):
             "context, so no gradient will flow back across this message. Send it inside "
             "`with dist_autograd.context() as context_id:` to record it (this warning is shown "
             "once per process)",
-            NoContextWarning, stacklevel=4,
+            NoContextWarning,
+            stacklevel=4,
         )
 
 

@@ -151,11 +151,16 @@ def test_user_messages_on_the_same_communicator_do_not_mix(comm):
     mine.wait()
 
 
+# A negative rank that is none of MPI's named ones (PROC_NULL is -1 under MPICH, -2 under Open
+# MPI; ANY_SOURCE and ROOT are negative too).
+_NEGATIVE_RANK = min(MPI.PROC_NULL, MPI.ANY_SOURCE, MPI.ROOT) - 1
+
+
 @pytest.mark.parametrize(
     "call",
     [
         lambda size: dist.send(np.zeros(2), size),
-        lambda size: dist.isend(np.zeros(2), -2),  # -1 is PROC_NULL under MPICH
+        lambda size: dist.isend(np.zeros(2), _NEGATIVE_RANK),
         lambda size: dist.recv(size + 3),
         lambda size: dist.irecv(MPI.ANY_SOURCE),
         lambda size: dist.sendrecv(np.zeros(2), size, 0),

@@ -3,7 +3,8 @@
 ``check_grads(fn, args)`` compares, in float64, fn's reverse mode (vector-Jacobian products) and
 forward mode (Jacobian-vector products) with central differences along random directions; with
 ``order=2`` or 3 it also checks the derivatives of the derivatives (through ``create_graph=True``
-and nested dual levels).  It raises ``AssertionError`` naming the mode, order and input.
+and nested dual levels).  It raises ``AssertionError`` naming the mode and the order of the
+derivative that disagrees (order 2: the derivative of the vjp, and so on).
 """
 
 import numpy as np
@@ -30,6 +31,12 @@ def numerical_jvp(fn, args, directions, eps=1e-6):
 def check_grads(fn, args, modes=("rev", "fwd"), order=1, eps=1e-6, rtol=1e-5, atol=1e-6, seed=0):
     """Assert that fn's derivatives w.r.t. its floating-point Tensor ``args`` match finite
     differences.  ``fn`` takes the args and returns a Tensor; other args are passed unchanged."""
+    _check(fn, args, modes, order, eps, rtol, atol, seed, 1)
+
+
+def _check(fn, args, modes, order, eps, rtol, atol, seed, depth):
+    """check_grads of the derivatives of order ``depth`` (fn is then a vjp of order depth - 1)
+    up to those of order ``depth + order - 1``."""
     rng = np.random.default_rng(seed)
     args = list(args)
     free = [isinstance(a, Tensor) and a.dtype.kind == "f" for a in args]
@@ -43,9 +50,9 @@ def check_grads(fn, args, modes=("rev", "fwd"), order=1, eps=1e-6, rtol=1e-5, at
     expected = numerical_jvp(fn, primals, directions, eps)
     out = fn(*primals)
     if "rev" in modes:
-        _check_rev(fn, primals, free, directions, expected, out, rng, rtol, atol)
+        _check_rev(fn, primals, free, directions, expected, out, rng, rtol, atol, depth)
     if "fwd" in modes:
-        _check_fwd(fn, primals, free, directions, expected, rtol, atol)
+        _check_fwd(fn, primals, free, directions, expected, rtol, atol, depth)
     if order > 1:
         cotangent = Tensor(rng.standard_normal(out.shape))
 
@@ -64,7 +71,7 @@ def check_grads(fn, args, modes=("rev", "fwd"), order=1, eps=1e-6, rtol=1e-5, at
                     total = term if total is None else total + term
             return total if total is not None else Tensor(np.zeros(()))
 
-        check_grads(vjp, args, modes, order - 1, eps, rtol, atol, seed + 1)
+        _check(vjp, args, modes, order - 1, eps, rtol, atol, seed + 1, depth + 1)
 
 
 def rng_weights(inputs, seed):
@@ -78,7 +85,7 @@ def _vjp(result, inputs, cotangent, create_graph=False):
     return grad(result, inputs, cotangent, create_graph=create_graph, allow_unused=True)
 
 
-def _check_rev(fn, primals, free, directions, expected, out, rng, rtol, atol):
+def _check_rev(fn, primals, free, directions, expected, out, rng, rtol, atol, depth):
     cotangent = rng.standard_normal(out.shape)
     inputs = [a for a, f in zip(primals, free) if f]
     grads = _vjp(fn(*primals), inputs, Tensor(cotangent))
@@ -90,11 +97,12 @@ def _check_rev(fn, primals, free, directions, expected, out, rng, rtol, atol):
     want = float(np.sum(cotangent * expected))
     if not np.isclose(got, want, rtol=rtol, atol=atol * max(1.0, np.abs(cotangent).sum())):
         raise AssertionError(
-            f"reverse mode: <vjp, u> = {got!r} but finite differences give {want!r}"
+            f"reverse mode, derivative of order {depth}: <vjp, u> = {got!r} but finite "
+            f"differences give {want!r}"
         )
 
 
-def _check_fwd(fn, primals, free, directions, expected, rtol, atol):
+def _check_fwd(fn, primals, free, directions, expected, rtol, atol, depth):
     with forward_ad.dual_level():
         duals = [
             forward_ad.make_dual(a, Tensor(d)) if f else a
@@ -104,5 +112,6 @@ def _check_fwd(fn, primals, free, directions, expected, rtol, atol):
     got = np.zeros_like(expected) if tangent is None else np.asarray(tangent.data)
     if got.shape != expected.shape or not np.allclose(got, expected, rtol=rtol, atol=atol):
         raise AssertionError(
-            f"forward mode: jvp = {got!r} but finite differences give {expected!r}"
+            f"forward mode, derivative of order {depth}: jvp = {got!r} but finite differences "
+            f"give {expected!r}"
         )

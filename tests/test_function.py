@@ -122,6 +122,26 @@ def test_check_grads_catches_wrong_rules():
     check_grads(WrongJvp.apply, [x], modes=("rev",))
 
 
+def test_check_grads_names_the_order_that_disagrees():
+    class NumpyBackward(mg.Function):
+        """A right first derivative, computed in numpy: not differentiable again."""
+
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.data**3
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return mg.tensor(3.0 * x.data**2) * g
+
+    x = mg.tensor([0.3, -0.7])
+    check_grads(NumpyBackward.apply, [x], modes=("rev",))
+    with pytest.raises(AssertionError, match="reverse mode, derivative of order 2: "):
+        check_grads(NumpyBackward.apply, [x], modes=("rev",), order=2)
+
+
 def test_save_for_backward_and_saved_tensors():
     seen = {}
 

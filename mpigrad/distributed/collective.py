@@ -5,7 +5,9 @@ An op describes its call in a ``Call``: its argument checks run under ``call.che
 collectives]), and the op's Function then moves arrays with the functions below (``all_reduce``,
 ``broadcast``, ...).  Each is a non-blocking MPI collective on ``comms.collective``, waited for
 through a ``Waiter`` (waiting.py): nothing waits forever, a stall says what it waits for, and a
-failure notice of the open context ends the wait.
+failure notice of the open context ends the wait.  Inside a context, a recorded call's node is
+recorded in the context, and a call made during its distributed backward keeps that pass going
+while it waits (see Note [collectives in a context] in engine.py).
 """
 
 # Note [agreed collectives]
@@ -50,6 +52,7 @@ from .errors import DistributedError
 __all__ = [
     "Call",
     "tangents",
+    "check_rooted_adjoint",
     "SAME",
     "RAGGED",
     "ROOTED",
@@ -128,6 +131,10 @@ class Call:
         self.comms = _comm.get()
         self.kind, self.timeout, self.adjoint_of = kind, timeout, adjoint_of
         self.started = time.monotonic()
+        context = _context.current()
+        self.running = context and context.running  # the distributed backward it is part of
+        if self.running is not None and timeout is None:  # the pass's timeout bounds its waits
+            self.timeout, self.started = self.running.timeout, self.running.started
         self.op = self.root = self.problem = self.anchor = None
         self.tensors, self.listed = (), False
 
@@ -213,12 +220,6 @@ class Call:
             record = record or row[RECORD]
             tangents |= row[TANGENTS]
         self.record = bool(record)
-        if self.record and _context.current() is not None:
-            raise NotImplementedError(
-                f"{self.kind}: rank {comms.rank}: collectives on tensors that require grad are "
-                "not differentiable inside a dist_autograd context yet; call it outside the "
-                "context (loss.backward() differentiates through it), or under mpigrad.no_grad()"
-            )
         missing = tangents & ~words[TANGENTS]
         fill = self.record and _State.grad_enabled and not words[RECORD]
         if fill or missing:
@@ -259,6 +260,18 @@ class Call:
         record = _State.grad_enabled and any(t._requires_grad for t in tensors)
         words += [self.problem is not None, record, tangents]
         return words
+
+    def apply(self, function, *xs):
+        """``function.apply(self, anchor, *xs)``, the op's Function on this agreed call; inside
+        a context, a recorded call's node is recorded in the context too (see Note [collectives
+        in a context] in engine.py)."""
+        out = function.apply(self, self.anchor, *xs)
+        context = _context.current()
+        if context is not None and self.record and _State.grad_enabled:
+            first = out[0] if isinstance(out, tuple) else out
+            if first.grad_fn is not None:
+                context.collectives.append((first.grad_fn, first.shape, first.dtype))
+        return out
 
     def describe(self):
         """This call, as the error of a mismatch shows it."""
@@ -324,9 +337,10 @@ class Call:
         if request.Test():
             return
         comms = self.comms
+        test = request.Test if self.running is None else self.running.progressing(request.Test)
         try:
             waiting.wait_for(
-                request.Test,
+                test,
                 self.kind,
                 self.timeout,
                 lambda: f"{what} ({self.kind}, collective call {self.seq})",
@@ -346,6 +360,22 @@ class Call:
         """The shape rank ``rank`` passed (rules SAME and RAGGED)."""
         row = self.rows[rank]
         return tuple(row[SHAPE : SHAPE + row[NDIM]])
+
+
+def check_rooted_adjoint(call, adjoint, instead):
+    """Raise unless a distributed backward of the open context runs: the only backward that
+    reaches on every rank the adjoint (``adjoint``, from the root) of ``call``, a collective
+    whose result only its root has (reduce, gather)."""
+    context = _context.current()
+    if context is None or context.running is None:
+        op = call.kind
+        raise RuntimeError(
+            f"{op}: rank {call.comms.rank}: the gradient of {op}'s result (collective call "
+            f"{call.seq}) cannot flow back outside a dist_autograd context's backward: the other "
+            f"ranks got None, so their backward never reaches its adjoint ({adjoint} from rank "
+            f"{call.root}). Use {instead}, which is differentiable everywhere, or differentiate "
+            f"{op} inside a dist_autograd context"
+        )
 
 
 def tangents(inputs, ts):

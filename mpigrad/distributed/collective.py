@@ -16,7 +16,8 @@ while it waits (see Note [collectives in a context] in engine.py).
 # rank's count of collective calls so far, the kind of call, the call it is the adjoint of (-1:
 # none), the op, the root, the number of open dual levels, the dtype, the shape (for a list of
 # tensors: their count and a digest of their shapes), whether this rank found its arguments
-# invalid, whether it records a graph, and the dual levels at which its inputs carry tangents.
+# invalid, whether it records a graph (0: gradients are disabled, 1: none of its inputs requires
+# grad, 2: it records), and the dual levels at which its inputs carry tangents.
 # Only then does the collective itself start, so ranks never meet in MPI collectives of
 # different kinds or sizes (an erroneous program, on which MPI may hang or crash).  The words a
 # kind needs agreed (its rule: SAME, RAGGED, ROOTED, NONE) must be equal on every rank; if not, or
@@ -27,6 +28,8 @@ while it waits (see Note [collectives in a context] in engine.py).
 # data.  Every rank records a graph when any does, and carries a tangent at every level where any
 # does (a rank without one gets an ``anchor``: a 0-d leaf that requires grad or carries zero
 # tangents in its inputs' place), so that the adjoint and tangent collectives run on every rank.
+# Inside a dist_autograd context a rank with gradients disabled could not record it, and its
+# backward would never join the others' adjoint: every rank raises instead.
 #
 # A collective that does not complete (a timeout, a rank that ended) can be neither cancelled nor
 # freed (MPI forbids both for non-blocking collectives): it is kept in ``comms.abandoned``, and
@@ -217,11 +220,13 @@ class Call:
         for row in rows:
             if row[PROBLEM] or row[:rule] != agreed:
                 self._fail(rows, rule)
-            record = record or row[RECORD]
+            record = record or row[RECORD] == 2
             tangents |= row[TANGENTS]
-        self.record = bool(record)
+        self.record = record
+        if record and _context.current() is not None:
+            self._check_recording(rows)
         missing = tangents & ~words[TANGENTS]
-        fill = self.record and _State.grad_enabled and not words[RECORD]
+        fill = record and words[RECORD] == 1
         if fill or missing:
             self.anchor = Tensor(np.zeros(()), requires_grad=fill)
             for i, level in enumerate(levels):
@@ -257,9 +262,23 @@ class Call:
             for level in t._fw or ():
                 if level in levels:
                     tangents |= 1 << levels.index(level)
-        record = _State.grad_enabled and any(t._requires_grad for t in tensors)
+        record = (1 + any(t._requires_grad for t in tensors)) if _State.grad_enabled else 0
         words += [self.problem is not None, record, tangents]
         return words
+
+    def _check_recording(self, rows):
+        """Inside a context, raise on every rank if a rank cannot record this call that others
+        record (see Note [agreed collectives])."""
+        disabled = [r for r, row in enumerate(rows) if row[RECORD] == 0]
+        if disabled:
+            context_id = _context.current().context_id
+            raise RuntimeError(
+                f"{self.kind}: rank(s) {disabled} called it with gradients disabled, while "
+                f"other ranks record it (collective call {self.seq}, in dist_autograd context "
+                f"{context_id}): inside a context every rank records a collective that any rank "
+                "records, or its backward would wait for them forever; disable gradients on "
+                f"every rank or on none (raised on every rank; this is rank {self.comms.rank})"
+            )
 
     def apply(self, function, *xs):
         """``function.apply(self, anchor, *xs)``, the op's Function on this agreed call; inside

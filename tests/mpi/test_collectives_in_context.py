@@ -230,6 +230,23 @@ def test_an_error_inside_an_adjoint_collective_on_one_rank_ends_every_rank(comm,
             dist_autograd.backward(context_id, [(y * y).sum()], timeout=30)
 
 
+@pytest.mark.min_ranks(2)
+def test_a_rank_with_gradients_disabled_inside_a_context_raises_on_every_rank(comm):
+    x = mg.tensor(np.ones(2), requires_grad=True)
+    with dist_autograd.context():
+        np.testing.assert_array_equal(dist.all_reduce(x.detach()).data, np.full(2, comm.size))
+        with pytest.raises(
+            RuntimeError, match=r"all_reduce: rank\(s\) \[0\] called it with gradients"
+        ):
+            if comm.rank == 0:
+                with mg.no_grad():
+                    dist.all_reduce(x)
+            else:
+                dist.all_reduce(x)
+        with mg.no_grad():  # on every rank: nothing to record
+            dist.all_reduce(x)
+
+
 # --- reduce and gather inside contexts, against finite differences ------------------------------
 
 

@@ -5,7 +5,9 @@ An op describes its call in a ``Call``: its argument checks run under ``call.che
 collectives]), and the op's Function then moves arrays with the functions below (``all_reduce``,
 ``broadcast``, ...).  Each is a non-blocking MPI collective on ``comms.collective``, waited for
 through a ``Waiter`` (waiting.py): nothing waits forever, a stall says what it waits for, and a
-failure notice of the open context ends the wait.
+failure notice of the open context ends the wait.  Inside a context, a recorded call's node is
+recorded in the context, and a call made during its distributed backward keeps that pass going
+while it waits (see Note [collectives in a context] in engine.py).
 """
 
 # Note [agreed collectives]
@@ -14,7 +16,8 @@ failure notice of the open context ends the wait.
 # rank's count of collective calls so far, the kind of call, the call it is the adjoint of (-1:
 # none), the op, the root, the number of open dual levels, the dtype, the shape (for a list of
 # tensors: their count and a digest of their shapes), whether this rank found its arguments
-# invalid, whether it records a graph, and the dual levels at which its inputs carry tangents.
+# invalid, whether it records a graph (0: gradients are disabled, 1: none of its inputs requires
+# grad, 2: it records), and the dual levels at which its inputs carry tangents.
 # Only then does the collective itself start, so ranks never meet in MPI collectives of
 # different kinds or sizes (an erroneous program, on which MPI may hang or crash).  The words a
 # kind needs agreed (its rule: SAME, RAGGED, ROOTED, NONE) must be equal on every rank; if not, or
@@ -25,6 +28,8 @@ failure notice of the open context ends the wait.
 # data.  Every rank records a graph when any does, and carries a tangent at every level where any
 # does (a rank without one gets an ``anchor``: a 0-d leaf that requires grad or carries zero
 # tangents in its inputs' place), so that the adjoint and tangent collectives run on every rank.
+# Inside a dist_autograd context a rank with gradients disabled could not record it, and its
+# backward would never join the others' adjoint: every rank raises instead.
 #
 # A collective that does not complete (a timeout, a rank that ended) can be neither cancelled nor
 # freed (MPI forbids both for non-blocking collectives): it is kept in ``comms.abandoned``, and
@@ -50,6 +55,7 @@ from .errors import DistributedError
 __all__ = [
     "Call",
     "tangents",
+    "check_rooted_adjoint",
     "SAME",
     "RAGGED",
     "ROOTED",
@@ -128,6 +134,10 @@ class Call:
         self.comms = _comm.get()
         self.kind, self.timeout, self.adjoint_of = kind, timeout, adjoint_of
         self.started = time.monotonic()
+        context = _context.current()
+        self.running = context and context.running  # the distributed backward it is part of
+        if self.running is not None and timeout is None:  # the pass's timeout bounds its waits
+            self.timeout, self.started = self.running.timeout, self.running.started
         self.op = self.root = self.problem = self.anchor = None
         self.tensors, self.listed = (), False
 
@@ -210,17 +220,13 @@ class Call:
         for row in rows:
             if row[PROBLEM] or row[:rule] != agreed:
                 self._fail(rows, rule)
-            record = record or row[RECORD]
+            record = record or row[RECORD] == 2
             tangents |= row[TANGENTS]
-        self.record = bool(record)
-        if self.record and _context.current() is not None:
-            raise NotImplementedError(
-                f"{self.kind}: rank {comms.rank}: collectives on tensors that require grad are "
-                "not differentiable inside a dist_autograd context yet; call it outside the "
-                "context (loss.backward() differentiates through it), or under mpigrad.no_grad()"
-            )
+        self.record = record
+        if record and _context.current() is not None:
+            self._check_recording(rows)
         missing = tangents & ~words[TANGENTS]
-        fill = self.record and _State.grad_enabled and not words[RECORD]
+        fill = record and words[RECORD] == 1
         if fill or missing:
             self.anchor = Tensor(np.zeros(()), requires_grad=fill)
             for i, level in enumerate(levels):
@@ -256,9 +262,35 @@ class Call:
             for level in t._fw or ():
                 if level in levels:
                     tangents |= 1 << levels.index(level)
-        record = _State.grad_enabled and any(t._requires_grad for t in tensors)
+        record = (1 + any(t._requires_grad for t in tensors)) if _State.grad_enabled else 0
         words += [self.problem is not None, record, tangents]
         return words
+
+    def _check_recording(self, rows):
+        """Inside a context, raise on every rank if a rank cannot record this call that others
+        record (see Note [agreed collectives])."""
+        disabled = [r for r, row in enumerate(rows) if row[RECORD] == 0]
+        if disabled:
+            context_id = _context.current().context_id
+            raise RuntimeError(
+                f"{self.kind}: rank(s) {disabled} called it with gradients disabled, while "
+                f"other ranks record it (collective call {self.seq}, in dist_autograd context "
+                f"{context_id}): inside a context every rank records a collective that any rank "
+                "records, or its backward would wait for them forever; disable gradients on "
+                f"every rank or on none (raised on every rank; this is rank {self.comms.rank})"
+            )
+
+    def apply(self, function, *xs):
+        """``function.apply(self, anchor, *xs)``, the op's Function on this agreed call; inside
+        a context, a recorded call's node is recorded in the context too (see Note [collectives
+        in a context] in engine.py)."""
+        out = function.apply(self, self.anchor, *xs)
+        context = _context.current()
+        if context is not None and self.record and _State.grad_enabled:
+            first = out[0] if isinstance(out, tuple) else out
+            if first.grad_fn is not None:
+                context.collectives.append((first.grad_fn, first.shape, first.dtype))
+        return out
 
     def describe(self):
         """This call, as the error of a mismatch shows it."""
@@ -324,9 +356,10 @@ class Call:
         if request.Test():
             return
         comms = self.comms
+        test = request.Test if self.running is None else self.running.progressing(request.Test)
         try:
             waiting.wait_for(
-                request.Test,
+                test,
                 self.kind,
                 self.timeout,
                 lambda: f"{what} ({self.kind}, collective call {self.seq})",
@@ -346,6 +379,22 @@ class Call:
         """The shape rank ``rank`` passed (rules SAME and RAGGED)."""
         row = self.rows[rank]
         return tuple(row[SHAPE : SHAPE + row[NDIM]])
+
+
+def check_rooted_adjoint(call, adjoint, instead):
+    """Raise unless a distributed backward of the open context runs: the only backward that
+    reaches on every rank the adjoint (``adjoint``, from the root) of ``call``, a collective
+    whose result only its root has (reduce, gather)."""
+    context = _context.current()
+    if context is None or context.running is None:
+        op = call.kind
+        raise RuntimeError(
+            f"{op}: rank {call.comms.rank}: the gradient of {op}'s result (collective call "
+            f"{call.seq}) cannot flow back outside a dist_autograd context's backward: the other "
+            f"ranks got None, so their backward never reaches its adjoint ({adjoint} from rank "
+            f"{call.root}). Use {instead}, which is differentiable everywhere, or differentiate "
+            f"{op} inside a dist_autograd context"
+        )
 
 
 def tangents(inputs, ts):

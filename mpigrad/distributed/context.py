@@ -1,8 +1,9 @@
 """Distributed autograd contexts: the state of one ``with dist_autograd.context()`` block.
 
 A context owns everything of its passes, so leaving it frees everything in one call: the send
-functions (by message id), the recv functions, the gradients accumulated for this rank's leaves,
-the pass in progress and the tally of tensors sent and received in it.  Contexts do not nest.
+functions (by message id), the recv functions, the collective functions, the gradients
+accumulated for this rank's leaves, the pass in progress and the tally of tensors sent and
+received in it.  Contexts do not nest.
 """
 
 from __future__ import annotations
@@ -33,13 +34,21 @@ __all__ = [
 
 
 class DistAutogradContext:
-    """Send and recv functions, accumulated gradients and message tallies of one context, on this
-    rank."""
+    """Send, recv and collective functions, accumulated gradients and message tallies of one
+    context, on this rank."""
 
     def __init__(self, context_id, size):
         self.context_id = context_id
         self.send_functions = {}  # message id -> SendBackward
         self.recv_functions = []  # RecvBackward, in the order the tensors arrived
+        # The nodes of the collectives recorded in it, in the order of their calls (the same on
+        # every rank), each with the (shape, dtype) of its first output; see Note [collectives
+        # in a context] in engine.py.
+        self.collectives = []
+        # Gradients that require grad sent to / received from each rank by create_graph passes;
+        # see Note [differentiable gradient messages] in engine.py.
+        self.gradients_sent = [0] * size
+        self.gradients_received = [0] * size
         self.gradients = {}  # leaf Tensor -> its accumulated gradient (a Tensor)
         self.graph_freed = False  # a backward without retain_graph ran
         self.running = None  # the pass in progress (mpigrad.distributed.engine)
@@ -55,9 +64,10 @@ class DistAutogradContext:
     def next_message_id(self):
         return next(self._message_ids)
 
-    def accumulate(self, leaf, grad):
-        """Add ``grad`` to ``leaf``'s gradient in this context (the engine's leaf sink)."""
-        self.gradients[leaf] = added(self.gradients.get(leaf), grad)
+    def accumulate(self, leaf, grad, create_graph=False):
+        """Add ``grad`` to ``leaf``'s gradient in this context (the engine's leaf sink);
+        differentiably under ``create_graph``."""
+        self.gradients[leaf] = added(self.gradients.get(leaf), grad, create_graph)
 
     def stage(self):
         """Where this rank is among the context's backward passes: ``2 p - 1`` inside pass p
@@ -101,6 +111,7 @@ class DistAutogradContext:
     def clear(self):
         self.send_functions.clear()
         self.recv_functions.clear()
+        self.collectives.clear()
         self.gradients.clear()
         self.early_leavers.clear()
         self.running = None

@@ -4,8 +4,9 @@ Collective: every rank of the communicator calls ``backward(context_id, roots)``
 context, with its own roots (possibly none).  It returns on every rank once every rank has
 finished, and raises on every rank if any part failed.
 
-Each rank runs one ``GraphTask`` (the rank-local engine) from its roots plus all send functions of
-the context, the latter as extra roots whose gradient arrives from outside.  A recv function that
+Each rank runs one ``GraphTask`` (the rank-local engine) from its roots plus all send functions and
+collective functions of the context, the latter as extra roots whose gradient arrives from outside
+(see Note [collectives in a context]).  A recv function that
 runs sends its gradient, or a no-gradient marker, to the rank the tensor came from, keyed by
 (context id, message id); a received gradient is matched to its send function by message id and
 supplied to the task.  Recv functions the task cannot reach send their marker at once, so every
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 from mpi4py import MPI
 
-from ..engine import GraphTask, unit_seed
+from ..engine import BackwardError, GraphTask, unit_seed
 from ..graph import gradient_edge
 from ..tensor import Tensor
 from . import comm as _comm
@@ -30,6 +31,8 @@ from . import context as _context
 from . import transport, waiting
 from .agreement import Agreement, equality_words, same_everywhere
 from .errors import BackwardTimeoutError, DistBackwardError, DistributedError, DistTimeoutError
+from .functions.recv import RecvBackward
+from .functions.send import SendBackward
 from .messages import Kind
 
 __all__ = ["backward", "DistBackwardError", "BackwardTimeoutError"]
@@ -40,7 +43,8 @@ _OP = waiting.BACKWARD
 def backward(
     context_id: int,
     roots: Sequence[Tensor],
-    retain_graph: bool = False,
+    retain_graph: bool | None = None,
+    create_graph: bool = False,
     timeout: float | None = None,
 ) -> None:
     """Run the distributed backward of ``roots`` in ``context_id``.
@@ -52,8 +56,14 @@ def backward(
     it raises ``BackwardTimeoutError``, listing the message ids and peers it waits for and what
     the other ranks are doing, and every other rank raises ``DistBackwardError`` naming it.
     A failed pass fails its context: leave it and enter a new one.
+
+    ``create_graph``: the pass is recorded, its messages and collectives included (see Note
+    [differentiable gradient messages]), so the gradients carry a graph and a later backward of
+    the same context differentiates through this one (a Hessian-vector product).  Every rank
+    passes the same ``retain_graph`` (default: ``create_graph``) and ``create_graph``.
     """
-    _Pass(_comm.get(), context_id, roots, bool(retain_graph), timeout).run()
+    retain_graph = create_graph if retain_graph is None else retain_graph
+    _Pass(_comm.get(), context_id, roots, bool(retain_graph), bool(create_graph), timeout).run()
 
 
 def _root_list(roots, rank):
@@ -83,12 +93,14 @@ def _root_list(roots, rank):
 class _Pass:
     """One distributed backward pass on this rank."""
 
-    def __init__(self, comms, context_id, roots, retain_graph, timeout):
+    def __init__(self, comms, context_id, roots, retain_graph, create_graph, timeout):
         self.comms, self.context_id, self.roots = comms, context_id, roots
-        self.retain_graph, self.timeout = retain_graph, timeout
+        self.retain_graph, self.create_graph, self.timeout = retain_graph, create_graph, timeout
         self.context = self.task = self.agreement = self.waiter = None
         self.spins = 0
         self.waiting = {}  # message id -> send function still waiting for its gradient
+        self.turns = []  # the collective functions still to run, the last to run first
+        self.turn = None  # the collective function whose turn it is
         self.sent_to = [0] * comms.size
         self.received = 0
         self.requests = []  # our sends in flight (SendRequest: with their buffers)
@@ -134,19 +146,86 @@ class _Pass:
             context.check_open(_OP, context.stage())
             self._build_task(self._validated_roots())
             self._send_unreachable_markers()
-            while self.waiting or self.task.ready:
-                self.task.execute()
-                if self.waiting:
-                    self._receive(block=True)
+            self._execute()
             self._finish()
-        except DistributedError as exc:  # another rank failed: the context has failed
-            raise DistBackwardError(str(exc)) from None
-        except DistTimeoutError as exc:
+        except Exception as exc:
+            self._raise(exc)
+
+    def _raise(self, exc):
+        """Raise what every rank raises for ``exc`` (Note [failing together]).  A node that
+        raised a DistributedError (an adjoint collective that learned of a failure, or timed
+        out) raises it, not the engine's BackwardError around it."""
+        context = self.context
+        if isinstance(exc, BackwardError) and isinstance(exc.__cause__, DistributedError):
+            exc = exc.__cause__
+        if isinstance(exc, DistTimeoutError):
             context.fail(f"gave up: {exc}")
             raise BackwardTimeoutError(str(exc)) from None
-        except Exception as exc:  # this rank's part failed
-            context.fail(f"{type(exc).__name__}: {exc}")
-            raise context.failure(_OP, DistBackwardError) from exc
+        if isinstance(exc, DistributedError):  # another rank failed: the context has failed
+            raise DistBackwardError(str(exc)) from None
+        context.fail(f"{type(exc).__name__}: {exc}")  # this rank's part failed
+        raise context.failure(_OP, DistBackwardError) from exc
+
+    # Note [collectives in a context]
+    # ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+    # A collective called in a context on tensors that require grad records its node in the
+    # context (``Call.apply``), in the order of the calls, which is the same on every rank.  The
+    # pass runs their adjoints in the reverse of that order on every rank: each collective node
+    # is an extra root of the task, held back by one input that the pass supplies when its turn
+    # comes, and its turn comes once the node before it (called after it in forward) has run.
+    # The turn supplies zeros, unless the node has all its gradients already: so a node that no
+    # root reaches, or that gets no gradient, still runs its adjoint, contributing zeros, and no
+    # rank waits for one that will never join it.  That order cannot deadlock: in forward, every
+    # node downstream of a collective's output was made after the collective completed, so its
+    # gradient depends on nodes made later on every rank, the later collectives included, never
+    # on an earlier collective.  But a rank whose turn has come may wait in an adjoint for a rank
+    # that first needs a gradient from it, made by nodes that are ready beside the collective
+    # node: so while an adjoint collective waits (``Call._wait``), the pass goes on receiving
+    # gradients and running the nodes that become ready (``progressing``), as if the collective
+    # were non-blocking.  Those nodes are never collective nodes, whose turn comes later.
+    def _execute(self):
+        """Run the task to its end: the nodes as they become ready, the gradients received as
+        they come, the collective nodes in their turns (Note [collectives in a context])."""
+        task = self.task
+        self._next_turn()
+        while True:
+            task.execute()
+            if self.turn is not None and task.dependencies[self.turn] == 0:  # it has run
+                self._next_turn()
+            elif self.waiting:
+                self._receive(block=True)
+            elif self.turn is None:
+                return
+            else:
+                raise RuntimeError(
+                    f"rank {self.comms.rank}: the node of {self.turn.call.describe()} can never "
+                    "run: its gradient waits for nothing this pass will deliver"
+                )
+
+    def _next_turn(self):
+        """Give the next collective node its turn (see Note [collectives in a context])."""
+        if not self.turns:
+            self.turn = None
+            return
+        node, shape, dtype = self.turns.pop()
+        self.turn = node
+        task = self.task
+        complete = task.dependencies[node] == 1 and node in task.buffers
+        task.supply(node, None if complete else np.zeros(shape, dtype))
+
+    def progressing(self, test):
+        """``test`` (of an adjoint collective's request), made to keep the pass going while it
+        is false: see Note [collectives in a context]."""
+        task = self.task
+
+        def progress():
+            while self.waiting and self._receive(block=False):
+                pass
+            if task.ready:
+                task.execute()
+            return test()
+
+        return progress
 
     # --- the start of a pass: roots, the task, the markers of unreachable recv functions ---------
     def _validated_roots(self):
@@ -161,16 +240,20 @@ class _Pass:
         return _root_list(self.roots, rank)
 
     def _build_task(self, roots):
-        """The local engine's task from ``roots`` (each seeded with 1) and the context's send
-        functions (extra roots, supplied as their gradients arrive), which it waits for."""
-        sends = list(self.context.send_functions.values())
+        """The local engine's task from ``roots`` (each seeded with 1), the context's send
+        functions (extra roots, supplied as their gradients arrive), which it waits for, and its
+        collective functions (extra roots supplied in their turns)."""
+        context, create_graph = self.context, self.create_graph
+        sends = list(context.send_functions.values())
         self.waiting = {node.message_id: node for node in sends}
+        self.turns = list(context.collectives)
         self.task = GraphTask(
             [gradient_edge(r) for r in roots],
             [unit_seed(r.shape, r.dtype) for r in roots],
-            extra_roots=sends,
+            extra_roots=sends + [node for node, _, _ in self.turns],
             keep_graph=self.retain_graph,
-            accumulate=self.context.accumulate,
+            create_graph=create_graph,
+            accumulate=lambda leaf, grad: context.accumulate(leaf, grad, create_graph),
             ordered=True,
         )
 
@@ -182,11 +265,23 @@ class _Pass:
                 self.send_gradient(node, None)
 
     # --- messages -------------------------------------------------------------------------
+
+    # Note [differentiable gradient messages]
+    # ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+    # Under create_graph a gradient that requires grad travels as a tensor sent in the context
+    # does: the sender records a send function for it and the receiver a recv function, so a
+    # later pass sends the gradient of that gradient back.  Their message id must be known to
+    # both without a word of its own on the wire: the k-th such gradient that rank s sends to
+    # rank d in a context gets ``derived_id(k, d, size)``, a negative id that no tensor sent in
+    # the context has.  Both count them (``gradients_sent``, ``gradients_received``): MPI keeps
+    # the order of the messages from one rank to another on one communicator and tag, and the
+    # passes of a context run one after another.
     def send_gradient(self, node, grad):
         """Send a recv function's gradient (None: the no-gradient marker) to its source."""
         if grad is None:
             self._post(Kind.NO_GRADIENT, node.source, np.zeros(0, np.uint8), node.message_id)
             return
+        recorded = False
         if isinstance(grad, Tensor):
             if grad._fw:
                 raise RuntimeError(
@@ -194,10 +289,32 @@ class _Pass:
                     "carries forward-mode tangents, and mpigrad.distributed does not send "
                     "tangents yet: leave the dual level before dist_autograd.backward"
                 )
+            recorded = self.create_graph and grad.requires_grad
+            if recorded:
+                self._record_send(grad, node.source)
             grad = grad.data
-        self._post(Kind.GRADIENT, node.source, np.asarray(grad), node.message_id)
+        self._post(Kind.GRADIENT, node.source, np.asarray(grad), node.message_id, recorded)
 
-    def _post(self, kind, dest, array, message_id):
+    def _record_send(self, grad, dest):
+        """Record a send function for ``grad``, a gradient sent to ``dest`` that requires grad
+        (Note [differentiable gradient messages])."""
+        context = self.context
+        k = context.gradients_sent[dest]
+        context.gradients_sent[dest] = k + 1
+        message_id = derived_id(k, dest, self.comms.size)
+        context.send_functions[message_id] = SendBackward(grad, dest, self.context_id, message_id)
+
+    def _received_gradient(self, array, source):
+        """A gradient from ``source`` that requires grad, as a Tensor whose ``grad_fn`` is a
+        new recv function (Note [differentiable gradient messages])."""
+        context, comms = self.context, self.comms
+        k = context.gradients_received[source]
+        context.gradients_received[source] = k + 1
+        node = RecvBackward(source, context, derived_id(k, comms.rank, comms.size), comms.rank)
+        context.recv_functions.append(node)
+        return Tensor._make(array, node)
+
+    def _post(self, kind, dest, array, message_id, requires_grad=False):
         self.requests.append(
             transport.post(
                 self.comms,
@@ -208,6 +325,7 @@ class _Pass:
                 kind,
                 context_id=self.context_id,
                 message_id=message_id,
+                requires_grad=requires_grad,
             )
         )
         self.sent_to[dest] += 1
@@ -266,7 +384,12 @@ class _Pass:
                 f"rank {rank}: the gradient for message id {header.message_id} came from rank "
                 f"{source}, but that tensor was sent to rank {node.dest}"
             )
-        self.task.supply(node, array if header.kind == Kind.GRADIENT else None)
+        if header.kind == Kind.NO_GRADIENT:
+            self.task.supply(node, None)
+        elif header.requires_grad:
+            self.task.supply(node, self._received_gradient(array, source))
+        else:
+            self.task.supply(node, array)
 
     def _read_leavers(self):
         """Read the leaving-agreement messages of this context that have come: a rank that sent
@@ -340,23 +463,26 @@ class _Pass:
 
     # Note [ending a pass]
     # ~~~~~~~~~~~~~~~~~~~~
-    # When a rank's part is done (every send function has its message and the task has nothing
-    # ready) it joins an agreement (see Note [agreements] in agreement.py) on: the number of
-    # messages it sent to each rank, the ``equality_words`` of its context id (their totals pass
-    # ``same_everywhere`` if every rank ran the same context; the ids are compared modulo a prime,
-    # so ids a multiple of it apart would pass too), and retain_graph.  Once it has the total it
-    # knows how many messages were sent to it in all, and receives until it has them all.  So every
-    # message of a pass is received within the pass.  A rank whose part fails (an exception, its
-    # timeout) does not agree: it tells every rank and raises at once, and so does every rank that
-    # learns of it (see Note [failing together] in waiting.py): the context has failed.
+    # When a rank's part is done (every send function has its message, every collective node
+    # has run and the task has nothing ready) it joins an agreement (see Note [agreements] in
+    # agreement.py) on: the number of messages it sent to each rank, the ``equality_words`` of
+    # its context id (their totals pass ``same_everywhere`` if every rank ran the same context;
+    # the ids are compared modulo a prime, so ids a multiple of it apart would pass too),
+    # retain_graph and create_graph.  Once it has the total it knows how many messages were sent
+    # to it in all, and receives until it has them all.  So every message of a pass is received
+    # within the pass.  A rank whose part fails (an exception, its timeout) does not agree: it
+    # tells every rank and raises at once, and so does every rank that learns of it (see Note
+    # [failing together] in waiting.py): the context has failed.
     def _finish(self):
         """The agreement that ends the pass; see Note [ending a pass]."""
         comms, size = self.comms, self.comms.size
-        vector = self.sent_to + equality_words(self.context_id) + [self.retain_graph]
+        vector = (
+            self.sent_to + equality_words(self.context_id) + [self.retain_graph, self.create_graph]
+        )
         total = self.agreement.run(vector, (), self._pause).tolist()
         while self.received < total[comms.rank]:
             self._receive(block=True)
-        ids, retained = total[size : size + 2], total[size + 2]
+        ids, retained, created = total[size : size + 2], total[size + 2], total[size + 3]
         for request in self.requests:
             transport.keep_until_sent(request)
         if not same_everywhere(ids, size):
@@ -364,8 +490,14 @@ class _Pass:
                 f"rank {comms.rank}: the ranks called {_OP} for different contexts (this rank: "
                 f"context {self.context_id})"
             )
-        if retained not in (0, size):
-            raise DistBackwardError(
-                f"rank {comms.rank}: the ranks disagree on retain_graph ({retained} of {size} set "
-                "it)"
-            )
+        for name, count in (("retain_graph", retained), ("create_graph", created)):
+            if count not in (0, size):
+                raise DistBackwardError(
+                    f"rank {comms.rank}: the ranks disagree on {name} ({count} of {size} set it)"
+                )
+
+
+def derived_id(k, dest, size):
+    """The message id of the k-th gradient that requires grad sent to rank ``dest`` in a
+    context (see Note [differentiable gradient messages])."""
+    return -2 - (k * size + dest)

@@ -434,17 +434,6 @@ def test_a_collective_that_times_out_leaves_the_communicator_out_of_step(comm):
         dist.barrier()
 
 
-def test_inside_a_context_collectives_on_tensors_that_require_grad_raise(comm):
-    x = mg.tensor(np.ones(2), requires_grad=comm.rank == 0)
-    with dist_autograd.context():
-        np.testing.assert_array_equal(dist.all_reduce(x.detach()).data, np.full(2, comm.size))
-        with pytest.raises(
-            NotImplementedError,
-            match="all_reduce: rank .*not differentiable inside a dist_autograd context yet",
-        ):
-            dist.all_reduce(x)
-
-
 # --- PROC_NULL -----------------------------------------------------------------------------------
 
 

@@ -53,5 +53,5 @@ def _all_gather(x, timeout=None, adjoint_of=-1):
         call.check_timeout()
         x = call.take(x)
     call.agree(collective.RAGGED)
-    out = AllGather.apply(call, call.anchor, x)
+    out = call.apply(AllGather, x)
     return list(out) if isinstance(out, tuple) else [out]

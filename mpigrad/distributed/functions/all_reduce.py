@@ -94,4 +94,4 @@ def _all_reduce(x, op, timeout=None, adjoint_of=-1):
         x = call.take(x)
         call.check_reducible()
     call.agree(collective.SAME)
-    return AllReduce.apply(call, call.anchor, x)
+    return call.apply(AllReduce, x)

@@ -51,5 +51,5 @@ def _all_to_all(xs, timeout=None, adjoint_of=-1):
         call.check_timeout()
         xs = call.take_list(xs)
     call.agree(collective.RAGGED)
-    out = AllToAll.apply(call, call.anchor, *xs)
+    out = call.apply(AllToAll, *xs)
     return list(out) if isinstance(out, tuple) else [out]

@@ -47,11 +47,11 @@ def broadcast(x: Tensor | np.ndarray, src: int, timeout: float | None = None) ->
     return _broadcast(x, src, timeout)
 
 
-def _broadcast(x, src, timeout=None):
-    call = Call("broadcast", timeout)
+def _broadcast(x, src, timeout=None, adjoint_of=-1):
+    call = Call("broadcast", timeout, adjoint_of)
     with call.checking():
         call.check_timeout()
         call.check_root(src, "src")
         x = call.take(x)
     call.agree(collective.SAME)
-    return Broadcast.apply(call, call.anchor, x)
+    return call.apply(Broadcast, x)

@@ -4,9 +4,10 @@ Collective: every rank, in the same order as every other collective, with tensor
 and ndim (shapes may differ) and the same ``dst``.
 
 Adjoint: a ``scatter`` of the gradients of the list from ``dst``.  The other ranks get None, so
-their backward cannot reach this adjoint: gather is differentiable in reverse mode only inside
-a dist_autograd context (not yet: its backward raises, naming all_gather, which is
-differentiable everywhere).  Forward mode works everywhere: the tangents gathered to ``dst``.
+their local backward cannot reach this adjoint: gather is differentiable in reverse mode only
+inside a dist_autograd context, whose backward runs it on every rank (see Note [collectives in
+a context] in engine.py); elsewhere its backward raises, naming all_gather, which is
+differentiable everywhere.  Forward mode works everywhere: the tangents gathered to ``dst``.
 """
 
 from __future__ import annotations
@@ -32,13 +33,12 @@ class Gather(Function):
 
     @staticmethod
     def backward(ctx, *grads):
+        from .scatter import _scatter
+
         call = ctx.call
-        raise RuntimeError(
-            f"gather: rank {call.comms.rank}: the gradient of gather's result (collective call "
-            f"{call.seq}) cannot flow back: the other ranks got None, so their backward never "
-            f"reaches its adjoint (a scatter from rank {call.root}). Use all_gather, which is "
-            "differentiable on every rank"
-        )
+        collective.check_rooted_adjoint(call, "a scatter", "all_gather")
+        pieces = list(grads) if call.comms.rank == call.root else None
+        return None, None, _scatter(pieces, call.root, adjoint_of=call.seq)
 
     @staticmethod
     def jvp(ctx, _, __, t):
@@ -62,7 +62,7 @@ def _gather(x, dst, timeout=None, adjoint_of=-1):
         call.check_root(dst, "dst")
         x = call.take(x)
     call.agree(collective.RAGGED)
-    out = Gather.apply(call, call.anchor, x)
+    out = call.apply(Gather, x)
     if call.comms.rank != call.root:
         return None
     return list(out) if isinstance(out, tuple) else [out]

@@ -68,7 +68,7 @@ def _reduce_scatter(xs, op, timeout=None, adjoint_of=-1):
         call.check_reducible()
     call.agree(collective.SAME)
     if call.op in ("sum", "avg"):
-        return ReduceScatter.apply(call, call.anchor, *xs)
+        return call.apply(ReduceScatter, *xs)
     pieces = _all_to_all(xs, timeout, adjoint_of)
     if call.op == "prod":
         product = pieces[0]

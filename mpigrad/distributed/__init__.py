@@ -7,13 +7,17 @@ as their peer stands for none, as in MPI: a send to it does nothing and records 
 receive from it returns None, and ``sendrecv`` from it returns zeros shaped like its tensor.
 
 Collectives (``all_reduce``, ``broadcast``, ``reduce``, ``all_gather``, ``gather``, ``scatter``,
-``reduce_scatter``, ``all_to_all``, ``barrier``) are differentiable in reverse and forward mode
-outside dist_autograd contexts: ``loss.backward()`` and ``mpigrad.autograd.grad`` on every rank
-run their adjoints, provided every rank's backward reaches the same collectives in the same
-order (a rank whose backward does not match raises on every rank; see Note [agreed
-collectives] in ``collective.py``).  ``reduce`` and ``gather`` give the other ranks None, so
-their backward cannot take part: in reverse mode they raise (use ``all_reduce`` and
-``all_gather``).  Inside a context, collectives on tensors that require grad raise for now.
+``reduce_scatter``, ``all_to_all``, ``barrier``) are differentiable in reverse and forward mode.
+Inside a dist_autograd context, mixed with send and recv, ``dist_autograd.backward`` runs their
+adjoints in the reverse of the call order on every rank, a collective whose output no root
+reaches contributing zeros (see Note [collectives in a context] in ``engine.py``); there
+``reduce`` and ``gather`` are differentiable too, and ``create_graph=True`` records the pass
+for a second one (Hessian-vector products).  Outside a context ``loss.backward()`` and
+``mpigrad.autograd.grad`` on every rank run the adjoints, provided every rank's backward
+reaches the same collectives in the same order (calls that do not match raise on every rank;
+see Note [agreed collectives] in ``collective.py``); ``reduce`` and ``gather`` give the other
+ranks None, so outside a context their backward cannot take part and raises (use
+``all_reduce`` and ``all_gather``).
 
 Everything travels on communicators mpigrad duplicates from the user's (``init(comm=None)``,
 implicit on COMM_WORLD at first use; see ``comm.py``), so its messages never meet the user's.

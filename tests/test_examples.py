@@ -39,13 +39,17 @@ def test_pipeline_mlp_trains(n, tmp_path):
 
 @needs_mpiexec
 @pytest.mark.parametrize("n", [2, 3])
-def test_heat_adjoint_gradient_checks_pass(n, tmp_path):
+def test_heat_adjoint_gradient_and_hessian_checks_pass(n, tmp_path):
     returncode, output = run_example("heat_adjoint.py", n, tmp_path)
     assert returncode == 0, output
     assert re.search(rf"^{n} ranks, N=240, T=200: J and dJ/du0 in ", output, re.MULTILINE), output
-    for check, tolerance in (("finite-difference", 1e-7), ("one-rank", 1e-12)):
+    for check, tolerance in (
+        ("finite-difference", 1e-7),
+        ("one-rank", 1e-12),
+        ("Hessian-vector", 1e-7),
+    ):
         match = re.search(
             rf"^{check} check: relative error (\S+) \(tolerance", output, re.MULTILINE
         )
         assert match and float(match.group(1)) <= tolerance, output
-    assert re.search(r"^both checks passed$", output, re.MULTILINE), output
+    assert re.search(r"^all checks passed$", output, re.MULTILINE), output

@@ -58,6 +58,8 @@ def test_header_round_trip(dtype, shape):
         shape,
         int(np.prod(shape)) * np.dtype(dtype).itemsize,
         -1 if inline else 5,
+        0,
+        (),
     )
     assert header.inline == inline
 
@@ -82,11 +84,12 @@ def test_every_kind_round_trips(kind):
 @pytest.mark.parametrize("shape", [(), (0,), (5, 3), (2, 3, 4), (64,), (65,), (300, 7)], ids=str)
 def test_pack_and_unpack(dtype, shape):
     array = _sample(dtype, shape)
-    words, payload = pack(array, payload_tag=9)
+    words, payloads = pack(array, payload_tag=9)
     header = decode_header(words)
     assert (header.dtype, header.shape, header.nbytes) == (array.dtype, shape, array.nbytes)
+    assert (header.levels, header.tangents) == (0, ())
     if array.nbytes <= INLINE_LIMIT:
-        assert payload is None and header.inline
+        assert payloads == () and header.inline
         assert isinstance(words, bytes) and len(words) == 8 * HEADER_WORDS + array.nbytes
         assert len(words) <= 8 * MESSAGE_WORDS
         received = messages.empty_message()
@@ -94,6 +97,7 @@ def test_pack_and_unpack(dtype, shape):
         out = unpack_inline(header, received)
     else:
         assert header.payload_tag == 9 and len(words) == HEADER_WORDS
+        (payload,) = payloads
         assert payload.dtype == np.uint8 and payload.nbytes == array.nbytes
         out = np.frombuffer(payload.tobytes(), dtype=header.dtype).reshape(header.shape)
     assert out.dtype == array.dtype and out.shape == array.shape
@@ -102,13 +106,13 @@ def test_pack_and_unpack(dtype, shape):
 
 def test_a_contiguous_payload_is_not_copied():
     array = np.arange(1000.0)
-    _, payload = pack(array, payload_tag=0)
+    _, (payload,) = pack(array, payload_tag=0)
     assert np.shares_memory(payload, array)
 
 
 def test_a_non_contiguous_payload_is_made_contiguous():
     array = np.arange(2000.0).reshape(40, 50)[:, ::2].T
-    words, payload = pack(array, payload_tag=0)
+    words, (payload,) = pack(array, payload_tag=0)
     out = np.frombuffer(payload.tobytes(), dtype=np.float64).reshape(decode_header(words).shape)
     np.testing.assert_array_equal(out, array)
 

@@ -271,9 +271,9 @@ def _decode_tangents(message, levels, count):
     return tuple(tangents)
 
 
-def _bytes_of(array):
-    """A flat uint8 view of a C-contiguous array (no copy)."""
-    return array.reshape(-1).view(np.uint8)
+def _payload(array):
+    """A flat uint8 view of array, copied first only if it is not C-contiguous."""
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
 
 
 def pack(
@@ -303,7 +303,7 @@ def pack(
     nbytes, count = array.nbytes, len(tangents)
     if count > MAX_TANGENTS:
         raise ValueError(f"a message carries at most {MAX_TANGENTS} tangents; got {count}")
-    inline = fits_inline(nbytes, count)
+    inline = count * 8 + (count + 1) * nbytes <= INLINE_LIMIT  # fits_inline, without a call
     if not inline and payload_tag < 0:
         raise ValueError(f"a payload of {array.nbytes} bytes needs a payload tag")
     words = _header_bytes(
@@ -318,17 +318,18 @@ def pack(
         levels,
         count,
     )
-    if count:
-        words += struct.pack(
-            f"={count}q",
-            *[t.parent << _PARENT_SHIFT | t.depth << 1 | t.requires_grad for t, _ in tangents],
-        )
-    if inline:
-        return b"".join([words, array.tobytes(), *[t.tobytes() for _, t in tangents]]), ()
-    arrays = [array, *[t for _, t in tangents]]
-    return np.frombuffer(words, np.int64), tuple(
-        [_bytes_of(np.ascontiguousarray(a)) for a in arrays]
+    if not count:  # a plain tensor, the common case: the shortest way
+        if inline:
+            return words + array.tobytes(), ()
+        return np.frombuffer(words, np.int64), (_payload(array),)
+    words += struct.pack(
+        f"={count}q",
+        *[t.parent << _PARENT_SHIFT | t.depth << 1 | t.requires_grad for t, _ in tangents],
     )
+    arrays = [array, *[t for _, t in tangents]]
+    if inline:
+        return b"".join([words, *[a.tobytes() for a in arrays]]), ()
+    return np.frombuffer(words, np.int64), tuple([_payload(a) for a in arrays])
 
 
 def unpack_inline(header, words, index=0):

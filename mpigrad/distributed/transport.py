@@ -171,19 +171,23 @@ def payload_of(comms, header, words, source):
     received and dropped (``arrays_of`` keeps them)."""
     if header.tangents:
         return arrays_of(comms, header, words, source)[0]
-    return _array_of(comms, header, words, source, 0)
+    if header.inline:
+        return messages.unpack_inline(header, words)
+    return _received(comms, header, source)
 
 
 def arrays_of(comms, header, words, source):
     """The arrays of the message from rank ``source`` whose ``header`` came in ``words``: the
     primal, then its tangents (Note [tangents on the wire] in messages.py), each as
     ``payload_of`` gives the primal."""
-    return [_array_of(comms, header, words, source, i) for i in range(len(header.tangents) + 1)]
-
-
-def _array_of(comms, header, words, source, index):
+    count = len(header.tangents) + 1
     if header.inline:
-        return messages.unpack_inline(header, words, index)
+        return [messages.unpack_inline(header, words, i) for i in range(count)]
+    return [_received(comms, header, source) for _ in range(count)]
+
+
+def _received(comms, header, source):
+    """The next payload of the message from ``source`` with ``header``, received now."""
     array = buffers.receive_buffer(header.shape, header.dtype)
     comms.payload.Recv([array.reshape(-1).view(np.uint8), MPI.BYTE], source, header.payload_tag)
     comms.received[id(comms.payload)] += 1

@@ -202,8 +202,11 @@ class RecvRequest:
 
     def _finish(self):
         """Receive the payload and record the tensor (the header has come)."""
-        header = self._header
-        arrays = transport.arrays_of(self._comms, header, self._receive.words, self.source)
+        header, words = self._header, self._receive.words
+        if header.tangents:
+            arrays = transport.arrays_of(self._comms, header, words, self.source)
+        else:
+            arrays = (transport.payload_of(self._comms, header, words, self.source),)
         self._settled()
         context = self._context and self._context()
         if context is not None:

@@ -81,7 +81,8 @@ class Outgoing:
             )
         messages.check_sendable(array)
         self.array = array
-        self.tangents = _tangents(tensor, op, comms.rank) if isinstance(tensor, Tensor) else ()
+        dual_tensor = isinstance(tensor, Tensor) and tensor._fw
+        self.tangents = _tangents(tensor, op, comms.rank) if dual_tensor else ()
         self.context = _context.current()
         if self.context is not None:
             self.context.check_open(op)
@@ -90,18 +91,10 @@ class Outgoing:
         """Record the send (see the module docstring) and post it; a ``SendRequest``."""
         if self.dest == MPI.PROC_NULL:
             return SendRequest([], (), self.dest, self.tag)
-        context, tensor, header = self.context, self.tensor, {}
-        grad = is_grad_enabled()
-        tracked = isinstance(tensor, Tensor) and tensor.requires_grad and grad
+        context, tensor = self.context, self.tensor
+        tracked = isinstance(tensor, Tensor) and tensor.requires_grad and is_grad_enabled()
         recorded = [tensor] if tracked else []  # the arrays that require grad, in message order
-        wire = []
-        for parent, depth, tangent in self.tangents:
-            requires_grad = grad and tangent.requires_grad
-            wire.append((messages.Tangent(parent, depth, requires_grad), tangent.data))
-            if requires_grad:
-                recorded.append(tangent)
-        if wire:
-            header["levels"] = len(dual.open_levels())
+        header = self._tangent_header(recorded) if self.tangents else {}
         if context is not None:
             header.update(context_id=context.context_id, requires_grad=tracked)
             for i, sent in enumerate(recorded):  # consecutive ids: Note [tangents on the wire]
@@ -115,19 +108,26 @@ class Outgoing:
         elif recorded:
             _warn_no_context(self.op)
         channel = self.comms.data_comm(context and context.context_id)
-        request = transport.post(
-            self.comms, channel, self.array, self.dest, self.tag, tangents=wire, **header
-        )
+        request = transport.post(self.comms, channel, self.array, self.dest, self.tag, **header)
         if context is not None:
             request.context = weakref.ref(context)  # its wait reads the context's notices
         return request
+
+    def _tangent_header(self, recorded):
+        """The header's words for the tangents (see Note [tangents on the wire] in messages.py);
+        appends those that require grad to ``recorded``."""
+        grad, wire = is_grad_enabled(), []
+        for parent, depth, tangent in self.tangents:
+            requires_grad = grad and tangent.requires_grad
+            wire.append((messages.Tangent(parent, depth, requires_grad), tangent.data))
+            if requires_grad:
+                recorded.append(tangent)
+        return {"tangents": wire, "levels": len(dual.open_levels())}
 
 
 def _tangents(tensor, op, rank):
     """The tangents ``tensor`` carries, as (parent, depth, tangent) in the order of Note
     [tangents on the wire]; ValueError if there are more than a message carries."""
-    if not tensor._fw:
-        return ()
     levels = dual.open_levels()
     found, index = [], 0
     carriers = [tensor]  # array i of the message is carriers[i]

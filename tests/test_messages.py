@@ -8,8 +8,10 @@ from mpigrad.distributed.messages import (
     HEADER_WORDS,
     INLINE_LIMIT,
     MAX_NDIM,
+    MAX_TANGENTS,
     MESSAGE_WORDS,
     Kind,
+    Tangent,
     decode_header,
     pack,
     unpack_inline,
@@ -58,6 +60,8 @@ def test_header_round_trip(dtype, shape):
         shape,
         int(np.prod(shape)) * np.dtype(dtype).itemsize,
         -1 if inline else 5,
+        0,
+        (),
     )
     assert header.inline == inline
 
@@ -82,11 +86,12 @@ def test_every_kind_round_trips(kind):
 @pytest.mark.parametrize("shape", [(), (0,), (5, 3), (2, 3, 4), (64,), (65,), (300, 7)], ids=str)
 def test_pack_and_unpack(dtype, shape):
     array = _sample(dtype, shape)
-    words, payload = pack(array, payload_tag=9)
+    words, payloads = pack(array, payload_tag=9)
     header = decode_header(words)
     assert (header.dtype, header.shape, header.nbytes) == (array.dtype, shape, array.nbytes)
+    assert (header.levels, header.tangents) == (0, ())
     if array.nbytes <= INLINE_LIMIT:
-        assert payload is None and header.inline
+        assert payloads == () and header.inline
         assert isinstance(words, bytes) and len(words) == 8 * HEADER_WORDS + array.nbytes
         assert len(words) <= 8 * MESSAGE_WORDS
         received = messages.empty_message()
@@ -94,6 +99,7 @@ def test_pack_and_unpack(dtype, shape):
         out = unpack_inline(header, received)
     else:
         assert header.payload_tag == 9 and len(words) == HEADER_WORDS
+        (payload,) = payloads
         assert payload.dtype == np.uint8 and payload.nbytes == array.nbytes
         out = np.frombuffer(payload.tobytes(), dtype=header.dtype).reshape(header.shape)
     assert out.dtype == array.dtype and out.shape == array.shape
@@ -102,13 +108,13 @@ def test_pack_and_unpack(dtype, shape):
 
 def test_a_contiguous_payload_is_not_copied():
     array = np.arange(1000.0)
-    _, payload = pack(array, payload_tag=0)
+    _, (payload,) = pack(array, payload_tag=0)
     assert np.shares_memory(payload, array)
 
 
 def test_a_non_contiguous_payload_is_made_contiguous():
     array = np.arange(2000.0).reshape(40, 50)[:, ::2].T
-    words, payload = pack(array, payload_tag=0)
+    words, (payload,) = pack(array, payload_tag=0)
     out = np.frombuffer(payload.tobytes(), dtype=np.float64).reshape(decode_header(words).shape)
     np.testing.assert_array_equal(out, array)
 
@@ -150,3 +156,53 @@ def test_malformed_headers():
             decode_header(words)
     with pytest.raises(ValueError, match=f"has {8 * HEADER_WORDS} bytes; got 24"):
         decode_header(good[:3])
+
+
+@pytest.mark.parametrize("shape", [(), (3,), (40,), (30, 7)], ids=str)
+def test_tangents_round_trip(shape):
+    # A primal with three tangents over two levels (see Note [tangents on the wire]): inline when
+    # the descriptors and the four arrays fit, else one payload per array, primal first.
+    array = _sample(np.float64, shape)
+    marks = [Tangent(0, 0, True), Tangent(0, 1, False), Tangent(1, 1, True)]
+    tangents = [(mark, _sample(np.float64, shape, seed=i + 1)) for i, mark in enumerate(marks)]
+    tangents[1] = (marks[1], np.asfortranarray(tangents[1][1]))  # not C-contiguous beyond 1-d
+    words, payloads = pack(array, payload_tag=4, message_id=8, levels=2, tangents=tangents)
+    header = decode_header(words)
+    assert (header.levels, header.tangents, header.message_id) == (2, tuple(marks), 8)
+    expected = [array, *[t for _, t in tangents]]
+    if messages.fits_inline(array.nbytes, 3):
+        assert payloads == () and header.inline and len(words) <= 8 * MESSAGE_WORDS
+        received = messages.empty_message()
+        received.view(np.uint8)[: len(words)] = np.frombuffer(words, np.uint8)
+        got = [unpack_inline(header, received, i) for i in range(4)]
+    else:
+        assert header.payload_tag == 4 and len(words) == HEADER_WORDS + 3
+        got = [np.frombuffer(p.tobytes(), np.float64).reshape(shape) for p in payloads]
+    for out, want in zip(got, expected):
+        np.testing.assert_array_equal(out, want)
+
+
+def test_malformed_tangent_descriptors():
+    tangents = [(Tangent(0, 0, False), np.zeros(2)), (Tangent(1, 1, False), np.zeros(2))]
+    good = np.frombuffer(pack(np.zeros(2), levels=2, tangents=tangents)[0], np.int64).copy()
+    cases = [
+        (HEADER_WORDS - 3, 0, "tangents"),  # a count of 0 leaves descriptors unread: fine
+        (HEADER_WORDS - 3, MAX_TANGENTS + 1, f"{MAX_TANGENTS + 1} tangents; at most"),
+        (HEADER_WORDS + 1, 2 << 32, "tangent 2 is at depth 0 of array 2"),
+        (HEADER_WORDS + 1, 1 << 32 | 2 << 1, "tangent 2 is at depth 2 of array 1"),
+        (HEADER_WORDS - 4, 1, "tangent 2 is at depth 1 of array 1: it must be at one of the 1"),
+    ]
+    for index, value, message in cases:
+        words = good.copy()
+        words[index] = value
+        if value == 0:
+            assert decode_header(words).tangents == ()
+            continue
+        with pytest.raises(ValueError, match=message):
+            decode_header(words)
+    with pytest.raises(ValueError, match="with 2 tangents has at least"):
+        decode_header(good[: HEADER_WORDS + 1])
+    with pytest.raises(
+        ValueError, match=f"at most {MAX_TANGENTS} tangents; got {MAX_TANGENTS + 1}"
+    ):
+        pack(np.zeros(2), levels=1, tangents=[(Tangent(0, 0, False), np.zeros(2))] * 65)

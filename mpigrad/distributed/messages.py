@@ -6,7 +6,10 @@ messages; ``transport.py`` moves them with MPI.
 Header (``HEADER_WORDS`` int64 words, in this order)::
 
     version, kind, context_id, message_id, requires_grad, dtype, ndim,
-    shape[0], ..., shape[MAX_NDIM - 1], nbytes, payload_tag
+    shape[0], ..., shape[MAX_NDIM - 1], levels, tangents, nbytes, payload_tag
+
+and then ``tangents`` words, one per tangent the message carries (see Note [tangents on the
+wire]), and the inline payload, if any.
 
 - ``version`` is ``FORMAT_VERSION``; a receiver rejects any other.
 - ``kind`` is a ``Kind``: TENSOR (forward data), GRADIENT, NO_GRADIENT (the marker a recv
@@ -18,6 +21,8 @@ Header (``HEADER_WORDS`` int64 words, in this order)::
 - ``dtype`` is a code of ``DTYPE_CODES``; unused ``shape`` entries are 0.
 - ``payload_tag`` is -1 when the payload rides inline, else the tag of the separate payload
   message. See Note [inline payloads].
+- ``levels`` is the number of dual levels open on the sender and ``tangents`` the number of
+  tangent arrays the message carries: both 0 for a message without tangents.
 """
 
 import struct
@@ -37,6 +42,21 @@ import numpy as np
 # the receiver always posts a receive of MESSAGE_WORDS words' bytes: MPI lets a message be
 # shorter than its receive buffer.
 
+# Note [tangents on the wire]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# A tensor's forward-mode tangents travel in its message, as the tree Tensor._fw makes (Note
+# [nested tangents] in mpigrad/dual.py): the primal is array 0 and tangent i (1-based) is the
+# tangent, at the level of depth ``depth``, of array ``parent`` < i. A level's depth is its
+# position among the levels open on the sender, outermost first: the receiver gives a tangent of
+# depth d its own d-th open level, and refuses tangents unless it has as many levels open as the
+# sender (``levels``). Every array has the primal's dtype and shape. The payload rides inline when
+# the descriptors and all the arrays fit in INLINE_LIMIT bytes (arrays in order behind the
+# descriptors); otherwise each array is a payload message of its own, all under the header's
+# ``payload_tag``, in order (MPI's non-overtaking rule keeps them so). The arrays that require
+# grad (the primal when ``requires_grad``, then each tangent whose ``requires_grad`` is set) take
+# the message ids ``message_id``, ``message_id + 1``, ... in that order. A message without
+# tangents is exactly the message of a plain tensor: tangents cost nothing where there are none.
+
 __all__ = [
     "FORMAT_VERSION",
     "MAX_NDIM",
@@ -46,10 +66,13 @@ __all__ = [
     "NO_CONTEXT",
     "Kind",
     "Header",
+    "Tangent",
+    "MAX_TANGENTS",
     "DTYPE_CODES",
     "DTYPES",
     "dtype_code",
     "decode_header",
+    "fits_inline",
     "pack",
     "unpack_inline",
     "empty_message",
@@ -58,18 +81,22 @@ __all__ = [
     "check_sendable",
 ]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MAX_NDIM = 8
 INLINE_LIMIT = 512  # bytes; see Note [inline payloads]
+MAX_TANGENTS = INLINE_LIMIT // 8  # their descriptors fill the inline room: four nested levels
 NO_CONTEXT = -1
 
 # Word offsets in the header.
 _VERSION, _KIND, _CONTEXT, _MESSAGE, _REQUIRES_GRAD, _DTYPE, _NDIM, _SHAPE = range(8)
-_NBYTES = _SHAPE + MAX_NDIM
+_LEVELS = _SHAPE + MAX_NDIM
+_TANGENTS = _LEVELS + 1
+_NBYTES = _TANGENTS + 1
 _PAYLOAD_TAG = _NBYTES + 1
 HEADER_WORDS = _PAYLOAD_TAG + 1
 MESSAGE_WORDS = HEADER_WORDS + INLINE_LIMIT // 8
 _HEADER_BYTES = HEADER_WORDS * 8
+_PARENT_SHIFT = 32  # a tangent's descriptor word: parent << 32 | depth << 1 | requires_grad
 
 
 class Kind(IntEnum):
@@ -97,6 +124,14 @@ DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}  # code -> dtype
 _SUPPORTED = ", ".join(str(d) for d in DTYPE_CODES)
 
 
+class Tangent(NamedTuple):
+    """Where a tangent of a message sits: see Note [tangents on the wire]."""
+
+    parent: int  # 0: the primal; i: the message's i-th tangent
+    depth: int  # its level's position among the open levels, outermost first
+    requires_grad: bool
+
+
 class Header(NamedTuple):
     kind: Kind
     context_id: int
@@ -104,8 +139,10 @@ class Header(NamedTuple):
     requires_grad: bool
     dtype: np.dtype
     shape: tuple
-    nbytes: int
+    nbytes: int  # of one array: the primal and each tangent
     payload_tag: int
+    levels: int = 0
+    tangents: tuple = ()  # of Tangent
 
     @property
     def inline(self):
@@ -143,7 +180,9 @@ def _check_ndim(shape):
         )
 
 
-def _header_bytes(kind, code, shape, nbytes, context_id, message_id, requires_grad, payload_tag):
+def _header_bytes(
+    kind, code, shape, nbytes, context_id, message_id, requires_grad, payload_tag, levels, count
+):
     """The header's HEADER_WORDS words, packed in one call."""
     return _HEADER.pack(
         FORMAT_VERSION,
@@ -155,19 +194,27 @@ def _header_bytes(kind, code, shape, nbytes, context_id, message_id, requires_gr
         len(shape),
         *shape,
         *_PADDING[len(shape)],
+        levels,
+        count,
         nbytes,
         payload_tag,
     )
 
 
-def decode_header(words):
-    """Parse the header at the start of a buffer (an int64 array, bytes); ValueError on a
-    malformed header."""
-    if memoryview(words).nbytes < _HEADER_BYTES:
+def fits_inline(nbytes, count):
+    """Whether an array of ``nbytes`` bytes and ``count`` tangents ride inline (Note [inline
+    payloads], Note [tangents on the wire])."""
+    return count * 8 + (count + 1) * nbytes <= INLINE_LIMIT
+
+
+def decode_header(message):
+    """Parse the header (and tangent descriptors) at the start of a buffer (an int64 array,
+    bytes); ValueError on a malformed header."""
+    if memoryview(message).nbytes < _HEADER_BYTES:
         raise ValueError(
-            f"a message header has {_HEADER_BYTES} bytes; got {memoryview(words).nbytes}"
+            f"a message header has {_HEADER_BYTES} bytes; got {memoryview(message).nbytes}"
         )
-    words = _HEADER.unpack_from(words)
+    words = _HEADER.unpack_from(message)
     if words[_VERSION] != FORMAT_VERSION:
         raise ValueError(
             f"message format version {words[_VERSION]} from the peer; this mpigrad speaks "
@@ -188,6 +235,7 @@ def decode_header(words):
         expected *= n
     if min(shape, default=0) < 0 or nbytes != expected:
         raise ValueError(f"a header's nbytes {nbytes} does not match shape {shape} of {dtype}")
+    levels, count = words[_LEVELS], words[_TANGENTS]
     return Header(
         _KINDS[words[_KIND]],
         words[_CONTEXT],
@@ -197,12 +245,35 @@ def decode_header(words):
         shape,
         nbytes,
         words[_PAYLOAD_TAG],
+        levels,
+        _decode_tangents(message, levels, count) if count else (),
     )
 
 
-def _bytes_of(array):
-    """A flat uint8 view of a C-contiguous array (no copy)."""
-    return array.reshape(-1).view(np.uint8)
+def _decode_tangents(message, levels, count):
+    """The ``count`` tangent descriptors behind the header; ValueError if malformed."""
+    if not 0 < count <= MAX_TANGENTS:
+        raise ValueError(f"a header gives {count} tangents; at most {MAX_TANGENTS} are allowed")
+    if memoryview(message).nbytes < _HEADER_BYTES + 8 * count:
+        raise ValueError(
+            f"a message with {count} tangents has at least {_HEADER_BYTES + 8 * count} bytes; "
+            f"got {memoryview(message).nbytes}"
+        )
+    tangents = []
+    for i, word in enumerate(struct.unpack_from(f"={count}q", message, _HEADER_BYTES), 1):
+        parent, depth = word >> _PARENT_SHIFT, (word & (1 << _PARENT_SHIFT) - 1) >> 1
+        if not (0 <= parent < i and 0 <= depth < levels):
+            raise ValueError(
+                f"a header's tangent {i} is at depth {depth} of array {parent}: it must be at "
+                f"one of the {levels} levels open on the sender, of an array before it"
+            )
+        tangents.append(Tangent(parent, depth, bool(word & 1)))
+    return tuple(tangents)
+
+
+def _payload(array):
+    """A flat uint8 view of array, copied first only if it is not C-contiguous."""
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
 
 
 def pack(
@@ -213,39 +284,60 @@ def pack(
     context_id=NO_CONTEXT,
     message_id=-1,
     requires_grad=False,
+    levels=0,
+    tangents=(),
 ):
-    """The message for array: (header, payload or None), both sent as MPI_BYTE.
+    """The message for array: (header, payloads), all sent as MPI_BYTE.
 
-    With ``array.nbytes <= INLINE_LIMIT`` the payload is copied behind the header into one
-    ``bytes`` object; otherwise the header is HEADER_WORDS int64 words, payload_tag must be given
-    (>= 0) and the payload is a uint8 view of the array, copied only if it is not C-contiguous.
-    See Note [inline payloads].
+    ``tangents`` are (``Tangent``, array) pairs, each array of the primal's dtype and shape, and
+    ``levels`` the number of dual levels open here (Note [tangents on the wire]).  When
+    ``fits_inline`` the arrays are copied behind the header (and the tangents' descriptors) into
+    one ``bytes`` object and ``payloads`` is empty; otherwise the header is an int64 array,
+    payload_tag must be given (>= 0) and ``payloads`` holds a uint8 view of each array, the
+    primal first, copied only if it is not C-contiguous.  See Note [inline payloads].
     """
     array = np.asarray(array)
     code = DTYPE_CODES.get(array.dtype) or dtype_code(array.dtype)  # the dtype error first
     shape = array.shape
     _check_ndim(shape)
-    nbytes = array.nbytes
-    if nbytes <= INLINE_LIMIT:
-        return _header_bytes(
-            kind, code, shape, nbytes, context_id, message_id, requires_grad, -1
-        ) + array.tobytes(), None
-    if payload_tag < 0:
+    nbytes, count = array.nbytes, len(tangents)
+    if count > MAX_TANGENTS:
+        raise ValueError(f"a message carries at most {MAX_TANGENTS} tangents; got {count}")
+    inline = count * 8 + (count + 1) * nbytes <= INLINE_LIMIT  # fits_inline, without a call
+    if not inline and payload_tag < 0:
         raise ValueError(f"a payload of {array.nbytes} bytes needs a payload tag")
-    words = np.frombuffer(
-        _header_bytes(
-            kind, code, shape, nbytes, context_id, message_id, requires_grad, payload_tag
-        ),
-        np.int64,
+    words = _header_bytes(
+        kind,
+        code,
+        shape,
+        nbytes,
+        context_id,
+        message_id,
+        requires_grad,
+        -1 if inline else payload_tag,
+        levels,
+        count,
     )
-    return words, _bytes_of(np.ascontiguousarray(array))
+    if not count:  # a plain tensor, the common case: the shortest way
+        if inline:
+            return words + array.tobytes(), ()
+        return np.frombuffer(words, np.int64), (_payload(array),)
+    words += struct.pack(
+        f"={count}q",
+        *[t.parent << _PARENT_SHIFT | t.depth << 1 | t.requires_grad for t, _ in tangents],
+    )
+    arrays = [array, *[t for _, t in tangents]]
+    if inline:
+        return b"".join([words, *[a.tobytes() for a in arrays]]), ()
+    return np.frombuffer(words, np.int64), tuple([_payload(a) for a in arrays])
 
 
-def unpack_inline(header, words):
-    """The array that rides inline behind header in words: a view into ``words``, which the
-    caller must not reuse."""
+def unpack_inline(header, words, index=0):
+    """The ``index``-th array (0: the primal, i: its i-th tangent) that rides inline behind
+    header in words: a view into ``words``, which the caller must not reuse."""
     count = header.nbytes // header.dtype.itemsize
-    return np.frombuffer(words, header.dtype, count, _HEADER_BYTES).reshape(header.shape)
+    offset = _HEADER_BYTES + 8 * len(header.tangents) + index * header.nbytes
+    return np.frombuffer(words, header.dtype, count, offset).reshape(header.shape)
 
 
 def empty_message():

@@ -7,7 +7,8 @@ waiting ranks' notices all send and receive through here:
 
 - ``post`` starts sending an array's message, ``post_words`` raw words (an agreement's);
 - ``Receive`` is a receive posted for one message (a header and inline payload, or raw words);
-  ``header_of`` decodes the header that came, and ``payload_of`` takes the message's array;
+  ``header_of`` decodes the header that came, ``payload_of`` takes the message's array and
+  ``arrays_of`` its array and tangents;
 - ``poll`` receives a message that has come, whole (header and array), if there is one;
   ``take`` receives a probed message's raw words.
 """
@@ -28,6 +29,7 @@ __all__ = [
     "Receive",
     "header_of",
     "payload_of",
+    "arrays_of",
     "poll",
     "take",
     "keep_until_sent",
@@ -96,16 +98,19 @@ def _isend(comms, channel, data, dest, tag):
     return request
 
 
-def post(comms, channel, array, dest, tag, kind=Kind.TENSOR, **header):
-    """Start sending ``array``'s message to ``dest``: the header (with an inline payload) on
-    ``channel`` under ``tag``, a large payload on ``comms.payload`` under a fresh tag.
-    See Note [inline payloads] in messages.py."""
-    payload_tag = _comm.next_payload_tag() if array.nbytes > messages.INLINE_LIMIT else -1
-    words, payload = messages.pack(array, kind, payload_tag=payload_tag, **header)
+def post(comms, channel, array, dest, tag, kind=Kind.TENSOR, tangents=(), **header):
+    """Start sending ``array``'s message (with ``tangents``, as ``messages.pack`` takes them) to
+    ``dest``: the header (with an inline payload) on ``channel`` under ``tag``, large payloads
+    on ``comms.payload`` under a fresh tag.  See Note [inline payloads] in messages.py."""
+    inline = messages.fits_inline(array.nbytes, len(tangents))
+    payload_tag = -1 if inline else _comm.next_payload_tag()
+    words, payloads = messages.pack(
+        array, kind, payload_tag=payload_tag, tangents=tangents, **header
+    )
     requests = [_isend(comms, channel, words, dest, tag)]
-    if payload is not None:
+    for payload in payloads:
         requests.append(_isend(comms, comms.payload, payload, dest, payload_tag))
-    return SendRequest(requests, (words, payload), dest, tag)
+    return SendRequest(requests, (words, payloads), dest, tag)
 
 
 def post_words(comms, channel, words, dest, tag):
@@ -162,9 +167,27 @@ def header_of(comms, words, source):
 def payload_of(comms, header, words, source):
     """The array of the message from rank ``source`` whose ``header`` came in ``words``: the
     inline payload (a writable view into ``words``, which nothing else may use), or a large
-    payload received now into a pooled buffer."""
+    payload received now into a pooled buffer.  Tangents, if the message carries any, are
+    received and dropped (``arrays_of`` keeps them)."""
+    if header.tangents:
+        return arrays_of(comms, header, words, source)[0]
     if header.inline:
         return messages.unpack_inline(header, words)
+    return _received(comms, header, source)
+
+
+def arrays_of(comms, header, words, source):
+    """The arrays of the message from rank ``source`` whose ``header`` came in ``words``: the
+    primal, then its tangents (Note [tangents on the wire] in messages.py), each as
+    ``payload_of`` gives the primal."""
+    count = len(header.tangents) + 1
+    if header.inline:
+        return [messages.unpack_inline(header, words, i) for i in range(count)]
+    return [_received(comms, header, source) for _ in range(count)]
+
+
+def _received(comms, header, source):
+    """The next payload of the message from ``source`` with ``header``, received now."""
     array = buffers.receive_buffer(header.shape, header.dtype)
     comms.payload.Recv([array.reshape(-1).view(np.uint8), MPI.BYTE], source, header.payload_tag)
     comms.received[id(comms.payload)] += 1

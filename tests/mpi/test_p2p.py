@@ -14,7 +14,6 @@ from mpi4py import MPI
 import mpigrad as mg
 import mpigrad.distributed as dist
 import mpigrad.distributed.autograd as dist_autograd
-from mpigrad.autograd import forward_ad as fwAD
 from mpigrad.distributed import comm as dist_comm
 from mpigrad.distributed import messages, transport
 
@@ -281,26 +280,6 @@ def test_a_send_that_raises_records_and_posts_nothing(comm, bad):
 
 def comm_size_plus_one():
     return dist.get_world_size() + 1
-
-
-@pytest.mark.parametrize("call", ["send", "isend", "sendrecv"])
-def test_a_tensor_with_tangents_is_refused_before_it_is_sent(comm, call):
-    # Tangents do not travel yet: dropping them would give the receiver a wrong derivative.
-    rank, size = comm.rank, comm.size
-    dest, source = (rank + 1) % size, (rank - 1) % size
-    x = mg.tensor(np.arange(2.0) + rank)
-    with fwAD.dual_level():
-        dual = fwAD.make_dual(x, mg.ones(2))
-        with pytest.raises(RuntimeError) as info:
-            {
-                "send": lambda: dist.send(dual * 2.0, dest),
-                "isend": lambda: dist.isend(dual * 2.0, dest),
-                "sendrecv": lambda: dist.sendrecv(dual * 2.0, dest, source),
-            }[call]()
-    assert (f"{call}: rank {rank}: the tensor carries forward-mode tangents") in str(info.value)
-    # Nothing went out: the next exchange gets the next tensor.
-    out = dist.sendrecv(np.full(2, float(rank)), dest, source, sendtag=9)
-    _check(out, np.full(2, float(source)))
 
 
 def test_a_malformed_message_is_refused_naming_both_ranks(comm):

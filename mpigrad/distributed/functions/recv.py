@@ -10,6 +10,15 @@ as its ``grad_fn``; in backward that function sends exactly one message to ``sou
 gradient communicator: the gradient of the received tensor, or a no-gradient marker when it is
 unreachable from the roots or its gradient is undefined, so that the matching send function
 never waits in vain.
+
+Tangents: the received tensor carries the sender's tangents, at every dual level they were sent
+at, nested ones included (see Note [tangents on the wire] in messages.py).  Levels are matched by
+nesting depth: the sender's k-th open level (outermost first) is the receiver's k-th open level.
+A tensor that carries tangents may only be received with as many dual levels open as the sender
+had: otherwise the receive raises, naming both ranks and both counts (the message is consumed; a
+tangent is never dropped in silence).  A tensor sent without tangents is a constant at every
+level.  In a context, each tangent sent with requires_grad gets a recv function of its own, as the
+primal does.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import weakref
 
 from mpi4py import MPI
 
+from ... import dual
 from ...grad_mode import is_grad_enabled
 from ...graph import Node
 from ...tensor import Tensor
@@ -192,12 +202,25 @@ class RecvRequest:
 
     def _finish(self):
         """Receive the payload and record the tensor (the header has come)."""
-        array = transport.payload_of(self._comms, self._header, self._receive.words, self.source)
+        header, words = self._header, self._receive.words
+        if header.tangents:
+            arrays = transport.arrays_of(self._comms, header, words, self.source)
+        else:
+            arrays = (transport.payload_of(self._comms, header, words, self.source),)
         self._settled()
         context = self._context and self._context()
         if context is not None:
             context.received += 1
-        self._tensor = _record(context, self._header, array, self.source, self._comms.rank)
+        if header.tangents and header.levels != len(dual.open_levels()):
+            self._void = "failed: its tensor carried tangents at other dual levels"
+            raise DistributedError(
+                f"{self._op}: rank {self._comms.rank} received a tensor carrying forward-mode "
+                f"tangents from rank {self.source} (tag {self.tag}), which had "
+                f"{header.levels} dual level(s) open, but rank {self._comms.rank} has "
+                f"{len(dual.open_levels())}: levels are matched by nesting depth, so the two "
+                "ranks must have the same number of dual levels open"
+            )
+        self._tensor = _record(context, header, arrays, self.source, self._comms.rank)
 
     def _look_elsewhere(self):
         """Raise if the tensor this receive waits for was sent in another context (or outside
@@ -220,11 +243,28 @@ class RecvRequest:
                 )
 
 
-def _record(context, header, array, source, rank):
-    """The received Tensor; in a context, with a recv function when it requires grad."""
-    if context is None or not header.requires_grad:
+def _record(context, header, arrays, source, rank):
+    """The received Tensor, with its tangents; in a context, with a recv function for each of
+    them that requires grad (see Note [tangents on the wire] in messages.py)."""
+    message_id = header.message_id
+    tensor = _tensor(context, header.requires_grad, arrays[0], source, message_id, rank)
+    if header.tangents:
+        message_id += header.requires_grad
+        levels, tensors = dual.open_levels(), [tensor]
+        for (parent, depth, requires_grad), array in zip(header.tangents, arrays[1:]):
+            tangent = _tensor(context, requires_grad, array, source, message_id, rank)
+            message_id += requires_grad
+            dual.set_tangent(tensors[parent], levels[depth], tangent)
+            tensors.append(tangent)
+    return tensor
+
+
+def _tensor(context, requires_grad, array, source, message_id, rank):
+    """One received array as a Tensor; in a context, with a recv function when it was sent with
+    requires_grad."""
+    if context is None or not requires_grad:
         return Tensor._make(array)
-    node = RecvBackward(source, context, header.message_id, rank)
+    node = RecvBackward(source, context, message_id, rank)
     context.recv_functions.append(node)  # even unused, it owes the sender one message
     if is_grad_enabled() and array.dtype.kind == "f":
         return Tensor._make(array, node)

@@ -9,9 +9,15 @@ receives exactly one message for it from ``dest`` on the gradient communicator (
 the received tensor, or a no-gradient marker) and passes it on to the sent tensor's ``grad_fn``.
 Under the loss convention of ``mpigrad.distributed`` this is the exact adjoint of the transfer.
 
+Tangents: a dual tensor's tangents at every open dual level, nested ones included, travel in
+its message (no extra message, nothing when there are none; see Note [tangents on the wire] in
+messages.py): the receiver's ``unpack_dual(y, level).tangent`` is the sender's tangent at the
+level of the same depth (the k-th open level, outermost first), which is ``recv``'s rule for
+levels.  A tangent that requires grad is recorded in a context as the primal is, with a send
+function of its own, so reverse-over-forward crosses ranks too.
+
 Everything is checked before anything is recorded or sent: a call that raises leaves the context
 as it was.  A send to ``PROC_NULL`` does nothing and records nothing (its request is complete).
-Forward-mode tangents do not travel yet: sending a dual tensor raises.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import weakref
 import numpy as np
 from mpi4py import MPI
 
+from ... import dual
 from ...grad_mode import is_grad_enabled
 from ...graph import Node, gradient_edge
 from ...tensor import Tensor
@@ -73,13 +80,9 @@ class Outgoing:
                 f"{op}: expected a Tensor or a numpy array, got {type(tensor).__name__}"
             )
         messages.check_sendable(array)
-        if isinstance(tensor, Tensor) and tensor._fw:
-            raise RuntimeError(
-                f"{op}: rank {comms.rank}: the tensor carries forward-mode tangents (dual levels "
-                f"{sorted(tensor._fw)}), and mpigrad.distributed does not send tangents yet: "
-                "send fwAD.unpack_dual(x).primal and the tangent as two tensors"
-            )
         self.array = array
+        dual_tensor = isinstance(tensor, Tensor) and tensor._fw
+        self.tangents = _tangents(tensor, op, comms.rank) if dual_tensor else ()
         self.context = _context.current()
         if self.context is not None:
             self.context.check_open(op)
@@ -89,24 +92,60 @@ class Outgoing:
         if self.dest == MPI.PROC_NULL:
             return SendRequest([], (), self.dest, self.tag)
         context, tensor = self.context, self.tensor
-        header = {}
         tracked = isinstance(tensor, Tensor) and tensor.requires_grad and is_grad_enabled()
+        recorded = [tensor] if tracked else []  # the arrays that require grad, in message order
+        header = self._tangent_header(recorded) if self.tangents else {}
         if context is not None:
-            header["context_id"] = context.context_id
-            if tracked:
+            header.update(context_id=context.context_id, requires_grad=tracked)
+            for i, sent in enumerate(recorded):  # consecutive ids: Note [tangents on the wire]
                 message_id = context.next_message_id()
+                if i == 0:
+                    header["message_id"] = message_id
                 context.send_functions[message_id] = SendBackward(
-                    tensor, self.dest, context.context_id, message_id
+                    sent, self.dest, context.context_id, message_id
                 )
-                header.update(message_id=message_id, requires_grad=True)
             context.sent_to[self.dest] += 1
-        elif tracked:
+        elif recorded:
             _warn_no_context(self.op)
         channel = self.comms.data_comm(context and context.context_id)
         request = transport.post(self.comms, channel, self.array, self.dest, self.tag, **header)
         if context is not None:
             request.context = weakref.ref(context)  # its wait reads the context's notices
         return request
+
+    def _tangent_header(self, recorded):
+        """The header's words for the tangents (see Note [tangents on the wire] in messages.py);
+        appends those that require grad to ``recorded``."""
+        grad, wire = is_grad_enabled(), []
+        for parent, depth, tangent in self.tangents:
+            requires_grad = grad and tangent.requires_grad
+            wire.append((messages.Tangent(parent, depth, requires_grad), tangent.data))
+            if requires_grad:
+                recorded.append(tangent)
+        return {"tangents": wire, "levels": len(dual.open_levels())}
+
+
+def _tangents(tensor, op, rank):
+    """The tangents ``tensor`` carries, as (parent, depth, tangent) in the order of Note
+    [tangents on the wire]; ValueError if there are more than a message carries."""
+    levels = dual.open_levels()
+    found, index = [], 0
+    carriers = [tensor]  # array i of the message is carriers[i]
+    while index < len(carriers):
+        fw = carriers[index]._fw
+        if fw:
+            for depth, level in enumerate(levels):
+                tangent = fw.get(level)
+                if tangent is not None:
+                    found.append((index, depth, tangent))
+                    carriers.append(tangent)
+        index += 1
+    if len(found) > messages.MAX_TANGENTS:
+        raise ValueError(
+            f"{op}: rank {rank}: the tensor carries {len(found)} tangents over {len(levels)} "
+            f"nested dual levels; a message carries at most {messages.MAX_TANGENTS}"
+        )
+    return found
 
 
 _warned = False

@@ -10,8 +10,12 @@ distributed autograd context it records a send function (to ``dest``) and a recv
 ``source``): in backward the received tensor's gradient goes back to ``source`` and the sent
 tensor's gradient comes from ``dest``.
 
+Tangents: those of the sent tensor travel with it, as for ``send`` and ``recv`` (levels matched
+by nesting depth; the received tensor carries the sender's tangents).
+
 ``PROC_NULL`` as ``dest`` sends nothing, and as ``source`` receives zeros shaped like the sent
-tensor (a constant), so that a non-periodic halo exchange needs no case of its own at the ends.
+tensor (a constant: no tangent, no gradient), so that a non-periodic halo exchange needs no case
+of its own at the ends.
 """
 
 from __future__ import annotations

@@ -284,8 +284,9 @@ class DualSendRecv:
 
     @staticmethod
     def available():
-        """Whether this mpigrad carries tangents through send: rank 0 tries once, every rank
-        learns the answer (rank 1 receives the message where it went)."""
+        """None where this mpigrad carries tangents through send, else why not (its error):
+        rank 0 tries once, every rank learns the answer, rank 1 receives the message if it
+        went."""
         reason = None
         if rank == 0:
             try:

@@ -282,6 +282,19 @@ CASES = [
         lambda x: _cat_weighted(mg.split(x * x, [1, 3, 0], axis=0), 0),
         lambda r: [normal(r, 4, 2)],
     ),
+    _case(
+        "pad",
+        "pairs-value",
+        lambda x: mg.pad(x * x, ((1, 0), (2, 1)), value=1.5),
+        lambda r: [normal(r, 2, 3)],
+    ),
+    _case("pad", "int", lambda x: mg.pad(x * x, 2), lambda r: [normal(r, 3)]),
+    _case(
+        "pad",
+        "one-pair",
+        lambda x: mg.pad(x, (0, 2), value=-1.0) ** 2,
+        lambda r: [normal(r, 2, 1, 2)],
+    ),
     _case("alias", "", lambda x: mg.alias(x * x), lambda r: [normal(r, 2, 3)]),
     # --- linalg -------------------------------------------------------------------------------
     _case("matmul", "2d", mg.matmul, lambda r: [normal(r, 2, 3), normal(r, 3, 4)]),

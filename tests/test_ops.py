@@ -375,6 +375,46 @@ def test_broadcast_to_any_shape(data, seed):
     check_grads(lambda x: mg.broadcast_to(x * x, target), [x], order=2, seed=seed)
 
 
+def _pad_widths(ndim):
+    """Every form numpy's ``pad_width`` takes for a tensor of ``ndim`` dimensions."""
+    width = st.integers(0, 3)
+    pair = st.tuples(width, width)
+    forms = [width, st.tuples(width), pair, st.tuples(pair)]
+    if ndim:  # numpy takes no empty pad_width, not even for a 0-d array
+        forms += [st.tuples(*[pair] * ndim), st.tuples(*[st.tuples(width)] * ndim)]
+    return st.one_of(forms)
+
+
+@HYPOTHESIS
+@given(data=st.data(), seed=st.integers(0, 2**16))
+def test_pad_any_width_matches_numpy(data, seed):
+    shape = data.draw(array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=3))
+    pad_width = data.draw(_pad_widths(len(shape)))
+    value = data.draw(st.sampled_from([0.0, -1.5]))
+    x = normal(np.random.default_rng(seed), *shape)
+    out = mg.pad(x, pad_width, value)
+    np.testing.assert_array_equal(out.data, np.pad(x.data, pad_width, constant_values=value))
+    check_grads(lambda x: mg.pad(x * x, pad_width, value), [x], order=2, seed=seed)
+
+
+def test_pad_keeps_the_dtype_and_takes_arrays():
+    out = mg.pad(np.ones(2, np.float32), 1, value=0.5)
+    assert isinstance(out, Tensor) and out.dtype == np.float32 and not out.requires_grad
+    np.testing.assert_array_equal(out.data, [0.5, 1, 1, 0.5])
+    ints = mg.pad(np.arange(3), (1, 0), value=7)
+    assert ints.dtype == np.arange(3).dtype
+    np.testing.assert_array_equal(ints.data, [7, 0, 1, 2])
+
+
+def test_pad_gradient_is_the_inner_block_and_tangent_pads_with_zeros():
+    x = Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    w = np.arange(20.0).reshape(4, 5)
+    (g,) = autograd_grad(mg.pad(x, ((1, 1), (0, 2)), value=9.0), [x], Tensor(w))
+    np.testing.assert_array_equal(g.data, w[1:3, 0:3])
+    tangent = _tangent(lambda x: mg.pad(x, ((1, 1), (0, 2)), value=9.0), [x], [np.ones((2, 3))])
+    np.testing.assert_array_equal(tangent.data, np.pad(np.ones((2, 3)), ((1, 1), (0, 2))))
+
+
 @HYPOTHESIS
 @given(data=st.data(), layout=st.sampled_from(["C", "F", "strided", "reversed"]))
 def test_broadcast_view_matches_numpy(data, layout):
@@ -836,6 +876,55 @@ BAD_INPUTS = [
         lambda: mg.clamp(_t(3)),
         ValueError,
         "clamp: at least one of min and max must be given",
+    ),
+    _bad(
+        "pad-negative",
+        lambda: mg.pad(_t(2, 3), ((1, 0), (0, -1))),
+        ValueError,
+        r"pad: pad_width must not be negative, got \(\(1, 0\), \(0, -1\)\)",
+    ),
+    _bad(
+        "pad-pairs-count",
+        lambda: mg.pad(_t(2, 3), ((1, 0), (0, 1), (2, 2))),
+        ValueError,
+        r"pad: pad_width of shape \(3, 2\) does not fit a tensor of 2 dimensions: "
+        r"give an int, a \(before, after\) pair or 2 pairs",
+    ),
+    _bad(
+        "pad-triple",
+        lambda: mg.pad(_t(2, 3), (1, 2, 3)),
+        ValueError,
+        r"pad_width of shape \(3,\) does not fit a tensor of 2 dimensions",
+    ),
+    _bad(
+        "pad-ragged",
+        lambda: mg.pad(_t(2, 3), ((1, 0), (1,), 2)),
+        ValueError,
+        "pad: pad_width .* is not an int, a pair or pairs",
+    ),
+    _bad(
+        "pad-float-width",
+        lambda: mg.pad(_t(2, 3), 1.5),
+        TypeError,
+        "pad: pad_width must hold integers, got 1.5",
+    ),
+    _bad(
+        "pad-bool-width",
+        lambda: mg.pad(_t(2, 3), True),
+        TypeError,
+        "pad: pad_width must hold integers, got True",
+    ),
+    _bad(
+        "pad-array-value",
+        lambda: mg.pad(_t(2), 1, value=np.zeros(2)),
+        ValueError,
+        r"pad: value must be a scalar, got shape \(2,\)",
+    ),
+    _bad(
+        "pad-value-requires-grad",
+        lambda: mg.pad(_t(2), 1, value=Tensor(np.float64(1.0), requires_grad=True)),
+        TypeError,
+        "pad: value is a constant and gets no gradient; got a Tensor that requires grad",
     ),
     _bad("add-incompatible", lambda: mg.add(_t(2, 3), _t(4)), ValueError, "could not be broadcast"),
     _bad(

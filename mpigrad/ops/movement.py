@@ -1,4 +1,4 @@
-"""Ops that move or select elements: reshape, permute, broadcast, indexing, cat, split."""
+"""Ops that move or select elements: reshape, permute, broadcast, indexing, cat, split, pad."""
 
 import numpy as np
 
@@ -21,6 +21,7 @@ __all__ = [
     "cat",
     "stack",
     "split",
+    "pad",
     "alias",
 ]
 
@@ -166,6 +167,29 @@ class Cat(Function):
         return (None, *split(grad, ctx.sizes, ctx.axis))
 
 
+@unary_op
+@linear(fixed=(1,))
+class Pad(Function):
+    """out = x with pairs[i] = (before, after) entries of value added on the sides of axis i;
+    grad_x = grad[before_0 : before_0 + n_0, ...]"""
+
+    # Linear in (x, value) together, so the declared jvp pads the tangent with zeros; value is a
+    # constant (pad rejects one that requires grad) and gets no gradient.
+
+    @staticmethod
+    def forward(ctx, x, pairs, value):
+        x = np.asarray(data(x))
+        ctx.inner = tuple(slice(before, before + n) for (before, _), n in zip(pairs, x.shape))
+        shape = tuple(before + n + after for (before, after), n in zip(pairs, x.shape))
+        out = np.full(shape, data(value), x.dtype)
+        out[ctx.inner] = x
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return GetItem.apply(grad, ctx.inner), None, None
+
+
 def _is_basic(index):
     items = index if isinstance(index, tuple) else (index,)
     return all(isinstance(i, (slice, int, np.integer)) or i is None or i is Ellipsis for i in items)
@@ -307,3 +331,41 @@ def split(x, split_size_or_sections, axis=0):
         pieces.append(GetItem.apply(x, index))
         start += size
     return tuple(pieces)
+
+
+def pad(x, pad_width, value=0.0):
+    """``x`` with ``value`` added on the sides of its axes (numpy's ``pad`` in constant mode):
+    ``pad_width`` is an int (that many on both sides of every axis), a ``(before, after)`` pair
+    for every axis, or one pair per axis; ``((before,),)`` and ``(n,)`` forms broadcast as in
+    numpy.  The output has ``x``'s dtype.  ``value`` is a constant scalar (no gradient); the
+    gradient of ``x`` is the inner block of the output's gradient, its tangent padded with
+    zeros."""
+    if isinstance(value, Tensor) and value.requires_grad:
+        raise TypeError(
+            "pad: value is a constant and gets no gradient; got a Tensor that requires grad"
+        )
+    if np.ndim(data(value)) != 0:
+        raise ValueError(f"pad: value must be a scalar, got shape {np.shape(data(value))}")
+    return Pad.apply(x, _pad_pairs(pad_width, np.ndim(data(x))), data(value))
+
+
+def _pad_pairs(pad_width, ndim):
+    """numpy's normalization of ``pad_width``: one ``(before, after)`` pair of ints per axis."""
+    try:
+        widths = np.asarray(data(pad_width))
+    except ValueError:
+        raise ValueError(f"pad: pad_width {pad_width!r} is not an int, a pair or pairs") from None
+    if widths.dtype.kind not in "iu":
+        raise TypeError(f"pad: pad_width must hold integers, got {pad_width!r}")
+    if widths.size and widths.min() < 0:
+        raise ValueError(f"pad: pad_width must not be negative, got {pad_width!r}")
+    if widths.ndim <= 2 and widths.size == 1:
+        return ((int(widths.flat[0]),) * 2,) * ndim
+    if widths.ndim <= 2 and widths.size == 2 and widths.shape != (2, 1):
+        return ((int(widths.flat[0]), int(widths.flat[1])),) * ndim
+    if widths.ndim != 2 or widths.shape[0] != ndim or widths.shape[1] not in (1, 2):
+        raise ValueError(
+            f"pad: pad_width of shape {widths.shape} does not fit a tensor of {ndim} "
+            f"dimensions: give an int, a (before, after) pair or {ndim} pairs"
+        )
+    return tuple((int(b), int(a)) for b, a in np.broadcast_to(widths, (ndim, 2)).tolist())

@@ -365,6 +365,7 @@ class Call:
                 lambda: f"{what} ({self.kind}, collective call {self.seq})",
                 context=_context.current(),
                 agreeing=True,
+                progress=True,
                 started=self.started,
             )
         except BaseException as e:

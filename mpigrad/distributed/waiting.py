@@ -31,6 +31,13 @@ A call that completes soon costs nothing of this: the Waiter is made after FREE_
 # costs the working ranks nothing either) the Waiter also reads notices, answers questions, and
 # checks its deadline and stall time.
 #
+# A non-blocking collective advances only inside MPI calls on the waiting rank (MPICH has no
+# progress thread by default): between polls a many-round algorithm stands still, so a sleep per
+# poll multiplies its time (on a 2-core VM a 64 MiB all_to_all took 3 s sleeping between polls,
+# 80 ms yielding).  A wait made with ``progress=True`` therefore yields its core between polls, never
+# sleeps, for its first _PROGRESS_SECONDS, long enough for any transfer that is under way; a
+# rank still waiting after that waits for another rank, and sleeps as above.
+#
 # Note [failing together]
 # ~~~~~~~~~~~~~~~~~~~~~~~
 # A rank whose part of a context fails (an exception in its part of backward, its backward's
@@ -90,6 +97,7 @@ EXIT_GRACE = 0.5  # seconds a departed rank's last messages get to arrive
 ASK_SECONDS = 0.25  # how long a stalled rank collects answers
 _SPIN_SECONDS = 10e-3  # with a core to itself; see Note [waiting]
 _YIELD_SECONDS = 1e-3
+_PROGRESS_SECONDS = 2.0  # a wait that drives MPI's progress yields, not sleeps, this long
 _SLEEP_MIN, _SLEEP_MAX, _SLEEP_PATIENT = 20e-6, 200e-6, 1e-3
 _PATIENT_AFTER = 10e-3  # waited this long, a rank may sleep up to _SLEEP_PATIENT between polls
 
@@ -127,7 +135,8 @@ class Waiter:
     ``state()`` goes into this rank's answers; ``started`` is when the call began (default: now);
     ``stage`` limits the failures that fail the call (see ``DistAutogradContext.stage``);
     ``peers`` are the ranks it depends on (None: all); ``agreeing`` marks a call that every
-    rank makes together, as a collective (see ``diverged``);
+    rank makes together, as a collective (see ``diverged``); ``progress`` marks a wait whose
+    completion needs this rank's polls (a non-blocking collective: see Note [waiting]);
     ``summarize(answers, ranks)`` turns the answers of the ranks asked into text (default
     ``describe_answers``)."""
 
@@ -145,6 +154,7 @@ class Waiter:
         started=None,
         stage=None,
         agreeing=False,
+        progress=False,
     ):
         global _current
         self.comms = _comm.get()
@@ -164,6 +174,7 @@ class Waiter:
         if self.deadline is not None:  # its answers are in when the deadline comes
             self.next_question = min(self.next_question, self.deadline - ASK_SECONDS)
         self.shared_cores = _shared_cores()
+        self.progress = progress
         self.sleep = _SLEEP_MIN
         self.outer, _current = _current, self
 
@@ -194,7 +205,7 @@ class Waiter:
             self._check(now)
         if not self.shared_cores and waited < _SPIN_SECONDS:
             return
-        if waited < _YIELD_SECONDS:
+        if waited < (_PROGRESS_SECONDS if self.progress else _YIELD_SECONDS):
             os.sched_yield()
             return
         time.sleep(self.sleep)

@@ -34,9 +34,9 @@ A call that completes soon costs nothing of this: the Waiter is made after FREE_
 # A non-blocking collective advances only inside MPI calls on the waiting rank (MPICH has no
 # progress thread by default): between polls a many-round algorithm stands still, so a sleep per
 # poll multiplies its time (on a 2-core VM a 64 MiB all_to_all took 3 s sleeping between polls,
-# 80 ms yielding).  A wait made with ``progress=True`` therefore yields its core between polls, never
-# sleeps, for its first _PROGRESS_SECONDS, long enough for any transfer that is under way; a
-# rank still waiting after that waits for another rank, and sleeps as above.
+# 80 ms yielding).  A wait made with ``progress=True`` therefore yields its core between polls,
+# never sleeps, for its first _PROGRESS_SECONDS, long enough for any transfer that is under way;
+# a rank still waiting after that waits for another rank, and sleeps as above.
 #
 # Note [failing together]
 # ~~~~~~~~~~~~~~~~~~~~~~~

@@ -595,3 +595,24 @@ def test_a_rank_whose_pass_completed_learns_when_leaving_that_another_gave_up(co
             ):
                 dist_autograd.backward(context_id, [(x * 1.0).sum()], timeout=0.5)
     _assert_a_normal_pass_works(comm)
+
+
+@pytest.mark.min_ranks(2)
+def test_a_failure_told_while_a_tensor_arrives_is_raised_when_leaving(comm):
+    # Every rank but the last fails right after its sendrecv.  The last rank's receive may read
+    # their failure notice and then find its tensor come after all: it returns the tensor, and
+    # leaving the context must still raise the failure (it once returned as if reported).
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    for _ in range(20):
+        with pytest.raises((ValueError, dist.DistributedError)) as info:
+            with dist_autograd.context():
+                dist.sendrecv(mg.tensor(np.arange(3.0)), dest, source)
+                if rank != size - 1:
+                    raise ValueError("this rank's part failed")
+        if rank == size - 1:
+            assert info.type is dist.DistributedError, info.value
+            assert f"leaving the context on rank {rank}: context" in str(info.value)
+            assert "this rank's part failed" in str(info.value)
+        dist.destroy()
+        dist.init(comm)

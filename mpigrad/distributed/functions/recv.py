@@ -126,19 +126,25 @@ class RecvRequest:
                     f"{self._op}: rank {self._comms.rank}: this receive from rank "
                     f"{self.source} (tag {self.tag}) {self._void}"
                 )
+            context = self._context and self._context()
+            reported = context is not None and context.reported
             try:
                 waiting.wait_for(
                     self._arrived,
                     self._op,
                     timeout,
                     self._describe,
-                    context=self._context and self._context(),
+                    context=context,
                     peers=[self.source],
                     check=self._look_elsewhere,
                 )
             except BaseException:
                 if self.cancel("was cancelled after an error while it waited"):
                     raise
+                # The tensor came after all, and the error is dropped: a failure of the context
+                # it reported is not reported yet (leaving the context raises it).
+                if context is not None:
+                    context.reported = reported
             else:
                 self._finish()
         return self._tensor

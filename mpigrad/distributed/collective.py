@@ -140,23 +140,23 @@ class Call:
             self.timeout, self.started = self.running.timeout, self.running.started
         self.op = self.root = self.problem = self.anchor = None
         self.tensors, self.listed = (), False
+        try:
+            waiting.resolve_timeout(self.timeout, kind)
+        except ValueError as e:  # raised by ``agree`` on every rank, which waits even so
+            self.problem, self.timeout = e, None
 
     @contextlib.contextmanager
     def checking(self):
         """Run the call's argument checks: a TypeError or ValueError they raise is raised by
-        ``agree`` on every rank."""
+        ``agree`` on every rank (the first problem found, the timeout's included)."""
         try:
             yield
         except (TypeError, ValueError) as e:
-            self.problem = e
+            if self.problem is None:
+                self.problem = e
 
     def check_root(self, root, role):
         self.root = self.comms.check_peer(root, self.kind, role)
-
-    def check_timeout(self):
-        timeout, self.timeout = self.timeout, None  # the agreement waits even if it is invalid
-        waiting.resolve_timeout(timeout, self.kind)
-        self.timeout = timeout
 
     def take(self, x):
         """``x`` (a Tensor or numpy array) as the call's one Tensor."""
@@ -291,6 +291,12 @@ class Call:
             if first.grad_fn is not None:
                 context.collectives.append((first.grad_fn, first.shape, first.dtype))
         return out
+
+    def apply_listed(self, function, *xs):
+        """``apply`` of a Function with one output per rank, as a list (Function.apply returns
+        a single output, at one rank, unwrapped)."""
+        out = self.apply(function, *xs)
+        return list(out) if isinstance(out, tuple) else [out]
 
     def describe(self):
         """This call, as the error of a mismatch shows it."""

@@ -50,8 +50,6 @@ def all_gather(x: Tensor | np.ndarray, timeout: float | None = None) -> list[Ten
 def _all_gather(x, timeout=None, adjoint_of=-1):
     call = Call("all_gather", timeout, adjoint_of)
     with call.checking():
-        call.check_timeout()
         x = call.take(x)
     call.agree(collective.RAGGED)
-    out = call.apply(AllGather, x)
-    return list(out) if isinstance(out, tuple) else [out]
+    return call.apply_listed(AllGather, x)

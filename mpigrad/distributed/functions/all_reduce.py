@@ -89,7 +89,6 @@ def all_reduce(x: Tensor | np.ndarray, op: str = "sum", timeout: float | None = 
 def _all_reduce(x, op, timeout=None, adjoint_of=-1):
     call = Call("all_reduce", timeout, adjoint_of)
     with call.checking():
-        call.check_timeout()
         call.op = collective.reduction(op)
         x = call.take(x)
         call.check_reducible()

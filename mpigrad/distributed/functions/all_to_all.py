@@ -48,8 +48,6 @@ def all_to_all(xs: list[Tensor | np.ndarray], timeout: float | None = None) -> l
 def _all_to_all(xs, timeout=None, adjoint_of=-1):
     call = Call("all_to_all", timeout, adjoint_of)
     with call.checking():
-        call.check_timeout()
         xs = call.take_list(xs)
     call.agree(collective.RAGGED)
-    out = call.apply(AllToAll, *xs)
-    return list(out) if isinstance(out, tuple) else [out]
+    return call.apply_listed(AllToAll, *xs)

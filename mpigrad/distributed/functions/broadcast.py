@@ -50,7 +50,6 @@ def broadcast(x: Tensor | np.ndarray, src: int, timeout: float | None = None) ->
 def _broadcast(x, src, timeout=None, adjoint_of=-1):
     call = Call("broadcast", timeout, adjoint_of)
     with call.checking():
-        call.check_timeout()
         call.check_root(src, "src")
         x = call.take(x)
     call.agree(collective.SAME)

@@ -58,11 +58,8 @@ def gather(x: Tensor | np.ndarray, dst: int, timeout: float | None = None) -> li
 def _gather(x, dst, timeout=None, adjoint_of=-1):
     call = Call("gather", timeout, adjoint_of)
     with call.checking():
-        call.check_timeout()
         call.check_root(dst, "dst")
         x = call.take(x)
     call.agree(collective.RAGGED)
-    out = call.apply(Gather, x)
-    if call.comms.rank != call.root:
-        return None
-    return list(out) if isinstance(out, tuple) else [out]
+    out = call.apply_listed(Gather, x)
+    return out if call.comms.rank == call.root else None

@@ -89,7 +89,6 @@ def reduce(
 def _reduce(x, dst, op, timeout=None, adjoint_of=-1):
     call = Call("reduce", timeout, adjoint_of)
     with call.checking():
-        call.check_timeout()
         call.check_root(dst, "dst")
         call.op = collective.reduction(op)
         x = call.take(x)

@@ -62,7 +62,6 @@ def _reduce_scatter(xs, op, timeout=None, adjoint_of=-1):
 
     call = Call("reduce_scatter", timeout, adjoint_of)
     with call.checking():
-        call.check_timeout()
         call.op = collective.reduction(op)
         xs = call.take_list(xs)
         call.check_reducible()

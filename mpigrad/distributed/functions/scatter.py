@@ -52,7 +52,6 @@ def scatter(xs: list[Tensor | np.ndarray] | None, src: int, timeout: float | Non
 def _scatter(xs, src, timeout=None, adjoint_of=-1):
     call = Call("scatter", timeout, adjoint_of)
     with call.checking():
-        call.check_timeout()
         call.check_root(src, "src")
         xs = call.take_list(xs) if call.comms.rank == call.root else []
     call.agree(collective.ROOTED)

@@ -35,7 +35,7 @@ while it waits (see Note [collectives in a context] in engine.py).
 # freed (MPI forbids both for non-blocking collectives): it is kept in ``comms.abandoned``, and
 # the communicator is out of step for good: later collectives raise until destroy() and init().
 
-import contextlib
+import functools
 import json
 import time
 import zlib
@@ -108,6 +108,16 @@ _REASONS = {
     DIGEST: "the shapes differ",
 }
 _ERRORS = {"TypeError": TypeError, "ValueError": ValueError}
+_KIND_CODES = {kind: i for i, kind in enumerate(KINDS)}
+_OP_CODES = {op: i for i, op in enumerate(OPS)}
+_NO_TENSORS = [-1] * (SHAPE - DTYPE) + _UNUSED[0]  # from DTYPE to the last SHAPE word
+
+
+@functools.lru_cache(maxsize=256)
+def _tensor_words(dtype, shape):
+    """The signature words from DTYPE to the last SHAPE word of one tensor of ``dtype`` and
+    ``shape`` (a tuple, as a call's words are built for every call)."""
+    return (messages.dtype_code(dtype), len(shape), -1, -1, *shape, *_UNUSED[len(shape)])
 
 
 def reduction(op):
@@ -134,21 +144,26 @@ class Call:
         self.comms = _comm.get()
         self.kind, self.timeout, self.adjoint_of = kind, timeout, adjoint_of
         self.started = time.monotonic()
-        context = _context.current()
+        self.context = context = _context.current()
         self.running = context and context.running  # the distributed backward it is part of
         if self.running is not None and timeout is None:  # the pass's timeout bounds its waits
             self.timeout, self.started = self.running.timeout, self.running.started
         self.op = self.root = self.problem = self.anchor = None
         self.tensors, self.listed = (), False
 
-    @contextlib.contextmanager
     def checking(self):
-        """Run the call's argument checks: a TypeError or ValueError they raise is raised by
-        ``agree`` on every rank."""
-        try:
-            yield
-        except (TypeError, ValueError) as e:
-            self.problem = e
+        """A context manager to run the call's argument checks in: a TypeError or ValueError
+        they raise is raised by ``agree`` on every rank."""
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if isinstance(error, (TypeError, ValueError)):
+            self.problem = error
+            return True
+        return False
 
     def check_root(self, root, role):
         self.root = self.comms.check_peer(root, self.kind, role)
@@ -187,7 +202,7 @@ class Call:
         """ValueError unless the call's dtype can be reduced with its op."""
         dtype = self.tensors[0].dtype
         if (
-            dtype == np.bool_
+            dtype.kind == "b"
             or (dtype.kind == "c" and self.op in ("max", "min"))
             or (dtype.kind in "iu" and self.op == "avg")
         ):
@@ -223,7 +238,7 @@ class Call:
             record = record or row[RECORD] == 2
             tangents |= row[TANGENTS]
         self.record = record
-        if record and _context.current() is not None:
+        if record and self.context is not None:
             self._check_recording(rows)
         missing = tangents & ~words[TANGENTS]
         fill = record and words[RECORD] == 1
@@ -238,32 +253,29 @@ class Call:
         tensors = self.tensors
         words = [
             self.comms.collective_calls,
-            KINDS.index(self.kind),
+            _KIND_CODES[self.kind],
             self.adjoint_of,
-            -1 if self.op is None else OPS.index(self.op),
+            -1 if self.op is None else _OP_CODES[self.op],
             -1 if self.root is None else self.root,
             len(levels),
         ]
-        shape = ()
-        if tensors and self.problem is None:
+        if not tensors or self.problem is not None:
+            words += _NO_TENSORS
+        elif self.listed:
             first = tensors[0]
-            words += [messages.dtype_code(first.dtype), first.ndim]
-            if self.listed:
-                words += [len(tensors), zlib.crc32(repr([t.shape for t in tensors]).encode())]
-            else:
-                words += [-1, -1]
-                shape = first.shape
+            words += [messages.dtype_code(first.dtype), first.ndim, len(tensors)]
+            words.append(zlib.crc32(repr([t.shape for t in tensors]).encode()))
+            words += _UNUSED[0]
         else:
-            words += [-1, -1, -1, -1]
-        words += shape
-        words += _UNUSED[len(shape)]
+            first = tensors[0]
+            words += _tensor_words(first.dtype, first.shape)
         tangents = 0
         for t in tensors:
             for level in t._fw or ():
                 if level in levels:
                     tangents |= 1 << levels.index(level)
         record = (1 + any(t._requires_grad for t in tensors)) if _State.grad_enabled else 0
-        words += [self.problem is not None, record, tangents]
+        words += (self.problem is not None, record, tangents)
         return words
 
     def _check_recording(self, rows):
@@ -271,7 +283,7 @@ class Call:
         record (see Note [agreed collectives])."""
         disabled = [r for r, row in enumerate(rows) if row[RECORD] == 0]
         if disabled:
-            context_id = _context.current().context_id
+            context_id = self.context.context_id
             raise RuntimeError(
                 f"{self.kind}: rank(s) {disabled} called it with gradients disabled, while "
                 f"other ranks record it (collective call {self.seq}, in dist_autograd context "
@@ -285,7 +297,7 @@ class Call:
         a context, a recorded call's node is recorded in the context too (see Note [collectives
         in a context] in engine.py)."""
         out = function.apply(self, self.anchor, *xs)
-        context = _context.current()
+        context = self.context
         if context is not None and self.record and _State.grad_enabled:
             first = out[0] if isinstance(out, tuple) else out
             if first.grad_fn is not None:

@@ -12,24 +12,32 @@ while it waits (see Note [collectives in a context] in engine.py).
 
 # Note [agreed collectives]
 # ~~~~~~~~~~~~~~~~~~~~~~~~~
-# Every collective call first allgathers a signature of WORDS int64 words from every rank: this
-# rank's count of collective calls so far, the kind of call, the call it is the adjoint of (-1:
-# none), the op, the root, the number of open dual levels, the dtype, the shape (for a list of
-# tensors: their count and a digest of their shapes), whether this rank found its arguments
-# invalid, whether it records a graph (0: gradients are disabled, 1: none of its inputs requires
-# grad, 2: it records), and the dual levels at which its inputs carry tangents.
-# Only then does the collective itself start, so ranks never meet in MPI collectives of
-# different kinds or sizes (an erroneous program, on which MPI may hang or crash).  The words a
-# kind needs agreed (its rule: SAME, RAGGED, ROOTED, NONE) must be equal on every rank; if not, or
-# if a rank found its arguments invalid, every rank sees it in the same gathered words, then
-# allgathers a description of each rank's call and raises one error naming the ranks and what
-# differs.  The call count makes a rank that skipped a collective, or a backward that reaches the
-# adjoints in another order, fail at the next collective instead of computing with another call's
-# data.  Every rank records a graph when any does, and carries a tangent at every level where any
-# does (a rank without one gets an ``anchor``: a 0-d leaf that requires grad or carries zero
-# tangents in its inputs' place), so that the adjoint and tangent collectives run on every rank.
-# Inside a dist_autograd context a rank with gradients disabled could not record it, and its
-# backward would never join the others' adjoint: every rank raises instead.
+# Every collective call first gathers, on every rank, a signature of WORDS integer words from
+# every rank: this rank's count of collective calls so far, the kind of call, the call it is the
+# adjoint of (-1: none), the op, the root, the number of open dual levels, the dtype, the shape
+# (for a list of tensors: their count and a digest of their shapes), whether this rank found its
+# arguments invalid, whether it records a graph (0: gradients are disabled, 1: none of its inputs
+# requires grad, 2: it records), and the dual levels at which its inputs carry tangents.
+# It is one Iallreduce (SUM) of float64 words: a row of WORDS per rank, each rank's own row its
+# signature and the others zeros, so that the sum is every rank's row, exactly (each word is an
+# integer below 2**53, added to zeros only); then a slot of SLOT words, which a small all_reduce
+# (sum or avg of float64, at most SLOT values) fills with its data, so that its reduction comes
+# with the agreement, in one collective instead of two.  Every call is this same MPI collective
+# of the same size, and whether the slot holds data follows from agreed words (kind, op, dtype,
+# shape): if the ranks disagree, the slot's sum is discarded and the call raises.
+# Only then does the collective itself start (a small all_reduce's has ended), so ranks never meet
+# in MPI collectives of different kinds or sizes (an erroneous program, on which MPI may hang or
+# crash).  The words a kind needs agreed (its rule: SAME, RAGGED, ROOTED, NONE) must be equal on
+# every rank; if not, or if a rank found its arguments invalid, every rank sees it in the same
+# gathered words, then allgathers a description of each rank's call and raises one error naming
+# the ranks and what differs.  The call count makes a rank that skipped a collective, or a
+# backward that reaches the adjoints in another order, fail at the next collective instead of
+# computing with another call's data.  Every rank records a graph when any does, and carries a
+# tangent at every level where any does (a rank without one gets an ``anchor``: a 0-d leaf that
+# requires grad or carries zero tangents in its inputs' place), so that the adjoint and tangent
+# collectives run on every rank.  Inside a dist_autograd context a rank with gradients disabled
+# could not record it, and its backward would never join the others' adjoint: every rank raises
+# instead.
 #
 # A collective that does not complete (a timeout, a rank that ended) can be neither cancelled nor
 # freed (MPI forbids both for non-blocking collectives): it is kept in ``comms.abandoned``, and
@@ -93,6 +101,7 @@ SHAPE = 10
 PROBLEM = SHAPE + messages.MAX_NDIM
 RECORD, TANGENTS = PROBLEM + 1, PROBLEM + 2
 WORDS = TANGENTS + 1
+SLOT = 64  # the float64 values an all_reduce reduces with its agreement, at most
 SAME, RAGGED, ROOTED, NONE = PROBLEM, DIGEST, DTYPE, DTYPE
 _UNUSED = [[-1] * (messages.MAX_NDIM - n) for n in range(messages.MAX_NDIM + 1)]
 _REASONS = {
@@ -148,7 +157,7 @@ class Call:
         self.running = context and context.running  # the distributed backward it is part of
         if self.running is not None and timeout is None:  # the pass's timeout bounds its waits
             self.timeout, self.started = self.running.timeout, self.running.started
-        self.op = self.root = self.problem = self.anchor = None
+        self.op = self.root = self.problem = self.anchor = self.reduced = None
         self.tensors, self.listed = (), False
 
     def checking(self):
@@ -225,12 +234,16 @@ class Call:
         words = self._signature(levels)
         self.seq = words[SEQ]
         comms.collective_calls += 1
-        rows = np.empty((comms.size, WORDS), np.int64)
-        self._wait(
-            comms.collective.Iallgather(np.array(words, np.int64), rows), "every rank to join it"
-        )
+        size, data = comms.size, self._slot_data()
+        start = comms.rank * WORDS
+        mine = np.zeros(size * WORDS + SLOT)
+        mine[start : start + WORDS] = words
+        if data is not None:
+            mine[size * WORDS : size * WORDS + data.size] = data.reshape(-1)
+        summed = np.empty_like(mine)
+        self._wait(comms.collective.Iallreduce(mine, summed, op=MPI.SUM), "every rank to join it")
         # Plain lists: at the sizes of a call, faster than numpy's indexing.
-        self.rows = rows = rows.tolist()
+        self.rows = rows = summed[: size * WORDS].astype(np.int64).reshape(size, WORDS).tolist()
         agreed, record, tangents = words[:rule], False, 0
         for row in rows:
             if row[PROBLEM] or row[:rule] != agreed:
@@ -238,6 +251,8 @@ class Call:
             record = record or row[RECORD] == 2
             tangents |= row[TANGENTS]
         self.record = record
+        if data is not None:
+            self.reduced = summed[size * WORDS : size * WORDS + data.size].reshape(data.shape)
         if record and self.context is not None:
             self._check_recording(rows)
         missing = tangents & ~words[TANGENTS]
@@ -247,6 +262,14 @@ class Call:
             for i, level in enumerate(levels):
                 if missing >> i & 1:
                     self.anchor = make_dual(self.anchor, np.zeros(()), level=level)
+
+    def _slot_data(self):
+        """The array this call reduces with its agreement (see Note [agreed collectives]), or
+        None."""
+        if self.kind != "all_reduce" or self.problem is not None or self.op not in ("sum", "avg"):
+            return None
+        data = self.tensors[0].data
+        return data if data.dtype == np.float64 and data.size <= SLOT else None
 
     def _signature(self, levels):
         """This rank's signature words, a list of ints (see Note [agreed collectives])."""
@@ -453,12 +476,17 @@ def _pieces(buffer, shapes, dtype):
 
 
 def all_reduce(call, array):
-    """The reduction of every rank's ``array`` by ``call.op`` (avg: the sum over the size)."""
-    out = np.empty(array.shape, array.dtype)
-    call._wait(
-        call.comms.collective.Iallreduce(np.ascontiguousarray(array), out, op=_MPI_OPS[call.op]),
-        "every rank's data",
-    )
+    """The reduction of every rank's ``array`` by ``call.op`` (avg: the sum over the size);
+    the call's agreement reduced it already when it is small (see Note [agreed collectives])."""
+    out = call.reduced
+    if out is None:
+        out = np.empty(array.shape, array.dtype)
+        call._wait(
+            call.comms.collective.Iallreduce(
+                np.ascontiguousarray(array), out, op=_MPI_OPS[call.op]
+            ),
+            "every rank's data",
+        )
     if call.op == "avg":
         out /= call.comms.size
     return out

@@ -12,30 +12,38 @@ while it waits (see Note [collectives in a context] in engine.py).
 
 # Note [agreed collectives]
 # ~~~~~~~~~~~~~~~~~~~~~~~~~
-# Every collective call first allgathers a signature of WORDS int64 words from every rank: this
-# rank's count of collective calls so far, the kind of call, the call it is the adjoint of (-1:
-# none), the op, the root, the number of open dual levels, the dtype, the shape (for a list of
-# tensors: their count and a digest of their shapes), whether this rank found its arguments
-# invalid, whether it records a graph (0: gradients are disabled, 1: none of its inputs requires
-# grad, 2: it records), and the dual levels at which its inputs carry tangents.
-# Only then does the collective itself start, so ranks never meet in MPI collectives of
-# different kinds or sizes (an erroneous program, on which MPI may hang or crash).  The words a
-# kind needs agreed (its rule: SAME, RAGGED, ROOTED, NONE) must be equal on every rank; if not, or
-# if a rank found its arguments invalid, every rank sees it in the same gathered words, then
-# allgathers a description of each rank's call and raises one error naming the ranks and what
-# differs.  The call count makes a rank that skipped a collective, or a backward that reaches the
-# adjoints in another order, fail at the next collective instead of computing with another call's
-# data.  Every rank records a graph when any does, and carries a tangent at every level where any
-# does (a rank without one gets an ``anchor``: a 0-d leaf that requires grad or carries zero
-# tangents in its inputs' place), so that the adjoint and tangent collectives run on every rank.
-# Inside a dist_autograd context a rank with gradients disabled could not record it, and its
-# backward would never join the others' adjoint: every rank raises instead.
+# Every collective call first gathers, on every rank, a signature of WORDS integer words from
+# every rank: this rank's count of collective calls so far, the kind of call, the call it is the
+# adjoint of (-1: none), the op, the root, the number of open dual levels, the dtype, the shape
+# (for a list of tensors: their count and a digest of their shapes), whether this rank found its
+# arguments invalid, whether it records a graph (0: gradients are disabled, 1: none of its inputs
+# requires grad, 2: it records), and the dual levels at which its inputs carry tangents.
+# It is one Iallreduce (SUM) of float64 words: a row of WORDS per rank, each rank's own row its
+# signature and the others zeros, so that the sum is every rank's row, exactly (each word is an
+# integer below 2**53, added to zeros only); then a slot of SLOT words, which a small all_reduce
+# (sum or avg of float64, at most SLOT values) fills with its data, so that its reduction comes
+# with the agreement, in one collective instead of two.  Every call is this same MPI collective
+# of the same size, and whether the slot holds data follows from agreed words (kind, op, dtype,
+# shape): if the ranks disagree, the slot's sum is discarded and the call raises.
+# Only then does the collective itself start (a small all_reduce's has ended), so ranks never meet
+# in MPI collectives of different kinds or sizes (an erroneous program, on which MPI may hang or
+# crash).  The words a kind needs agreed (its rule: SAME, RAGGED, ROOTED, NONE) must be equal on
+# every rank; if not, or if a rank found its arguments invalid, every rank sees it in the same
+# gathered words, then allgathers a description of each rank's call and raises one error naming
+# the ranks and what differs.  The call count makes a rank that skipped a collective, or a
+# backward that reaches the adjoints in another order, fail at the next collective instead of
+# computing with another call's data.  Every rank records a graph when any does, and carries a
+# tangent at every level where any does (a rank without one gets an ``anchor``: a 0-d leaf that
+# requires grad or carries zero tangents in its inputs' place), so that the adjoint and tangent
+# collectives run on every rank.  Inside a dist_autograd context a rank with gradients disabled
+# could not record it, and its backward would never join the others' adjoint: every rank raises
+# instead.
 #
 # A collective that does not complete (a timeout, a rank that ended) can be neither cancelled nor
 # freed (MPI forbids both for non-blocking collectives): it is kept in ``comms.abandoned``, and
 # the communicator is out of step for good: later collectives raise until destroy() and init().
 
-import contextlib
+import functools
 import json
 import time
 import zlib
@@ -93,6 +101,7 @@ SHAPE = 10
 PROBLEM = SHAPE + messages.MAX_NDIM
 RECORD, TANGENTS = PROBLEM + 1, PROBLEM + 2
 WORDS = TANGENTS + 1
+SLOT = 64  # the float64 values an all_reduce reduces with its agreement, at most
 SAME, RAGGED, ROOTED, NONE = PROBLEM, DIGEST, DTYPE, DTYPE
 _UNUSED = [[-1] * (messages.MAX_NDIM - n) for n in range(messages.MAX_NDIM + 1)]
 _REASONS = {
@@ -108,6 +117,16 @@ _REASONS = {
     DIGEST: "the shapes differ",
 }
 _ERRORS = {"TypeError": TypeError, "ValueError": ValueError}
+_KIND_CODES = {kind: i for i, kind in enumerate(KINDS)}
+_OP_CODES = {op: i for i, op in enumerate(OPS)}
+_NO_TENSORS = [-1] * (SHAPE - DTYPE) + _UNUSED[0]  # from DTYPE to the last SHAPE word
+
+
+@functools.lru_cache(maxsize=256)
+def _tensor_words(dtype, shape):
+    """The signature words from DTYPE to the last SHAPE word of one tensor of ``dtype`` and
+    ``shape`` (a tuple, as a call's words are built for every call)."""
+    return (messages.dtype_code(dtype), len(shape), -1, -1, *shape, *_UNUSED[len(shape)])
 
 
 def reduction(op):
@@ -134,26 +153,32 @@ class Call:
         self.comms = _comm.get()
         self.kind, self.timeout, self.adjoint_of = kind, timeout, adjoint_of
         self.started = time.monotonic()
-        context = _context.current()
+        self.context = context = _context.current()
         self.running = context and context.running  # the distributed backward it is part of
         if self.running is not None and timeout is None:  # the pass's timeout bounds its waits
             self.timeout, self.started = self.running.timeout, self.running.started
-        self.op = self.root = self.problem = self.anchor = None
+        self.op = self.root = self.problem = self.anchor = self.reduced = None
         self.tensors, self.listed = (), False
         try:
             waiting.resolve_timeout(self.timeout, kind)
         except ValueError as e:  # raised by ``agree`` on every rank, which waits even so
             self.problem, self.timeout = e, None
 
-    @contextlib.contextmanager
     def checking(self):
-        """Run the call's argument checks: a TypeError or ValueError they raise is raised by
-        ``agree`` on every rank (the first problem found, the timeout's included)."""
-        try:
-            yield
-        except (TypeError, ValueError) as e:
+        """A context manager to run the call's argument checks in: a TypeError or ValueError
+        they raise is raised by ``agree`` on every rank (the first problem found, the timeout's
+        included)."""
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if isinstance(error, (TypeError, ValueError)):
             if self.problem is None:
-                self.problem = e
+                self.problem = error
+            return True
+        return False
 
     def check_root(self, root, role):
         self.root = self.comms.check_peer(root, self.kind, role)
@@ -187,7 +212,7 @@ class Call:
         """ValueError unless the call's dtype can be reduced with its op."""
         dtype = self.tensors[0].dtype
         if (
-            dtype == np.bool_
+            dtype.kind == "b"
             or (dtype.kind == "c" and self.op in ("max", "min"))
             or (dtype.kind in "iu" and self.op == "avg")
         ):
@@ -210,12 +235,16 @@ class Call:
         words = self._signature(levels)
         self.seq = words[SEQ]
         comms.collective_calls += 1
-        rows = np.empty((comms.size, WORDS), np.int64)
-        self._wait(
-            comms.collective.Iallgather(np.array(words, np.int64), rows), "every rank to join it"
-        )
+        size, data = comms.size, self._slot_data()
+        start = comms.rank * WORDS
+        mine = np.zeros(size * WORDS + SLOT)
+        mine[start : start + WORDS] = words
+        if data is not None:
+            mine[size * WORDS : size * WORDS + data.size] = data.reshape(-1)
+        summed = np.empty_like(mine)
+        self._wait(comms.collective.Iallreduce(mine, summed, op=MPI.SUM), "every rank to join it")
         # Plain lists: at the sizes of a call, faster than numpy's indexing.
-        self.rows = rows = rows.tolist()
+        self.rows = rows = summed[: size * WORDS].astype(np.int64).reshape(size, WORDS).tolist()
         agreed, record, tangents = words[:rule], False, 0
         for row in rows:
             if row[PROBLEM] or row[:rule] != agreed:
@@ -223,7 +252,9 @@ class Call:
             record = record or row[RECORD] == 2
             tangents |= row[TANGENTS]
         self.record = record
-        if record and _context.current() is not None:
+        if data is not None:
+            self.reduced = summed[size * WORDS : size * WORDS + data.size].reshape(data.shape)
+        if record and self.context is not None:
             self._check_recording(rows)
         missing = tangents & ~words[TANGENTS]
         fill = record and words[RECORD] == 1
@@ -233,37 +264,42 @@ class Call:
                 if missing >> i & 1:
                     self.anchor = make_dual(self.anchor, np.zeros(()), level=level)
 
+    def _slot_data(self):
+        """The array this call reduces with its agreement (see Note [agreed collectives]), or
+        None."""
+        if self.kind != "all_reduce" or self.problem is not None or self.op not in ("sum", "avg"):
+            return None
+        data = self.tensors[0].data
+        return data if data.dtype == np.float64 and data.size <= SLOT else None
+
     def _signature(self, levels):
         """This rank's signature words, a list of ints (see Note [agreed collectives])."""
         tensors = self.tensors
         words = [
             self.comms.collective_calls,
-            KINDS.index(self.kind),
+            _KIND_CODES[self.kind],
             self.adjoint_of,
-            -1 if self.op is None else OPS.index(self.op),
+            -1 if self.op is None else _OP_CODES[self.op],
             -1 if self.root is None else self.root,
             len(levels),
         ]
-        shape = ()
-        if tensors and self.problem is None:
+        if not tensors or self.problem is not None:
+            words += _NO_TENSORS
+        elif self.listed:
             first = tensors[0]
-            words += [messages.dtype_code(first.dtype), first.ndim]
-            if self.listed:
-                words += [len(tensors), zlib.crc32(repr([t.shape for t in tensors]).encode())]
-            else:
-                words += [-1, -1]
-                shape = first.shape
+            words += [messages.dtype_code(first.dtype), first.ndim, len(tensors)]
+            words.append(zlib.crc32(repr([t.shape for t in tensors]).encode()))
+            words += _UNUSED[0]
         else:
-            words += [-1, -1, -1, -1]
-        words += shape
-        words += _UNUSED[len(shape)]
+            first = tensors[0]
+            words += _tensor_words(first.dtype, first.shape)
         tangents = 0
         for t in tensors:
             for level in t._fw or ():
                 if level in levels:
                     tangents |= 1 << levels.index(level)
         record = (1 + any(t._requires_grad for t in tensors)) if _State.grad_enabled else 0
-        words += [self.problem is not None, record, tangents]
+        words += (self.problem is not None, record, tangents)
         return words
 
     def _check_recording(self, rows):
@@ -271,7 +307,7 @@ class Call:
         record (see Note [agreed collectives])."""
         disabled = [r for r, row in enumerate(rows) if row[RECORD] == 0]
         if disabled:
-            context_id = _context.current().context_id
+            context_id = self.context.context_id
             raise RuntimeError(
                 f"{self.kind}: rank(s) {disabled} called it with gradients disabled, while "
                 f"other ranks record it (collective call {self.seq}, in dist_autograd context "
@@ -285,7 +321,7 @@ class Call:
         a context, a recorded call's node is recorded in the context too (see Note [collectives
         in a context] in engine.py)."""
         out = function.apply(self, self.anchor, *xs)
-        context = _context.current()
+        context = self.context
         if context is not None and self.record and _State.grad_enabled:
             first = out[0] if isinstance(out, tuple) else out
             if first.grad_fn is not None:
@@ -447,12 +483,17 @@ def _pieces(buffer, shapes, dtype):
 
 
 def all_reduce(call, array):
-    """The reduction of every rank's ``array`` by ``call.op`` (avg: the sum over the size)."""
-    out = np.empty(array.shape, array.dtype)
-    call._wait(
-        call.comms.collective.Iallreduce(np.ascontiguousarray(array), out, op=_MPI_OPS[call.op]),
-        "every rank's data",
-    )
+    """The reduction of every rank's ``array`` by ``call.op`` (avg: the sum over the size);
+    the call's agreement reduced it already when it is small (see Note [agreed collectives])."""
+    out = call.reduced
+    if out is None:
+        out = np.empty(array.shape, array.dtype)
+        call._wait(
+            call.comms.collective.Iallreduce(
+                np.ascontiguousarray(array), out, op=_MPI_OPS[call.op]
+            ),
+            "every rank's data",
+        )
     if call.op == "avg":
         out /= call.comms.size
     return out

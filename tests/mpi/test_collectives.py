@@ -18,6 +18,7 @@ import mpigrad as mg
 import mpigrad.distributed as dist
 import mpigrad.distributed.autograd as dist_autograd
 from mpigrad.autograd import forward_ad as fwAD
+from mpigrad.distributed.collective import SLOT
 from mpigrad.engine import BackwardError
 
 EPS, TOL = 1e-6, 1e-7
@@ -144,6 +145,19 @@ def test_all_reduce_values(comm, op, name):
     np.testing.assert_allclose(out.data, expected, rtol=1e-14)
     ints = dist.all_reduce(np.arange(4, dtype=np.int32) + comm.rank, "max" if name == "avg" else op)
     assert ints.dtype == np.int32
+
+
+@pytest.mark.parametrize("op", ["sum", "avg"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_all_reduce_values_with_and_without_the_agreement(comm, op, dtype):
+    # float64 data of at most SLOT values is reduced with the call's agreement, the rest apart.
+    for n in (0, 1, SLOT, SLOT + 1):
+        every = np.random.default_rng(n).standard_normal((comm.size, n)).astype(dtype)
+        out = dist.all_reduce(every[comm.rank].reshape(n, 1), op)
+        assert out.shape == (n, 1) and out.dtype == dtype
+        expected = every.sum(0) / (comm.size if op == "avg" else 1)
+        tol = 1e-5 if dtype == np.float32 else 1e-14
+        np.testing.assert_allclose(out.data[:, 0], expected, rtol=tol, atol=tol)
 
 
 def test_the_other_collectives_move_the_right_values(comm):
@@ -348,6 +362,7 @@ def test_mismatched_backward_raises_on_every_rank(comm):
     "case",
     [
         pytest.param("shape", marks=pytest.mark.min_ranks(2)),  # one rank cannot disagree
+        pytest.param("slot-shape", marks=pytest.mark.min_ranks(2)),
         pytest.param("dtype", marks=pytest.mark.min_ranks(2)),
         "op",
         "src",
@@ -366,6 +381,11 @@ def test_bad_input_on_one_rank_raises_on_every_rank(comm, case):
             lambda: dist.all_reduce(np.zeros(2) if bad else x),
             dist.DistributedError,
             f"the shapes differ: rank{'s' if size > 2 else ''} ",
+        ),
+        "slot-shape": (  # the good ranks' data is reduced with the agreement, the bad one's not
+            lambda: dist.all_reduce(np.zeros(SLOT + 1) if bad else np.zeros(SLOT)),
+            dist.DistributedError,
+            "the shapes differ",
         ),
         "dtype": (
             lambda: dist.all_gather(x.astype(np.float32) if bad else x),

@@ -215,7 +215,7 @@ class GraphTask:
             self.captured = [None] * len(capture)
             for index, (node, nr) in enumerate(capture):
                 self.capture_slots.setdefault(node, []).append((nr, index))
-            self.needed = _needed_for(self.capture_slots, parents)
+            self.needed = _needed_for(self.capture_slots, dependencies, parents)
         for (node, nr), grad in zip(roots, grads):
             self._buffer(node, nr, self._value(grad))
             self._arrive(node)
@@ -421,10 +421,12 @@ def _count_dependencies(starts, want_parents):
     return dependencies, parents
 
 
-def _needed_for(capture_slots, parents):
-    """Nodes that lie on a path to a captured edge: only these run when capturing."""
+def _needed_for(capture_slots, reached, parents):
+    """Nodes that lie on a path to a captured edge, and the nodes of ``reached`` that
+    communicate with the path to each: only these run when capturing."""
     needed = set()
     stack = [p for node in capture_slots for p in parents.get(node, ())]
+    stack += [node for node in reached if node.communicates]
     while stack:
         node = stack.pop()
         if node not in needed:

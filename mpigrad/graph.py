@@ -37,6 +37,10 @@ class Node:
     # A method that a backward pass reaching this node calls before it runs any node (so before
     # it frees any): it raises to refuse the pass (a recv function outside its context's pass).
     before_pass = None
+    # Whether apply communicates with other ranks, which take part in it whatever this rank
+    # needs: a pass that captures gradients (``inputs=``) runs it, and the nodes on the way to
+    # it, even when it leads to no captured edge (a collective's node: ``Call.apply``).
+    communicates = False
 
     def __init__(self):
         self.sequence_nr = next_sequence_nr()

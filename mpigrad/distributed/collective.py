@@ -317,15 +317,18 @@ class Call:
             )
 
     def apply(self, function, *xs):
-        """``function.apply(self, anchor, *xs)``, the op's Function on this agreed call; inside
-        a context, a recorded call's node is recorded in the context too (see Note [collectives
-        in a context] in engine.py)."""
+        """``function.apply(self, anchor, *xs)``, the op's Function on this agreed call.  A
+        recorded call's node ``communicates`` (so that every rank's backward runs it), and inside
+        a context it is recorded in the context too (see Note [collectives in a context] in
+        engine.py)."""
         out = function.apply(self, self.anchor, *xs)
-        context = self.context
-        if context is not None and self.record and _State.grad_enabled:
+        if self.record and _State.grad_enabled:
             first = out[0] if isinstance(out, tuple) else out
-            if first.grad_fn is not None:
-                context.collectives.append((first.grad_fn, first.shape, first.dtype))
+            node = first.grad_fn
+            if node is not None:
+                node.communicates = True
+                if self.context is not None:
+                    self.context.collectives.append((node, first.shape, first.dtype))
         return out
 
     def apply_listed(self, function, *xs):

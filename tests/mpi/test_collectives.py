@@ -318,6 +318,24 @@ def test_a_rank_whose_input_needs_no_grad_still_takes_part_in_backward(comm):
         np.testing.assert_allclose(x.grad.data, 2 * comm.size * total)
 
 
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_grad_with_inputs_runs_collectives_no_input_needs(comm, create_graph):
+    # Rank 0 asks for x's gradient, the other ranks for w's, which lies after the all_reduce:
+    # their passes still run its adjoint, which rank 0's gradient needs, and none waits.
+    rank, size = comm.rank, comm.size
+    x = mg.tensor(np.arange(3.0) + rank, requires_grad=True)
+    w = mg.tensor(np.array([1.0, -2.0, 0.5]) * (rank + 1), requires_grad=True)
+    loss = (dist.all_reduce(x * 2.0) * w).sum()
+    wanted = x if rank == 0 else w
+    (g,) = mg.autograd.grad(loss, [wanted], create_graph=create_graph)
+    if rank == 0:
+        expected = 2.0 * sum(np.array([1.0, -2.0, 0.5]) * (r + 1) for r in range(size))
+    else:
+        expected = 2.0 * sum(np.arange(3.0) + r for r in range(size))
+    np.testing.assert_allclose(g.data, expected, rtol=1e-14)
+    assert x.grad is None and w.grad is None
+
+
 def test_data_parallel_gradient_average(comm):
     # The replicated-loss convention: every rank holds the same loss and it counts once.
     rank, size = comm.rank, comm.size

@@ -71,25 +71,6 @@ def launcher_rank():
     return 0
 
 
-def keep_freed_memory():
-    """Raise glibc's malloc trim and mmap thresholds (``mallopt``) so that freed arrays stay in
-    the heap for the next repetition, rather than going back to the kernel and page-faulting
-    afresh; True where it applied."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    return bool(
-        mallopt(m_trim_threshold, 1 << 30)
-        and mallopt(m_top_pad, 64 << 20)
-        and mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest on 64-bit
-    )
-
-
 def parser(doc, plot=False):
     """The options every benchmark takes (``--quick``, ``--reps``, ``--append``; ``--plot`` and
     ``--no-plot`` where it plots); the first paragraph of ``doc`` describes the script."""
@@ -189,7 +170,8 @@ def summary(values, scale=1.0):
 def run_info(comm=None, **flags):
     """What a record needs to be compared with another: the script and its arguments, when, the
     git revision, the host, the Python and library versions, the MPI library, the environment
-    variables that change what is measured, and the script's own ``flags``."""
+    variables that change what is measured, whether mpigrad keeps freed memory (mpigrad/memory.py),
+    and the script's own ``flags``."""
     mpigrad = sys.modules.get("mpigrad")
     return {
         "script": os.path.basename(sys.argv[0]),
@@ -205,6 +187,7 @@ def run_info(comm=None, **flags):
             name: version(name) for name in ("mpigrad", "numpy", "numba", "mpi4py", "torch")
         },
         "mpigrad_from": None if mpigrad is None else os.path.dirname(mpigrad.__file__),
+        "keep_freed_memory": None if mpigrad is None else mpigrad.memory.kept(),
         "mpi": mpi_library(),
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)},
         **flags,

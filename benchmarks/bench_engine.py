@@ -19,13 +19,13 @@ mpigrad's time per op alone.
 
 ``--threads`` (default 1) sets the threads of BLAS, OpenMP, torch and mpigrad's kernels alike;
 more than one gives stable numbers only on a quiet machine.  The garbage collector stays on, as
-in user code (``--no-gc`` turns it off while timing); glibc's malloc keeps freed memory for the
-next sample (``--no-mallopt`` keeps its defaults).  ``--profile CASE`` runs mpigrad's side of
-CASE under cProfile instead of timing.  The engine is rank-local: under mpiexec, rank 0 measures
-and the other ranks exit at once, without initializing MPI.
+in user code (``--no-gc`` turns it off while timing); the allocator is as mpigrad sets it on
+import (``MPIGRAD_KEEP_FREED_MEMORY=0`` keeps glibc's defaults).  ``--profile CASE`` runs
+mpigrad's side of CASE under cProfile instead of timing.  The engine is rank-local: under
+mpiexec, rank 0 measures and the other ranks exit at once, without initializing MPI.
 
     python benchmarks/bench_engine.py [--quick] [--threads N] [--cases chain fanin mlp]
-        [--reps N] [--ops N] [--no-torch] [--no-gc] [--no-mallopt] [--profile CASE]
+        [--reps N] [--ops N] [--no-torch] [--no-gc] [--profile CASE]
 """
 
 import functools
@@ -46,7 +46,6 @@ def parse_args():
     p.add_argument("--ops", type=_common.positive, default=1000, help="ops (chain, fanin)")
     p.add_argument("--no-torch", action="store_true", help="skip torch even where installed")
     p.add_argument("--no-gc", action="store_true", help="garbage collector off while timing")
-    p.add_argument("--no-mallopt", action="store_true", help="keep glibc's malloc thresholds")
     p.add_argument("--profile", choices=CASES, help="profile mpigrad's side of CASE instead")
     return p.parse_args()
 
@@ -55,7 +54,6 @@ ARGS = parse_args()
 if _common.launcher_rank() != 0:
     sys.exit(0)  # rank 0 measures alone: a rank waiting in a barrier would busy-poll a core
 _common.prepare(ARGS.threads)
-MALLOPT = not ARGS.no_mallopt and _common.keep_freed_memory()
 
 import numpy as np  # noqa: E402
 
@@ -324,12 +322,12 @@ def main():
     if ARGS.profile:
         profile(ARGS.profile)
         return
-    report = _common.Report(ARGS, threads=ARGS.threads, gc=not ARGS.no_gc, mallopt=MALLOPT)
+    report = _common.Report(ARGS, threads=ARGS.threads, gc=not ARGS.no_gc)
     table = _common.Table(
         "case:6 subject:8 unit:6 median:9.3f q1:9.3f q3:9.3f mean:9.3f fwd:9.3f bwd:9.3f "
         "faults:7.0f ratio:6.2f",
         note=f"forward + backward per sample, {ARGS.threads} thread(s), gc "
-        f"{'off' if ARGS.no_gc else 'on'}, mallopt {'on' if MALLOPT else 'off'}; fwd, bwd: "
+        f"{'off' if ARGS.no_gc else 'on'}, freed memory kept: {mg.memory.kept()}; fwd, bwd: "
         "medians of each part; faults: minor page faults; ratio: to the case's baseline "
         "(torch for chain and fanin, numpy for mlp)",
     )

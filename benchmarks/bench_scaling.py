@@ -37,7 +37,6 @@ A sweep over rank counts is several runs, each appending to one file (``--append
 
     mpiexec -n N python benchmarks/bench_scaling.py [--quick] [--points P] [--steps T]
         [--reps R] [--mode weak|strong|both] [--append FILE] [--plot PATH | --no-plot]
-        [--no-mallopt]
     python benchmarks/bench_scaling.py --collect FILE [FILE ...] [--plot PATH]
 """
 
@@ -445,19 +444,17 @@ def main():
     p.add_argument("--steps", type=_common.positive, help="time steps T (default 50; --quick 10)")
     p.add_argument("--mode", choices=("weak", "strong", "both"), default="both")
     p.add_argument("--collect", metavar="FILE", nargs="+", help="tabulate earlier runs")
-    p.add_argument("--no-mallopt", action="store_true", help="keep glibc's malloc thresholds")
     args = p.parse_args()
     if args.collect:
         if rank == 0:
             collect(args)
         return
     dist.init(comm)
-    mallopt = not args.no_mallopt and _common.keep_freed_memory()
     points = args.points or (256 * 1024 if args.quick else MI)
     steps = args.steps or (10 if args.quick else 50)
     reps = args.reps or 7
     warmup = 1 if args.quick else 2
-    report = _common.Report(args, comm, mallopt=mallopt) if rank == 0 else None
+    report = _common.Report(args, comm) if rank == 0 else None
     records = []
     for mode in ("weak", "strong") if args.mode == "both" else (args.mode,):
         found = run_config(mode, points, steps, reps, warmup)

@@ -12,38 +12,46 @@ while it waits (see Note [collectives in a context] in engine.py).
 
 # Note [agreed collectives]
 # ~~~~~~~~~~~~~~~~~~~~~~~~~
-# Every collective call first gathers, on every rank, a signature of WORDS integer words from
-# every rank: this rank's count of collective calls so far, the kind of call, the call it is the
-# adjoint of (-1: none), the op, the root, the number of open dual levels, the dtype, the shape
-# (for a list of tensors: their count and a digest of their shapes), whether this rank found its
-# arguments invalid, whether it records a graph (0: gradients are disabled, 1: none of its inputs
-# requires grad, 2: it records), and the dual levels at which its inputs carry tangents.
-# It is one Iallreduce (SUM) of float64 words: a row of WORDS per rank, each rank's own row its
-# signature and the others zeros, so that the sum is every rank's row, exactly (each word is an
-# integer below 2**53, added to zeros only); then a slot of SLOT words, which a small all_reduce
-# (sum or avg of float64, at most SLOT values) fills with its data, so that its reduction comes
-# with the agreement, in one collective instead of two.  Every call is this same MPI collective
-# of the same size, and whether the slot holds data follows from agreed words (kind, op, dtype,
-# shape): if the ranks disagree, the slot's sum is discarded and the call raises.
+# Every collective call is first agreed by every rank, in one MPI collective of one size for
+# every call, whatever the number of ranks: an Iallreduce (SUM) of _LENGTH float64 words.
+# A call's signature (WORDS ints: this rank's count of collective calls so far, the kind of call,
+# the call it is the adjoint of (-1: none), the op, the root, the number of open dual levels, the
+# dtype, the shape (for a list of tensors: their count and a digest of their shapes), whether
+# this rank found its arguments invalid, whether it records a graph (0: gradients are disabled,
+# 1: none of its inputs requires grad, 2: it records), and the dual levels at which its inputs
+# carry tangents) is not sent as it is.  What must be equal on every rank (the words its kind's
+# rule compares: SAME, RAGGED, ROOTED, NONE) goes as 16-bit chunks c, each beside c * c: a 64-bit
+# digest of the compared words but the call count and the adjoint's, and those two (modulo
+# 2**16).
+# Summed over P ranks, the chunks are P * c and P * c * c on every rank if and only if every
+# rank's is c (the sum of the squares of the differences from c is then 0): so each rank tests
+# its own chunks against the sums, and every rank finds the same.  (Exact in float64 below 2**21
+# ranks.)  The digest of the shapes goes the same way, so that ragged calls know whether the
+# ranks' shapes are all equal.  Then come counts (the ranks that found their arguments invalid,
+# that have gradients disabled, that record, that carry a tangent at each open level), the
+# root's dtype and ndim (for scatter, whose other ranks pass no tensors), and a slot that a small
+# all_reduce (sum or avg of at most SLOT float64 values) fills with its data, so that its
+# reduction comes with the agreement, in one collective instead of two.  A rank's words but its
+# call count and adjoint's are the same for every call of one kind, op, dtype and shape: they
+# are made once and kept (``_templates``).
 # Only then does the collective itself start (a small all_reduce's has ended), so ranks never meet
 # in MPI collectives of different kinds or sizes (an erroneous program, on which MPI may hang or
-# crash).  The words a kind needs agreed (its rule: SAME, RAGGED, ROOTED, NONE) must be equal on
-# every rank; if not, or if a rank found its arguments invalid, every rank sees it in the same
-# gathered words, then allgathers a description of each rank's call and raises one error naming
-# the ranks and what differs.  The call count makes a rank that skipped a collective, or a
-# backward that reaches the adjoints in another order, fail at the next collective instead of
-# computing with another call's data.  Every rank records a graph when any does, and carries a
-# tangent at every level where any does (a rank without one gets an ``anchor``: a 0-d leaf that
-# requires grad or carries zero tangents in its inputs' place), so that the adjoint and tangent
-# collectives run on every rank.  Inside a dist_autograd context a rank with gradients disabled
-# could not record it, and its backward would never join the others' adjoint: every rank raises
-# instead.
+# crash).  If the compared chunks differ, or a rank found its arguments invalid, every rank sees
+# it in the same sums, discards them, then allgathers each rank's signature and a description of
+# its call and raises one error naming the ranks and what differs.  The call count makes a rank
+# that skipped a collective, or a backward that reaches the adjoints in another order, fail at
+# the next collective instead of computing with another call's data.  Every rank records a graph
+# when any does, and carries a tangent at every level where any does (a rank without one gets an
+# ``anchor``: a 0-d leaf that requires grad or carries zero tangents in its inputs' place), so
+# that the adjoint and tangent collectives run on every rank.  Inside a dist_autograd context a
+# rank with gradients disabled could not record it, and its backward would never join the
+# others' adjoint: every rank raises instead.
 #
 # A collective that does not complete (a timeout, a rank that ended) can be neither cancelled nor
 # freed (MPI forbids both for non-blocking collectives): it is kept in ``comms.abandoned``, and
 # the communicator is out of step for good: later collectives raise until destroy() and init().
 
-import functools
+import hashlib
 import json
 import time
 import zlib
@@ -101,8 +109,21 @@ SHAPE = 10
 PROBLEM = SHAPE + messages.MAX_NDIM
 RECORD, TANGENTS = PROBLEM + 1, PROBLEM + 2
 WORDS = TANGENTS + 1
-SLOT = 64  # the float64 values an all_reduce reduces with its agreement, at most
 SAME, RAGGED, ROOTED, NONE = PROBLEM, DIGEST, DTYPE, DTYPE
+MAX_LEVELS = 8  # the open dual levels a collective carries tangents at, at most
+SLOT = 64  # the float64 values an all_reduce reduces with its agreement, at most
+
+# The agreement's float64 words (see Note [agreed collectives]): chunk pairs of the compared
+# words' digest, of the call count and of the adjoint's call count plus one (each modulo 2**16),
+# and of the shapes' digest; then counts over the ranks, the root's dtype code and ndim (each
+# plus one), and the slot.
+_DIGEST, _CALL, _SHAPES, _JOINED = 0, 8, 12, 20
+_PROBLEMS, _DISABLED, _RECORDING, _TANGENTS = 20, 21, 22, 23
+_ROOT_DTYPE = _TANGENTS + MAX_LEVELS
+_SLOT = _ROOT_DTYPE + 2
+_LENGTH = _SLOT + SLOT
+_templates = {}  # see Note [agreed collectives]
+_MAX_TEMPLATES = 1024
 _UNUSED = [[-1] * (messages.MAX_NDIM - n) for n in range(messages.MAX_NDIM + 1)]
 _REASONS = {
     SEQ: "the ranks have made different numbers of collective calls before this one",
@@ -119,14 +140,22 @@ _REASONS = {
 _ERRORS = {"TypeError": TypeError, "ValueError": ValueError}
 _KIND_CODES = {kind: i for i, kind in enumerate(KINDS)}
 _OP_CODES = {op: i for i, op in enumerate(OPS)}
-_NO_TENSORS = [-1] * (SHAPE - DTYPE) + _UNUSED[0]  # from DTYPE to the last SHAPE word
 
 
-@functools.lru_cache(maxsize=256)
-def _tensor_words(dtype, shape):
-    """The signature words from DTYPE to the last SHAPE word of one tensor of ``dtype`` and
-    ``shape`` (a tuple, as a call's words are built for every call)."""
-    return (messages.dtype_code(dtype), len(shape), -1, -1, *shape, *_UNUSED[len(shape)])
+def _pairs(value, chunks):
+    """``value`` (an int of 0 or more) as ``chunks`` 16-bit chunks, lowest first, each followed by
+    its square (see Note [agreed collectives])."""
+    pairs = []
+    for _ in range(chunks):
+        chunk = value & 0xFFFF
+        pairs += (chunk, chunk * chunk)
+        value >>= 16
+    return pairs
+
+
+def _digest(value):
+    """A 64-bit digest of ``value`` (ints and tuples of them), the same in every process."""
+    return int.from_bytes(hashlib.blake2b(repr(value).encode(), digest_size=8).digest(), "little")
 
 
 def reduction(op):
@@ -145,9 +174,9 @@ def reduction(op):
 
 class Call:
     """One collective call of this rank: its kind, op, root and tensors, then, once agreed,
-    every rank's signature (``rows``), this call's number (``seq``), whether any rank records a
-    graph (``record``) and the ``anchor`` (None, or a 0-d leaf standing in for this rank's
-    inputs: see Note [agreed collectives])."""
+    this call's number (``seq``), whether any rank records a graph (``record``), the ``anchor``
+    (None, or a 0-d leaf standing in for this rank's inputs) and whether every rank's shapes are
+    this rank's (``same_shapes``): see Note [agreed collectives]."""
 
     def __init__(self, kind, timeout=None, adjoint_of=-1):
         self.comms = _comm.get()
@@ -157,8 +186,8 @@ class Call:
         self.running = context and context.running  # the distributed backward it is part of
         if self.running is not None and timeout is None:  # the pass's timeout bounds its waits
             self.timeout, self.started = self.running.timeout, self.running.started
-        self.op = self.root = self.problem = self.anchor = self.reduced = None
-        self.tensors, self.listed = (), False
+        self.op = self.root = self.problem = self.anchor = self.reduced = self.root_array = None
+        self.tensors, self.listed, self.levels = (), False, ()
         try:
             waiting.resolve_timeout(self.timeout, kind)
         except ValueError as e:  # raised by ``agree`` on every rank, which waits even so
@@ -222,7 +251,7 @@ class Call:
 
     def agree(self, rule):
         """Agree with every rank on this call under ``rule`` (SAME, RAGGED, ROOTED, NONE: how
-        many leading words must be equal), or raise on every rank; see Note [agreed
+        many leading signature words must be equal), or raise on every rank; see Note [agreed
         collectives]."""
         comms = self.comms
         if comms.out_of_step is not None:
@@ -231,38 +260,103 @@ class Call:
                 "mpigrad's collective communicator is out of step: call "
                 "mpigrad.distributed.destroy() and init() on every rank"
             )
-        levels = dual._levels if _State.forward_ad_enabled else ()
-        words = self._signature(levels)
-        self.seq = words[SEQ]
+        self.levels = levels = dual._levels if _State.forward_ad_enabled else ()
+        if len(levels) > MAX_LEVELS and self.problem is None:
+            self.problem = ValueError(
+                f"collectives carry tangents of at most {MAX_LEVELS} nested dual levels; "
+                f"{len(levels)} are open"
+            )
+        self.seq = comms.collective_calls
         comms.collective_calls += 1
-        size, data = comms.size, self._slot_data()
-        start = comms.rank * WORDS
-        mine = np.zeros(size * WORDS + SLOT)
-        mine[start : start + WORDS] = words
+        template, scaled = self._template(rule)
+        mine = template.copy()
+        seq, adjoint = self.seq & 0xFFFF, (self.adjoint_of + 1) & 0xFFFF
+        call = [seq, seq * seq, adjoint, adjoint * adjoint]
+        mine[_CALL:_SHAPES] = call
+        data = self._slot_data()
         if data is not None:
-            mine[size * WORDS : size * WORDS + data.size] = data.reshape(-1)
-        summed = np.empty_like(mine)
+            mine[_SLOT : _SLOT + data.size] = data.reshape(-1)
+        summed = np.empty(_LENGTH)
         self._wait(comms.collective.Iallreduce(mine, summed, op=MPI.SUM), "every rank to join it")
-        # Plain lists: at the sizes of a call, faster than numpy's indexing.
-        self.rows = rows = summed[: size * WORDS].astype(np.int64).reshape(size, WORDS).tolist()
-        agreed, record, tangents = words[:rule], False, 0
-        for row in rows:
-            if row[PROBLEM] or row[:rule] != agreed:
-                self._fail(rows, rule)
-            record = record or row[RECORD] == 2
-            tangents |= row[TANGENTS]
-        self.record = record
+        # Plain lists: at these sizes, faster than numpy's comparisons.
+        sums, size = summed[:_SLOT].tolist(), comms.size
+        problems, disabled, recording, *counts = sums[_JOINED:]
+        if (
+            problems
+            or sums[:_CALL] != scaled[:_CALL]
+            or sums[_CALL:_SHAPES] != [size * word for word in call]
+        ):
+            self._fail(rule)
+        self.same_shapes = sums[_SHAPES:_JOINED] == scaled[_SHAPES:]
+        self.record = record = recording > 0
+        if record and disabled and self.context is not None:
+            self._refuse_disabled()
+        if counts[MAX_LEVELS]:
+            self.root_array = (messages.DTYPES[int(counts[MAX_LEVELS]) - 1], int(counts[-1]) - 1)
         if data is not None:
-            self.reduced = summed[size * WORDS : size * WORDS + data.size].reshape(data.shape)
-        if record and self.context is not None:
-            self._check_recording(rows)
-        missing = tangents & ~words[TANGENTS]
-        fill = record and words[RECORD] == 1
+            self.reduced = summed[_SLOT : _SLOT + data.size].reshape(data.shape)
+        fill = record and self.recording == 1
+        missing = [i for i in range(len(levels)) if counts[i] and not self.tangents >> i & 1]
         if fill or missing:
             self.anchor = Tensor(np.zeros(()), requires_grad=fill)
-            for i, level in enumerate(levels):
-                if missing >> i & 1:
-                    self.anchor = make_dual(self.anchor, np.zeros(()), level=level)
+            for i in missing:
+                self.anchor = make_dual(self.anchor, np.zeros(()), level=levels[i])
+
+    def _template(self, rule):
+        """This rank's agreement words but the call counts and the slot, and their first _JOINED
+        words times the number of ranks (a list): made once for every call of one kind, op,
+        root, dtype, shapes, levels and state (see Note [agreed collectives]).  Sets
+        ``tangents`` (the levels at which its inputs carry tangents, as bits) and ``recording``
+        (the RECORD word)."""
+        tensors, levels, comms = self.tensors, self.levels, self.comms
+        tangents = 0
+        for t in tensors:
+            for level in t._fw or ():
+                if level in levels:
+                    tangents |= 1 << levels.index(level)
+        self.tangents = tangents
+        self.recording = (1 + any(t._requires_grad for t in tensors)) if _State.grad_enabled else 0
+        shapes = None
+        if tensors and self.problem is None:
+            first = tensors[0]
+            shapes = (
+                first.dtype.str,
+                tuple(t.shape for t in tensors) if self.listed else first.shape,
+            )
+        key = (
+            comms.size,
+            comms.rank,
+            rule,
+            self.kind,
+            self.op,
+            self.root,
+            len(levels),
+            self.problem is not None,
+            self.recording,
+            tangents,
+            shapes,
+        )
+        template = _templates.get(key)
+        if template is None:
+            if len(_templates) >= _MAX_TEMPLATES:
+                _templates.clear()
+            template = _templates[key] = self._make_template(rule, shapes)
+        return template
+
+    def _make_template(self, rule, shapes):
+        words = self._signature()
+        compared = words[KIND:ADJOINT] + words[ADJOINT + 1 : rule]
+        template = np.zeros(_LENGTH)
+        template[_DIGEST:_CALL] = _pairs(_digest(compared), 4)
+        template[_SHAPES:_JOINED] = _pairs(_digest(shapes and shapes[1]), 4)
+        template[_PROBLEMS] = self.problem is not None
+        template[_DISABLED] = self.recording == 0
+        template[_RECORDING] = self.recording == 2
+        for i in range(len(self.levels)):
+            template[_TANGENTS + i] = self.tangents >> i & 1
+        if shapes is not None and self.root == self.comms.rank:
+            template[_ROOT_DTYPE : _ROOT_DTYPE + 2] = (words[DTYPE] + 1, words[NDIM] + 1)
+        return template, (template[:_JOINED] * self.comms.size).tolist()
 
     def _slot_data(self):
         """The array this call reduces with its agreement (see Note [agreed collectives]), or
@@ -272,49 +366,45 @@ class Call:
         data = self.tensors[0].data
         return data if data.dtype == np.float64 and data.size <= SLOT else None
 
-    def _signature(self, levels):
+    def _signature(self):
         """This rank's signature words, a list of ints (see Note [agreed collectives])."""
         tensors = self.tensors
         words = [
-            self.comms.collective_calls,
+            self.seq,
             _KIND_CODES[self.kind],
             self.adjoint_of,
             -1 if self.op is None else _OP_CODES[self.op],
             -1 if self.root is None else self.root,
-            len(levels),
+            len(self.levels),
         ]
+        shape = ()
         if not tensors or self.problem is not None:
-            words += _NO_TENSORS
+            words += [-1, -1, -1, -1]
         elif self.listed:
             first = tensors[0]
             words += [messages.dtype_code(first.dtype), first.ndim, len(tensors)]
             words.append(zlib.crc32(repr([t.shape for t in tensors]).encode()))
-            words += _UNUSED[0]
         else:
             first = tensors[0]
-            words += _tensor_words(first.dtype, first.shape)
-        tangents = 0
-        for t in tensors:
-            for level in t._fw or ():
-                if level in levels:
-                    tangents |= 1 << levels.index(level)
-        record = (1 + any(t._requires_grad for t in tensors)) if _State.grad_enabled else 0
-        words += (self.problem is not None, record, tangents)
+            words += [messages.dtype_code(first.dtype), first.ndim, -1, -1]
+            shape = first.shape
+        words += shape
+        words += _UNUSED[len(shape)]
+        words += (self.problem is not None, self.recording, self.tangents)
         return words
 
-    def _check_recording(self, rows):
-        """Inside a context, raise on every rank if a rank cannot record this call that others
-        record (see Note [agreed collectives])."""
+    def _refuse_disabled(self):
+        """Inside a context, raise on every rank, which all call this, that a rank cannot record
+        this call that others record (see Note [agreed collectives])."""
+        rows = [theirs["words"] for theirs in self._every_rank()]
         disabled = [r for r, row in enumerate(rows) if row[RECORD] == 0]
-        if disabled:
-            context_id = self.context.context_id
-            raise RuntimeError(
-                f"{self.kind}: rank(s) {disabled} called it with gradients disabled, while "
-                f"other ranks record it (collective call {self.seq}, in dist_autograd context "
-                f"{context_id}): inside a context every rank records a collective that any rank "
-                "records, or its backward would wait for them forever; disable gradients on "
-                f"every rank or on none (raised on every rank; this is rank {self.comms.rank})"
-            )
+        raise RuntimeError(
+            f"{self.kind}: rank(s) {disabled} called it with gradients disabled, while "
+            f"other ranks record it (collective call {self.seq}, in dist_autograd context "
+            f"{self.context.context_id}): inside a context every rank records a collective that "
+            "any rank records, or its backward would wait for them forever; disable gradients on "
+            f"every rank or on none (raised on every rank; this is rank {self.comms.rank})"
+        )
 
     def apply(self, function, *xs):
         """``function.apply(self, anchor, *xs)``, the op's Function on this agreed call.  A
@@ -350,17 +440,23 @@ class Call:
             text += f" (in the backward of collective call {self.adjoint_of})"
         return text
 
-    def _fail(self, rows, rule):
-        """Raise, on every rank, what the agreement found wrong (every rank calls this)."""
-        me = self.comms.rank
+    def _every_rank(self):
+        """Every rank's signature (``words``), the description of its call (``call``) and the
+        problem it found (``problem``: None, or its type's name and text), by rank; every rank
+        calls this."""
         problem = None if self.problem is None else [type(self.problem).__name__, str(self.problem)]
-        mine = json.dumps({"call": self.describe(), "problem": problem}).encode()
-        described = [json.loads(text) for text in self._allgather_bytes(mine)]
-        where = f"(raised on every rank; this is rank {me})"
+        mine = {"words": self._signature(), "call": self.describe(), "problem": problem}
+        return [json.loads(text) for text in self._allgather_bytes(json.dumps(mine).encode())]
+
+    def _fail(self, rule):
+        """Raise, on every rank, what the agreement found wrong (every rank calls this)."""
+        described = self._every_rank()
+        where = f"(raised on every rank; this is rank {self.comms.rank})"
         for r, theirs in enumerate(described):
             if theirs["problem"] is not None:
                 name, text = theirs["problem"]
                 raise _ERRORS.get(name, DistributedError)(f"{self.kind}: rank {r}: {text} {where}")
+        rows = [theirs["words"] for theirs in described]
         column = next(c for c in range(rule) if len({row[c] for row in rows}) > 1)
         groups = {}
         for r, theirs in enumerate(described):
@@ -421,10 +517,19 @@ class Call:
             )
             raise
 
-    def shape_of(self, rank):
-        """The shape rank ``rank`` passed (rules SAME and RAGGED)."""
-        row = self.rows[rank]
-        return tuple(row[SHAPE : SHAPE + row[NDIM]])
+    def every_shape(self):
+        """Every rank's shape, by rank (rule RAGGED; one tensor each).  Every rank calls it:
+        where the shapes differ, it is an allgather."""
+        mine = self.tensors[0].shape
+        if self.same_shapes:
+            return [mine] * self.comms.size
+        ndim = len(mine)  # the same on every rank: agreed
+        shapes = np.empty((self.comms.size, ndim), np.int64)
+        self._wait(
+            self.comms.collective.Iallgather(np.array(mine, np.int64), shapes),
+            "every rank's shape",
+        )
+        return [tuple(shape) for shape in shapes.tolist()]
 
 
 def check_rooted_adjoint(call, adjoint, instead):
@@ -533,7 +638,7 @@ def reduce(call, array):
 
 def all_gather(call, array):
     """Every rank's ``array`` (shapes as the ranks passed them), by rank."""
-    shapes = [call.shape_of(r) for r in range(call.comms.size)]
+    shapes = call.every_shape()
     total = sum(_pieces(None, shapes, array.dtype)[1])
     buffer = np.empty(total, np.uint8)
     pieces, counts, displs = _pieces(buffer, shapes, array.dtype)
@@ -549,6 +654,7 @@ def all_gather(call, array):
 def gather(call, array):
     """Every rank's ``array`` on the root, by rank; None elsewhere."""
     comms = call.comms
+    shapes = call.every_shape()
     if comms.rank != call.root:
         call._wait(
             comms.collective.Igatherv(
@@ -557,7 +663,6 @@ def gather(call, array):
             "every rank's data",
         )
         return None
-    shapes = [call.shape_of(r) for r in range(comms.size)]
     buffer = np.empty(sum(_pieces(None, shapes, array.dtype)[1]), np.uint8)
     pieces, counts, displs = _pieces(buffer, shapes, array.dtype)
     call._wait(
@@ -574,8 +679,7 @@ def gather(call, array):
 def scatter(call, arrays):
     """This rank's piece of the root's ``arrays`` (ignored elsewhere)."""
     comms, root = call.comms, call.root
-    dtype = messages.DTYPES[call.rows[root][DTYPE]]
-    ndim = call.rows[root][NDIM]
+    dtype, ndim = call.root_array
     shapes = None
     if comms.rank == root:
         shapes = np.array([a.shape for a in arrays], np.int64).reshape(comms.size, ndim)

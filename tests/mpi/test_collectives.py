@@ -18,7 +18,7 @@ import mpigrad as mg
 import mpigrad.distributed as dist
 import mpigrad.distributed.autograd as dist_autograd
 from mpigrad.autograd import forward_ad as fwAD
-from mpigrad.distributed.collective import SLOT
+from mpigrad.distributed.collective import MAX_LEVELS, SLOT
 from mpigrad.engine import BackwardError
 
 EPS, TOL = 1e-6, 1e-7
@@ -382,6 +382,9 @@ def test_mismatched_backward_raises_on_every_rank(comm):
         pytest.param("shape", marks=pytest.mark.min_ranks(2)),  # one rank cannot disagree
         pytest.param("slot-shape", marks=pytest.mark.min_ranks(2)),
         pytest.param("dtype", marks=pytest.mark.min_ranks(2)),
+        pytest.param("reduction", marks=pytest.mark.min_ranks(2)),
+        pytest.param("root", marks=pytest.mark.min_ranks(2)),
+        pytest.param("count", marks=pytest.mark.min_ranks(2)),
         "op",
         "src",
         "list-length",
@@ -409,6 +412,21 @@ def test_bad_input_on_one_rank_raises_on_every_rank(comm, case):
             lambda: dist.all_gather(x.astype(np.float32) if bad else x),
             dist.DistributedError,
             "the dtypes differ",
+        ),
+        "reduction": (
+            lambda: dist.all_reduce(x, "max" if bad else "sum"),
+            dist.DistributedError,
+            "the ops differ",
+        ),
+        "root": (
+            lambda: dist.broadcast(x, 1 if bad else 0),
+            dist.DistributedError,
+            "the roots differ",
+        ),
+        "count": (  # as if the bad rank had made one more call
+            lambda: _one_call_ahead(bad, lambda: dist.all_reduce(x)),
+            dist.DistributedError,
+            "the ranks have made different numbers of collective calls before this one",
         ),
         "op": (
             lambda: dist.all_reduce(x, "mean" if bad else "sum"),
@@ -446,6 +464,31 @@ def test_bad_input_on_one_rank_raises_on_every_rank(comm, case):
     assert words in str(info.value)
     assert f"(raised on every rank; this is rank {rank})" in str(info.value)
     dist.barrier()  # the ranks are still in step
+
+
+def _one_call_ahead(ahead, call):
+    comms = dist.comm.get()
+    comms.collective_calls += ahead
+    try:
+        return call()
+    finally:
+        comms.collective_calls -= ahead
+
+
+def test_more_nested_levels_than_collectives_carry_raise(comm):
+    levels = [fwAD.enter_dual_level() for _ in range(MAX_LEVELS + 1)]
+    try:
+        x = fwAD.make_dual(mg.tensor(np.ones(2)), mg.ones(2), level=levels[0])
+        with pytest.raises(ValueError) as info:
+            dist.all_reduce(x)
+    finally:
+        for level in reversed(levels):
+            fwAD.exit_dual_level(level)
+    assert (
+        f"all_reduce: rank 0: collectives carry tangents of at most {MAX_LEVELS} nested dual "
+        f"levels; {MAX_LEVELS + 1} are open (raised on every rank; this is rank {comm.rank})"
+    ) in str(info.value)
+    dist.barrier()
 
 
 def test_int_avg_and_bool_reductions_are_refused(comm):

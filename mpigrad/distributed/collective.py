@@ -592,16 +592,15 @@ def _pieces(buffer, shapes, dtype):
 
 def all_reduce(call, array):
     """The reduction of every rank's ``array`` by ``call.op`` (avg: the sum over the size);
-    the call's agreement reduced it already when it is small (see Note [agreed collectives])."""
-    out = call.reduced
-    if out is None:
-        out = np.empty(array.shape, array.dtype)
-        call._wait(
-            call.comms.collective.Iallreduce(
-                np.ascontiguousarray(array), out, op=_MPI_OPS[call.op]
-            ),
-            "every rank's data",
-        )
+    the call's agreement reduced it already when it is small (see Note [agreed collectives]),
+    and then a forward that runs again (Note [nested tangents] in dual.py) reads it again."""
+    if call.reduced is not None:
+        return call.reduced / call.comms.size if call.op == "avg" else call.reduced.copy()
+    out = np.empty(array.shape, array.dtype)
+    call._wait(
+        call.comms.collective.Iallreduce(np.ascontiguousarray(array), out, op=_MPI_OPS[call.op]),
+        "every rank's data",
+    )
     if call.op == "avg":
         out /= call.comms.size
     return out

@@ -115,6 +115,38 @@ def _check_second(comm, fn, arrays):
     assert got == pytest.approx(expected, rel=1e-6, abs=1e-6)
 
 
+def _first_derivative(comm, fn, arrays, directions):
+    """The derivative of the distributed objective along ``directions``, by forward mode."""
+    with fwAD.dual_level():
+        inputs = [fwAD.make_dual(mg.tensor(a), mg.tensor(d)) for a, d in zip(arrays, directions)]
+        tangent = fwAD.unpack_dual(_root(fn(*inputs), comm.rank)).tangent
+    return comm.allreduce(0.0 if tangent is None else float(tangent.data))
+
+
+def _check_forward_over_forward(comm, fn, arrays):
+    """The second derivative of the distributed objective along u then v, with two nested dual
+    levels through fn (each input carries u at the outer, v at the inner level, and the mixed
+    tangent travels too), against central differences along v of the derivative along u."""
+    rng = np.random.default_rng(9 + comm.rank)
+    us = [rng.standard_normal(a.shape) for a in arrays]
+    vs = [rng.standard_normal(a.shape) for a in arrays]
+    with fwAD.dual_level() as outer, fwAD.dual_level() as inner:
+        inputs = [
+            fwAD.make_dual(
+                fwAD.make_dual(mg.tensor(a), mg.tensor(v), level=inner), mg.tensor(u), level=outer
+            )
+            for a, u, v in zip(arrays, us, vs)
+        ]
+        first = fwAD.unpack_dual(_root(fn(*inputs), comm.rank), outer).tangent
+        second = None if first is None else fwAD.unpack_dual(first, inner).tangent
+    got = comm.allreduce(0.0 if second is None else float(second.data))
+    expected = (
+        _first_derivative(comm, fn, [a + EPS * v for a, v in zip(arrays, vs)], us)
+        - _first_derivative(comm, fn, [a - EPS * v for a, v in zip(arrays, vs)], us)
+    ) / (2 * EPS)
+    assert got == pytest.approx(expected, rel=1e-6, abs=1e-6)
+
+
 def _data(comm, shape_of, seed):
     """This rank's array, drawn with every rank's from one seed (shape_of(rank) gives shapes)."""
     rng = np.random.default_rng(seed)
@@ -263,6 +295,38 @@ def test_reduce_and_gather_forward_mode_and_their_reverse_mode_raises(comm, op):
     if rank == 0:
         with pytest.raises(RuntimeError, match="Use all_reduce, which is differentiable"):
             out.sum().backward()
+
+
+def _every_collective(comm):
+    """(name, fn, arrays): each differentiable collective on this rank's data, smooth inputs."""
+    rank, size = comm.rank, comm.size
+    mine, _ = _data(comm, lambda r: (r + 2, 2), 90)
+    pieces = [_data(comm, lambda r, j=j: (j + 1, 2), 91 + j)[0] for j in range(size)]
+    cases = [
+        (f"all_reduce {op}", lambda x, op=op: dist.all_reduce(x * x, op), [mine[:2]]) for op in OPS
+    ]
+    cases += [
+        ("broadcast", lambda x: dist.broadcast(mg.sin(x), size - 1), [mine[:2]]),
+        ("all_gather", lambda x: dist.all_gather(x * x), [mine]),
+        ("reduce", lambda x: dist.reduce(x * x, 0), [mine[:2]]),
+        ("gather", lambda x: dist.gather(x * x, size - 1), [mine]),
+        ("reduce_scatter", lambda *xs: dist.reduce_scatter([x * x for x in xs]), pieces),
+        ("all_to_all", lambda *xs: dist.all_to_all([x * x for x in xs]), pieces),
+        (
+            "scatter",
+            lambda *xs: dist.scatter([x * x for x in xs] if rank == 0 else None, 0),
+            pieces,
+        ),
+    ]
+    return cases
+
+
+def test_forward_over_forward_through_every_collective(comm):
+    for name, fn, arrays in _every_collective(comm):
+        try:
+            _check_forward_over_forward(comm, fn, arrays)
+        except AssertionError as e:
+            raise AssertionError(f"{name}: {e}") from None
 
 
 # --- ties and zeros -----------------------------------------------------------------------------

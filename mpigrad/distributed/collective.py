@@ -48,8 +48,10 @@ while it waits (see Note [collectives in a context] in engine.py).
 # others' adjoint: every rank raises instead.
 #
 # A collective that does not complete (a timeout, a rank that ended) can be neither cancelled nor
-# freed (MPI forbids both for non-blocking collectives): it is kept in ``comms.abandoned``, and
-# the communicator is out of step for good: later collectives raise until destroy() and init().
+# freed (MPI forbids both for non-blocking collectives): it is kept in ``comms.abandoned``, with
+# its buffers (mpi4py keeps none), for as long as the process lives (MPI may complete it later,
+# writing into them), and the communicator is out of step for good: later collectives raise
+# until destroy() and init().
 
 import hashlib
 import json
@@ -277,7 +279,8 @@ class Call:
         if data is not None:
             mine[_SLOT : _SLOT + data.size] = data.reshape(-1)
         summed = np.empty(_LENGTH)
-        self._wait(comms.collective.Iallreduce(mine, summed, op=MPI.SUM), "every rank to join it")
+        request = comms.collective.Iallreduce(mine, summed, op=MPI.SUM)
+        self._wait(request, "every rank to join it", mine, summed)
         # Plain lists: at these sizes, faster than numpy's comparisons.
         sums, size = summed[:_SLOT].tolist(), comms.size
         problems, disabled, recording, *counts = sums[_JOINED:]
@@ -476,10 +479,9 @@ class Call:
     def _allgather_bytes(self, data):
         """Every rank's ``data`` (bytes), by rank."""
         size, channel = self.comms.size, self.comms.collective
-        lengths = np.empty(size, np.int64)
+        length, lengths = np.array([len(data)], np.int64), np.empty(size, np.int64)
         self._wait(
-            channel.Iallgather(np.array([len(data)], np.int64), lengths),
-            "every rank to describe its call",
+            channel.Iallgather(length, lengths), "every rank to describe its call", length, lengths
         )
         received = bytearray(int(lengths.sum()))
         displs = np.concatenate([[0], np.cumsum(lengths)[:-1]])
@@ -488,12 +490,16 @@ class Call:
                 [data, MPI.BYTE], [received, lengths.tolist(), displs.tolist(), MPI.BYTE]
             ),
             "every rank to describe its call",
+            data,
+            received,
         )
         return [bytes(received[d : d + n]) for d, n in zip(displs.tolist(), lengths.tolist())]
 
-    def _wait(self, request, what):
-        """Wait for ``request`` (a collective on ``comms.collective``) to complete; if the
-        wait raises, the request is abandoned (see Note [agreed collectives])."""
+    def _wait(self, request, what, *buffers):
+        """Wait for ``request`` (a collective on ``comms.collective``, on ``buffers``) to
+        complete; if the wait raises, the request is abandoned, and its buffers are kept for as
+        long as the process lives, since MPI may still complete it (see Note [agreed
+        collectives])."""
         if request.Test():
             return
         comms = self.comms
@@ -510,7 +516,7 @@ class Call:
                 started=self.started,
             )
         except BaseException as e:
-            comms.abandoned.append(request)
+            comms.abandoned.append((request, buffers))
             comms.out_of_step = (
                 f"{self.kind} (collective call {self.seq}), did not complete "
                 f"on rank {comms.rank} ({type(e).__name__})"
@@ -524,10 +530,9 @@ class Call:
         if self.same_shapes:
             return [mine] * self.comms.size
         ndim = len(mine)  # the same on every rank: agreed
-        shapes = np.empty((self.comms.size, ndim), np.int64)
+        shape, shapes = np.array(mine, np.int64), np.empty((self.comms.size, ndim), np.int64)
         self._wait(
-            self.comms.collective.Iallgather(np.array(mine, np.int64), shapes),
-            "every rank's shape",
+            self.comms.collective.Iallgather(shape, shapes), "every rank's shape", shape, shapes
         )
         return [tuple(shape) for shape in shapes.tolist()]
 
@@ -596,10 +601,12 @@ def all_reduce(call, array):
     and then a forward that runs again (Note [nested tangents] in dual.py) reads it again."""
     if call.reduced is not None:
         return call.reduced / call.comms.size if call.op == "avg" else call.reduced.copy()
-    out = np.empty(array.shape, array.dtype)
+    array, out = np.ascontiguousarray(array), np.empty(array.shape, array.dtype)
     call._wait(
-        call.comms.collective.Iallreduce(np.ascontiguousarray(array), out, op=_MPI_OPS[call.op]),
+        call.comms.collective.Iallreduce(array, out, op=_MPI_OPS[call.op]),
         "every rank's data",
+        array,
+        out,
     )
     if call.op == "avg":
         out /= call.comms.size
@@ -616,6 +623,7 @@ def broadcast(call, array):
     call._wait(
         call.comms.collective.Ibcast([_bytes(out), MPI.BYTE], root=call.root),
         f"rank {call.root}'s data",
+        out,
     )
     return out
 
@@ -623,12 +631,14 @@ def broadcast(call, array):
 def reduce(call, array):
     """The reduction of every rank's ``array`` on the root; an empty array elsewhere."""
     root = call.comms.rank == call.root
-    out = np.empty(array.shape if root else (0,), array.dtype)
+    array, out = np.ascontiguousarray(array), np.empty(array.shape if root else (0,), array.dtype)
     call._wait(
         call.comms.collective.Ireduce(
-            np.ascontiguousarray(array), out if root else None, op=_MPI_OPS[call.op], root=call.root
+            array, out if root else None, op=_MPI_OPS[call.op], root=call.root
         ),
         "every rank's data",
+        array,
+        out,
     )
     if root and call.op == "avg":
         out /= call.comms.size
@@ -641,11 +651,14 @@ def all_gather(call, array):
     total = sum(_pieces(None, shapes, array.dtype)[1])
     buffer = np.empty(total, np.uint8)
     pieces, counts, displs = _pieces(buffer, shapes, array.dtype)
+    array = np.ascontiguousarray(array)
     call._wait(
         call.comms.collective.Iallgatherv(
-            [_bytes(np.ascontiguousarray(array)), MPI.BYTE], [buffer, counts, displs, MPI.BYTE]
+            [_bytes(array), MPI.BYTE], [buffer, counts, displs, MPI.BYTE]
         ),
         "every rank's data",
+        array,
+        buffer,
     )
     return pieces
 
@@ -654,23 +667,23 @@ def gather(call, array):
     """Every rank's ``array`` on the root, by rank; None elsewhere."""
     comms = call.comms
     shapes = call.every_shape()
+    array = np.ascontiguousarray(array)
     if comms.rank != call.root:
         call._wait(
-            comms.collective.Igatherv(
-                [_bytes(np.ascontiguousarray(array)), MPI.BYTE], None, root=call.root
-            ),
+            comms.collective.Igatherv([_bytes(array), MPI.BYTE], None, root=call.root),
             "every rank's data",
+            array,
         )
         return None
     buffer = np.empty(sum(_pieces(None, shapes, array.dtype)[1]), np.uint8)
     pieces, counts, displs = _pieces(buffer, shapes, array.dtype)
     call._wait(
         comms.collective.Igatherv(
-            [_bytes(np.ascontiguousarray(array)), MPI.BYTE],
-            [buffer, counts, displs, MPI.BYTE],
-            root=call.root,
+            [_bytes(array), MPI.BYTE], [buffer, counts, displs, MPI.BYTE], root=call.root
         ),
         "every rank's data",
+        array,
+        buffer,
     )
     return pieces
 
@@ -683,15 +696,20 @@ def scatter(call, arrays):
     if comms.rank == root:
         shapes = np.array([a.shape for a in arrays], np.int64).reshape(comms.size, ndim)
     shape = np.empty(ndim, np.int64)
-    call._wait(comms.collective.Iscatter(shapes, shape, root=root), f"rank {root}'s shapes")
+    call._wait(
+        comms.collective.Iscatter(shapes, shape, root=root), f"rank {root}'s shapes", shapes, shape
+    )
     out = np.empty(tuple(shape.tolist()), dtype)
-    send = None
+    send = buffer = None
     if comms.rank == root:
         buffer = np.concatenate([_bytes(np.ascontiguousarray(a)) for a in arrays])
         _, counts, displs = _pieces(None, [a.shape for a in arrays], dtype)
         send = [buffer, counts, displs, MPI.BYTE]
     call._wait(
-        comms.collective.Iscatterv(send, [_bytes(out), MPI.BYTE], root=root), f"rank {root}'s data"
+        comms.collective.Iscatterv(send, [_bytes(out), MPI.BYTE], root=root),
+        f"rank {root}'s data",
+        buffer,
+        out,
     )
     return out
 
@@ -704,6 +722,8 @@ def reduce_scatter(call, arrays):
     call._wait(
         comms.collective.Ireduce_scatter(send, out, [a.size for a in arrays], op=_MPI_OPS[call.op]),
         "every rank's data",
+        send,
+        out,
     )
     if call.op == "avg":
         out /= comms.size
@@ -714,13 +734,9 @@ def all_to_all(call, arrays):
     """What every rank sent this rank (``arrays[j]`` goes to rank ``j``), by rank."""
     comms, dtype = call.comms, arrays[0].dtype
     ndim = arrays[0].ndim
+    mine = np.array([a.shape for a in arrays], np.int64).reshape(comms.size, ndim)
     shapes = np.empty((comms.size, ndim), np.int64)
-    call._wait(
-        comms.collective.Ialltoall(
-            np.array([a.shape for a in arrays], np.int64).reshape(comms.size, ndim), shapes
-        ),
-        "every rank's shapes",
-    )
+    call._wait(comms.collective.Ialltoall(mine, shapes), "every rank's shapes", mine, shapes)
     shapes = [tuple(s) for s in shapes.tolist()]
     buffer = np.empty(sum(_pieces(None, shapes, dtype)[1]), np.uint8)
     pieces, counts, displs = _pieces(buffer, shapes, dtype)
@@ -731,5 +747,7 @@ def all_to_all(call, arrays):
             [send, send_counts, send_displs, MPI.BYTE], [buffer, counts, displs, MPI.BYTE]
         ),
         "every rank's data",
+        send,
+        buffer,
     )
     return pieces

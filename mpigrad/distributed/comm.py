@@ -149,7 +149,9 @@ class Communicators:
     def free(self):
         for dup, _ in self._named():
             dup.Free()
-        if not self.abandoned:  # else MPI may still complete them: see Note [agreed collectives]
+        if self.abandoned:  # MPI may still complete them: see Note [agreed collectives]
+            _abandoned.extend(self.abandoned)
+        else:
             self.collective.Free()
 
 
@@ -165,6 +167,9 @@ def _integer(value):
 
 
 _comms = None
+# The abandoned collectives (request, buffers) of freed communicators, kept for as long as the
+# process lives: MPI may still complete them, into their buffers.
+_abandoned = []
 _payload_tags = 0  # per process, so that a new init never reuses a tag of a message in flight
 
 

@@ -4,7 +4,7 @@
 does not import mpi4py or initialize MPI.
 """
 
-from . import autograd, memory, ops  # memory: how freed memory is kept, set on import
+from . import autograd, memory, ops, optim  # memory: how freed memory is kept, set on import
 from .factories import *  # noqa: F403
 from .factories import __all__ as _factories
 from .function import Function
@@ -20,6 +20,7 @@ __all__ = [
     "Function",
     "autograd",
     "ops",
+    "optim",
     "memory",
     "no_grad",
     "enable_grad",

@@ -103,7 +103,10 @@ class Optimizer:
     def _scratch(self, like: np.ndarray, count: int) -> list[np.ndarray]:
         """``count`` arrays of ``like``'s shape and dtype to compute in, shared by every
         parameter of that shape and dtype (their contents do not survive an update)."""
-        arrays = self._scratch_arrays.setdefault((like.shape, like.dtype), [])
+        key = (like.shape, like.dtype)
+        arrays = self._scratch_arrays.get(key)
+        if arrays is None:
+            arrays = self._scratch_arrays[key] = []
         while len(arrays) < count:
             arrays.append(np.empty_like(like))
         return arrays

@@ -4,7 +4,7 @@
 does not import mpi4py or initialize MPI.
 """
 
-from . import autograd, memory, nn, ops  # memory: how freed memory is kept, set on import
+from . import autograd, memory, nn, ops, optim  # memory: how freed memory is kept, on import
 from .factories import *  # noqa: F403
 from .factories import __all__ as _factories
 from .function import Function
@@ -21,6 +21,7 @@ __all__ = [
     "autograd",
     "ops",
     "nn",
+    "optim",
     "memory",
     "no_grad",
     "enable_grad",

@@ -95,6 +95,7 @@ __all__ = [
     "unit_seed",
     "queue_callback",
     "end_of_pass",
+    "current_pass",
     "post_accumulate",
 ]
 
@@ -128,6 +129,12 @@ def queue_callback(callback):
     if not callable(callback):
         raise TypeError(f"queue_callback: expected a callable, got {type(callback).__name__}")
     _passes[-1].append(callback)
+
+
+def current_pass():
+    """An object that identifies the local backward pass running now (the innermost), or None
+    outside one: what tells a hook whether the pass it saw before is still running."""
+    return _passes[-1] if _passes else None
 
 
 @contextlib.contextmanager

@@ -185,16 +185,17 @@ class DistributedDataParallel:
                     named.append((None, p))
         self.names = [name for name, _ in named]
         self.params = params = [p for _, p in named]
-        self.average, self.timeout, self.size = bool(average), timeout, comms.size
         self._out_of_step = None
         problem = _problem(named, bucket_cap_mb, timeout)
-        if problem is None:
-            self.cap = int(float(bucket_cap_mb) * 2**20)
+        cap = float(bucket_cap_mb) if problem is None else 0.0
+        self.cap = int(cap * 2**20)
+        self.average, self.size = bool(average), comms.size
+        self.timeout = timeout if problem is None else None  # a bad one is reported below
         self.comm, request = comms.user.Idup()
         self._wait([request], "every rank to construct it", ())
         self.comm.Set_name("mpigrad DistributedDataParallel")
         try:
-            self._agree(named, problem, (float(bucket_cap_mb), self.average))
+            self._agree(named, problem, (cap, self.average))
             self._broadcast_parameters()
         except BaseException:
             if self._out_of_step is None:
@@ -423,7 +424,7 @@ def _problem(named, bucket_cap_mb, timeout):
     try:
         waiting.resolve_timeout(timeout, _OP)
     except ValueError as e:
-        return ["ValueError", str(e)]
+        return ["ValueError", str(e).removeprefix(f"{_OP}: ")]
     if not named:
         return ["ValueError", "no parameters"]
     for i, (name, p) in enumerate(named):

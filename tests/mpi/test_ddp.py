@@ -215,3 +215,101 @@ def test_ranks_whose_models_differ_raise_on_every_rank_naming_the_parameter(comm
         rf"float64 \(3, 16\); rank {last}: float64 \(4, 16\)",
     ):
         dist.DistributedDataParallel(mlp(0, out=4 if comm.rank == last else 3))
+
+
+# --- overlap, bucket order, a rank that does not take part ------------------------------------
+
+
+class _Probe(mg.autograd.Function):
+    """The identity, whose backward records how many buckets ``ddp`` had started by then."""
+
+    @staticmethod
+    def forward(ctx, x, ddp, seen):
+        ctx.ddp, ctx.seen = ddp, seen
+        return x * 1.0
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.seen.append(ctx.ddp._pass.next)
+        return grad, None, None
+
+
+def test_buckets_start_while_backward_runs(comm):
+    rng = np.random.default_rng(0)
+    params = [mg.tensor(rng.normal(size=(4, 4)), requires_grad=True) for _ in range(4)]
+    model = dist.DistributedDataParallel(params, bucket_cap_mb=1e-5)  # a bucket each
+    seen = []
+    for _ in range(2):  # the first pass, then the rebuilt buckets
+        h = mg.tensor(rng.normal(size=(3, 4)))
+        h = _Probe.apply(h @ params[0], model, seen)
+        for w in params[1:]:
+            h = mg.tanh(h) @ w
+        h.sum().backward()
+    # when backward reached the first layer, the last three parameters' buckets had started
+    assert seen == [3, 3]
+
+
+def test_buckets_are_rebuilt_from_rank_0s_order(comm):
+    rng = np.random.default_rng(1)
+    a, b, c = (mg.tensor(rng.normal(size=(4, 4)), requires_grad=True) for _ in range(3))
+    model = dist.DistributedDataParallel([a, b, c], bucket_cap_mb=1e-5)
+    assert [bucket.positions for bucket in model._buckets] == [[2], [1], [0]]  # reversed
+    x = mg.tensor(rng.normal(size=(3, 4)))
+    # rank 0's gradients become ready in the order c, a, b; the other ranks' in another
+    out = ((x @ b) @ a) @ c if comm.rank == 0 else ((x @ a) @ b) @ c
+    out.sum().backward()
+    assert [bucket.positions for bucket in model._buckets] == [[2], [0], [1]]
+    grads = [p.grad.data.copy() for p in (a, b, c)]
+    for p in (a, b, c):
+        p.grad = None
+    (((x @ b) @ a) @ c if comm.rank == 0 else ((x @ a) @ b) @ c).sum().backward()
+    for p, g in zip((a, b, c), grads):  # the same averages through the rebuilt buckets
+        np.testing.assert_allclose(p.grad.data, g, rtol=1e-14)
+
+
+def test_parameters_are_rank_0s_after_construction(comm):
+    model = mlp(comm.rank)
+    expected = comm.bcast([p.data.copy() for p in model.parameters()], root=0)
+    dist.DistributedDataParallel(model)
+    for p, q in zip(model.parameters(), expected):
+        assert p.data.tobytes() == q.tobytes()
+
+
+@pytest.mark.min_ranks(2)
+def test_a_rank_that_skips_backward_makes_the_others_raise(comm):
+    model = dist.DistributedDataParallel(mlp(0), timeout=3)
+    x, t = data(4)
+    if comm.rank != comm.size - 1:
+        with pytest.raises(
+            (dist.DistTimeoutError, dist.DistributedError), match="every rank's gradients"
+        ):
+            squared_error(model, x, t, mean=True).backward()
+        with pytest.raises(mg.autograd.BackwardError, match="this DDP is out of step"):
+            squared_error(model, x, t, mean=True).backward()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"bucket_cap_mb": 0}, "bucket_cap_mb must be a positive number, got 0"),
+        ({"bucket_cap_mb": "big"}, "bucket_cap_mb must be a positive number, got 'big'"),
+        ({"timeout": -1}, "timeout must be a positive number of seconds, got -1"),
+    ],
+)
+def test_bad_options_raise_on_every_rank(comm, kwargs, error):
+    with pytest.raises(ValueError, match=rf"DistributedDataParallel: rank \d: {error}"):
+        dist.DistributedDataParallel(mlp(0), **kwargs)
+
+
+def test_bad_parameters_raise(comm):
+    with pytest.raises(ValueError, match="rank 0: no parameters"):
+        dist.DistributedDataParallel([])
+    w = mg.tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(ValueError, match=r"parameter 0 is not a leaf \(grad_fn=<MulBackward"):
+        dist.DistributedDataParallel([w * 2])
+    with pytest.raises(ValueError, match="parameter 0 has dtype float16: float32 and float64 only"):
+        dist.DistributedDataParallel([mg.tensor(np.ones(3, np.float16), requires_grad=True)])
+    with pytest.raises(TypeError, match="parameter 1 is a ndarray, expected a Tensor"):
+        dist.DistributedDataParallel([w, np.ones(3)])
+    with pytest.raises(TypeError, match="has no module to call"):
+        dist.DistributedDataParallel([w])(np.ones(3))

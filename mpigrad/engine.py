@@ -72,6 +72,7 @@ Several supplies to one extra root are summed in the order they came.
 
 import contextlib
 import functools
+from collections.abc import Callable
 from heapq import heappop, heappush
 
 import numpy as np
@@ -118,7 +119,7 @@ def unit_seed(shape, dtype):
 _passes = []
 
 
-def queue_callback(callback):
+def queue_callback(callback: Callable[[], None]) -> None:
     """Run ``callback()`` (no arguments) when the backward pass that is running now ends; see
     Note [end-of-pass callbacks].  RuntimeError outside a pass of ``backward`` or ``grad``."""
     if not _passes:

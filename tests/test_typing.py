@@ -8,7 +8,8 @@ import pytest
 
 import mpigrad
 import mpigrad.distributed as dist
-from mpigrad.autograd import api, forward_ad
+from mpigrad import nn, optim
+from mpigrad.autograd import api, forward_ad, queue_callback
 from mpigrad.distributed import autograd as dist_autograd
 
 PUBLIC = [
@@ -24,6 +25,7 @@ PUBLIC = [
             "backward",
             "register_hook",
             "retain_grad",
+            "register_post_accumulate_grad_hook",
             "zero_",
         )
     ],
@@ -63,6 +65,37 @@ PUBLIC = [
     dist_autograd.context,
     dist_autograd.backward,
     dist_autograd.get_gradients,
+    queue_callback,
+    dist.DistributedDataParallel.__init__,
+    dist.DistributedDataParallel.__call__,
+    dist.DistributedDataParallel.parameters,
+    dist.DistributedDataParallel.named_parameters,
+    dist.DistributedDataParallel.no_sync,
+    *[
+        getattr(nn.Module, name)
+        for name in (
+            "forward",
+            "__call__",
+            "named_parameters",
+            "parameters",
+            "zero_grad",
+            "state_dict",
+            "load_state_dict",
+        )
+    ],
+    nn.Linear.__init__,
+    nn.Linear.forward,
+    nn.Sequential.__init__,
+    nn.ReLU.forward,
+    nn.Tanh.forward,
+    nn.Sigmoid.forward,
+    *[
+        getattr(optim.Optimizer, name)
+        for name in ("add_param_group", "step", "zero_grad", "state_dict", "load_state_dict")
+    ],
+    optim.SGD.__init__,
+    optim.Adam.__init__,
+    optim.AdamW.__init__,
 ]
 
 

@@ -46,9 +46,13 @@ sizes, weight the losses, or pass ``average=False`` for the sum of the ranks' lo
 # nor freed: it is kept, with its buffer, for as long as the process lives (MPI may complete it
 # later), and the DDP is out of step for good (see Note [agreed collectives] in collective.py).
 
+from __future__ import annotations
+
 import contextlib
 import json
 import weakref
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from mpi4py import MPI
@@ -173,7 +177,13 @@ class DistributedDataParallel:
     ``DistTimeoutError`` and the DDP can no longer be used.
     """
 
-    def __init__(self, module_or_params, bucket_cap_mb=25, average=True, timeout=None):
+    def __init__(
+        self,
+        module_or_params: Module | Iterable[Tensor],
+        bucket_cap_mb: float = 25,
+        average: bool = True,
+        timeout: float | None = None,
+    ) -> None:
         comms = _comm.get()
         self.module = module_or_params if isinstance(module_or_params, Module) else None
         if self.module is not None:
@@ -213,7 +223,7 @@ class DistributedDataParallel:
 
     # --- the module -----------------------------------------------------------------------------
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the module; a backward from its output takes part in the averaging even where
         it reaches none of the parameters."""
         if self.module is None:
@@ -228,16 +238,16 @@ class DistributedDataParallel:
                 t.register_hook(_output_hook(weakref.ref(self)))
         return out
 
-    def parameters(self):
+    def parameters(self) -> list[Tensor]:
         """The parameters, in order (what an optimizer takes)."""
         return list(self.params)
 
-    def named_parameters(self):
+    def named_parameters(self) -> list[tuple[str | None, Tensor]]:
         """(name, parameter) pairs, for a module; (None, parameter) for a list."""
         return list(zip(self.names, self.params))
 
     @contextlib.contextmanager
-    def no_sync(self):
+    def no_sync(self) -> Iterator[None]:
         """A block whose backward passes accumulate into ``.grad`` without communicating; the
         first backward after it averages what accumulated."""
         previous, self._sync = self._sync, False

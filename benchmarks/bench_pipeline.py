@@ -7,15 +7,15 @@ holding layers ``4 r // size`` up to ``4 (r + 1) // size``; a step draws a batch
 of the three-spiral problem, splits it into 4 micro-batches that stage r receives with
 ``dist.irecv`` (posted up front) and sends on with ``dist.isend`` as soon as each is computed,
 roots the micro-batch cross-entropies / 4 on the last stage, runs ``dist_autograd.backward`` and
-takes an Adam step (lr 0.01) on each stage's layers with the gradients of ``get_gradients``.
+takes an ``mg.optim.Adam`` step (lr 0.01) on each stage's layers with ``step(context_id)``.
 H = 32 is the example; wider models (``--widths``, default 32, 256 and 1024; ``--quick``: 32 and
 256) show where compute starts to outweigh the messages.
 
 Baseline, timed in the same run and taking turns with the pipeline: the same model and training
-step on rank 0 alone with mpigrad's rank-local engine (``mg.autograd.grad`` of the batch loss),
-while the other ranks wait idle in an ``Ibarrier``.  Before timing, the pipeline and the
-one-rank model train 3 steps from the same weights on the same batches, and their losses must
-agree to 1e-10, or the benchmark exits non-zero.
+step on rank 0 alone with mpigrad's rank-local engine (``backward`` of the batch loss, then
+``step()``), while the other ranks wait idle in an ``Ibarrier``.  Before timing, the pipeline
+and the one-rank model train 3 steps from the same weights on the same batches, and their losses
+must agree to 1e-10, or the benchmark exits non-zero.
 
 A timed repetition is a chunk of training steps (as many as take about 0.1 s on one rank, 2 to
 50), timed as a whole from a barrier; the pipeline counts its slowest rank.  ``ratio`` is the
@@ -40,9 +40,9 @@ import mpigrad as mg  # noqa: E402
 import mpigrad.distributed as dist  # noqa: E402
 import mpigrad.distributed.autograd as dist_autograd  # noqa: E402
 
-# The example's data set and optimizer (examples/_training.py), so both train the same way.
+# The example's data set (examples/_training.py), so both train on the same points.
 sys.path.insert(0, os.path.join(_common.ROOT, "examples"))
-from _training import Adam, spirals  # noqa: E402
+from _training import spirals  # noqa: E402
 
 BATCH, MICRO_BATCHES, LEARNING_RATE = 128, 4, 0.01  # as in the example
 WIDTHS = (32, 256, 1024)
@@ -57,8 +57,9 @@ X_TRAIN, Y_TRAIN = spirals(2048, np.random.default_rng(1234))
 
 
 class Model:
-    """Layers ``begin`` to ``end`` (exclusive) of the MLP 2 -> H -> H -> H -> 3, their Adam, and
-    the batches: every instance of a width draws the same initial weights and the same batches."""
+    """Layers ``begin`` to ``end`` (exclusive) of the MLP 2 -> H -> H -> H -> 3, their Adam (None
+    without layers), and the batches: every instance of a width draws the same initial weights
+    and the same batches."""
 
     def __init__(self, width, begin, end):
         self.widths = [2, width, width, width, 3]
@@ -76,7 +77,7 @@ class Model:
                 )
         self.has_last_layer = end == count
         self.params = [p for layer in self.layers for p in layer]
-        self.optimizer = Adam(self.params, LEARNING_RATE)
+        self.optimizer = mg.optim.Adam(self.params, lr=LEARNING_RATE) if self.params else None
         self.batches = np.random.default_rng(7)
 
     def next_batch(self):
@@ -126,7 +127,8 @@ class Pipeline(Model):
                     mg.cross_entropy(z, Y_TRAIN[b]) / MICRO_BATCHES for z, b in zip(logits, batch)
                 ]
             dist_autograd.backward(context_id, roots)
-            self.optimizer.step(dist_autograd.get_gradients(context_id))
+            if self.optimizer:
+                self.optimizer.step(context_id)
         return sum(r.item() for r in roots) if last else None
 
 
@@ -145,8 +147,9 @@ class OneRank(Model):
         loss = losses[0]
         for other in losses[1:]:
             loss = loss + other
-        grads = mg.autograd.grad(loss, self.params)
-        self.optimizer.step(dict(zip(self.params, grads)))
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
         return loss.item()
 
 

@@ -18,7 +18,7 @@ if that accuracy is below 0.9.
 """
 
 import numpy as np
-from _training import Adam, spirals  # examples/_training.py, next to this script
+from _training import spirals  # examples/_training.py, next to this script
 from mpi4py import MPI
 
 import mpigrad as mg
@@ -84,7 +84,8 @@ def forward(inputs):
     return outputs if last else None
 
 
-optimizer = Adam(params, LEARNING_RATE)
+# A rank without layers (more ranks than layers) has nothing to optimize.
+optimizer = mg.optim.Adam(params, lr=LEARNING_RATE) if params else None
 batches = np.random.default_rng(7)  # the same batches on every rank
 start = MPI.Wtime()
 for step in range(STEPS):
@@ -95,7 +96,8 @@ for step in range(STEPS):
         if last:
             roots = [mg.cross_entropy(z, y_train[b]) / MICRO_BATCHES for z, b in zip(logits, batch)]
         dist_autograd.backward(context_id, roots)
-        optimizer.step(dist_autograd.get_gradients(context_id))
+        if optimizer:
+            optimizer.step(context_id)  # the gradients of get_gradients(context_id)
     if last and step % 50 == 0:
         print(f"step {step:3d}  loss {sum(r.item() for r in roots):.4f}", flush=True)
 seconds = MPI.Wtime() - start

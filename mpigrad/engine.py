@@ -50,6 +50,16 @@ stable across versions).  Who keeps it:
 - the leaf sink (``added``) keeps a writable gradient and copies a read-only one (``owned``),
   so a ``.grad`` is the user's to write: ``x.grad.data /= n``, an in-place Allreduce, clipping.
 
+Note [end-of-pass callbacks]: ``autograd.backward`` and ``grad`` run their pass inside
+``end_of_pass()``; ``queue_callback(fn)``, called while such a pass runs (from a hook, a rule, a
+post-accumulate-grad hook), queues ``fn`` to run once the pass is over: after every node has run
+and every leaf's ``.grad`` (``inputs=`` included) has been written, in the order queued, a
+callback queued by a callback included, before ``backward`` returns (torch's
+``Variable._execution_engine.queue_callback``), under the caller's grad mode (the engine has
+restored it) and with Tensors (array mode off).  A pass that raises drops its callbacks.
+Passes nest (a hook may run a backward of its own): a callback joins the innermost pass.
+``dist_autograd.backward`` takes no callbacks.
+
 Note [canonical order]: a node sums the gradients that reached it in the order they arrived.
 Within one rank that order is fixed by the graph (ready nodes run newest-first), but gradients
 supplied from other ranks arrive when their messages do, and floating-point addition is not
@@ -60,6 +70,7 @@ node then computes the same bits whatever the arrival order, and so does the who
 Several supplies to one extra root are summed in the order they came.
 """
 
+import contextlib
 import functools
 from heapq import heappop, heappush
 
@@ -82,6 +93,10 @@ __all__ = [
     "owned",
     "read_only",
     "unit_seed",
+    "queue_callback",
+    "end_of_pass",
+    "current_pass",
+    "post_accumulate",
 ]
 
 
@@ -96,6 +111,59 @@ def unit_seed(shape, dtype):
     seed = np.ones(shape, dtype)
     seed.flags.writeable = False
     return seed
+
+
+# The callbacks queued in each local pass that runs, the innermost last: see Note [end-of-pass
+# callbacks].
+_passes = []
+
+
+def queue_callback(callback):
+    """Run ``callback()`` (no arguments) when the backward pass that is running now ends; see
+    Note [end-of-pass callbacks].  RuntimeError outside a pass of ``backward`` or ``grad``."""
+    if not _passes:
+        raise RuntimeError(
+            "queue_callback: no backward pass is running: call it while backward() or grad() "
+            "runs (from a hook), not before or after (dist_autograd.backward takes no callbacks)"
+        )
+    if not callable(callback):
+        raise TypeError(f"queue_callback: expected a callable, got {type(callback).__name__}")
+    _passes[-1].append(callback)
+
+
+def current_pass():
+    """An object that identifies the local backward pass running now (the innermost), or None
+    outside one: what tells a hook whether the pass it saw before is still running."""
+    return _passes[-1] if _passes else None
+
+
+@contextlib.contextmanager
+def end_of_pass():
+    """The block in which one local pass runs: the callbacks queued meanwhile run when it ends
+    without an exception (see Note [end-of-pass callbacks])."""
+    callbacks = []
+    _passes.append(callbacks)
+    try:
+        yield
+        i = 0
+        while i < len(callbacks):  # a callback may queue another
+            callbacks[i]()
+            i += 1
+    finally:
+        _passes.pop()
+
+
+def post_accumulate(tensor):
+    """Run ``tensor``'s post-accumulate-grad hooks (``Tensor.register_post_accumulate_grad_hook``),
+    in registration order, each with the tensor; BackwardError naming a hook that raises."""
+    for fn in list(tensor._post_hooks):
+        try:
+            fn(tensor)
+        except Exception as exc:
+            raise BackwardError(
+                f"post-accumulate-grad hook {getattr(fn, '__name__', fn)!s} on a leaf of shape "
+                f"{tensor.shape} raised {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 def accumulate_grad(tensor, grad, create_graph=False):
@@ -197,6 +265,7 @@ class GraphTask:
         self.ordered = ordered
         self.origins = {}  # ordered only: key -> sequence numbers of the gradients' producers
         self.accumulate = accumulate or (lambda t, g: accumulate_grad(t, g, create_graph))
+        self.into_grad = accumulate is None  # leaves' post-accumulate-grad hooks run
         self.arrays = not create_graph and not open_levels()  # see Note [array mode]
         starts = [node for node, _ in roots]
         if extra_roots:
@@ -284,7 +353,10 @@ class GraphTask:
             return
         if type(node) is AccumulateGrad:
             if grads[0] is not None:
-                self._outside(self.accumulate, node.variable, _tensor(grads[0]))
+                leaf = node.variable
+                self._outside(self.accumulate, leaf, _tensor(grads[0]))
+                if leaf._post_hooks and self.into_grad:
+                    self._outside(post_accumulate, leaf)
             return
         arrays = self.arrays
         try:

@@ -34,6 +34,7 @@ class Tensor:
     _fw = None  # {dual level: tangent Tensor}, see mpigrad/dual.py
     _accumulator = None  # weakref to this leaf's AccumulateGrad node
     _hooks = None  # hooks of a leaf (a non-leaf's live on its grad_fn)
+    _post_hooks = None  # a leaf's post-accumulate-grad hooks
 
     def __init__(self, data: ArrayLike | Tensor, requires_grad: bool = False) -> None:
         self.data = np.asarray(data.data if isinstance(data, Tensor) else data)
@@ -152,6 +153,27 @@ class Tensor:
         if hook not in hooks:
             hooks.append(hook)
         return _HookHandle(hooks, hook)
+
+    def register_post_accumulate_grad_hook(self, hook: Callable[[Tensor], None]) -> _HookHandle:
+        """Call ``hook(self)`` after a backward pass has accumulated this leaf's gradient into
+        ``.grad`` (after its ``register_hook`` hooks), as torch's: the hook may read and write
+        ``.grad``; what it returns is ignored.  Only passes that write ``.grad`` run it
+        (``backward``, ``inputs=`` included, not ``grad`` nor ``dist_autograd.backward``).
+        Returns a handle with ``.remove()``."""
+        if not self._requires_grad:
+            raise RuntimeError(
+                "cannot register a post-accumulate-grad hook on a tensor that does not require grad"
+            )
+        if self.grad_fn is not None:
+            raise RuntimeError(
+                "post-accumulate-grad hooks cannot be registered on non-leaf tensors "
+                f"(grad_fn=<{self.grad_fn.name()}>)"
+            )
+        if self._post_hooks is None:
+            self._post_hooks = []
+        if hook not in self._post_hooks:
+            self._post_hooks.append(hook)
+        return _HookHandle(self._post_hooks, hook)
 
     def retain_grad(self) -> None:
         """Keep the gradient of this non-leaf in ``.grad`` after ``backward`` (no-op on leaves)."""

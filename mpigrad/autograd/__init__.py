@@ -1,6 +1,6 @@
 """torch.autograd's API on one rank: backward, grad, Function, forward_ad and the grad mode."""
 
-from ..engine import BackwardError
+from ..engine import BackwardError, queue_callback
 from ..function import Function, FunctionCtx
 from ..grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from . import forward_ad
@@ -12,6 +12,7 @@ __all__ = [
     "Function",
     "FunctionCtx",
     "BackwardError",
+    "queue_callback",
     "forward_ad",
     "no_grad",
     "enable_grad",

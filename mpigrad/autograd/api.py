@@ -7,7 +7,14 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ..engine import GraphTask, accumulate_grad, read_only, unit_seed
+from ..engine import (
+    GraphTask,
+    accumulate_grad,
+    end_of_pass,
+    post_accumulate,
+    read_only,
+    unit_seed,
+)
 from ..grad_mode import _State
 from ..graph import gradient_edge
 from ..tensor import Tensor
@@ -28,6 +35,8 @@ def backward(
     leaf reached gets its gradient added to ``.grad``; with ``inputs`` only those tensors (leaves or
     not) do.  ``retain_graph`` defaults to ``create_graph``; without it the graph's saved tensors
     are freed.  ``create_graph=True`` records the backward pass so gradients can be differentiated.
+    Leaves whose ``.grad`` this writes then run their post-accumulate-grad hooks; callbacks
+    queued meanwhile (``queue_callback``) run before it returns.
     """
     tensors = _as_tuple(tensors, "tensors")
     grads = _seed_grads(tensors, grad_tensors, "grad_tensors", create_graph)
@@ -46,11 +55,14 @@ def backward(
         create_graph=create_graph,
         capture=capture,
     )
-    task.execute()
-    if inputs is not None:
-        for t, g in zip(inputs, task.captured):
-            if g is not None and not _retained(t):  # the task already accumulated those
-                accumulate_grad(t, g, create_graph)
+    with end_of_pass():  # see Note [end-of-pass callbacks] in engine.py
+        task.execute()
+        if inputs is not None:
+            for t, g in zip(inputs, task.captured):
+                if g is not None and not _retained(t):  # the task already accumulated those
+                    accumulate_grad(t, g, create_graph)
+                    if t._post_hooks:
+                        post_accumulate(t)
 
 
 def grad(
@@ -82,7 +94,8 @@ def grad(
         capture=[_input_edge(t, i, "grad") for i, t in enumerate(inputs)],
         retain_grads=False,
     )
-    task.execute()
+    with end_of_pass():
+        task.execute()
     result = task.captured
     if not allow_unused:
         for i, g in enumerate(result):

@@ -45,6 +45,7 @@ from mpi4py import MPI
 
 from . import autograd, settings
 from .comm import destroy, get_rank, get_world_size, init, is_initialized
+from .data_parallel import DistributedDataParallel
 from .errors import DistBackwardError, DistributedError, DistTimeoutError
 from .functions import (
     RecvRequest,
@@ -93,6 +94,7 @@ __all__ = [
     "reduce_scatter",
     "all_to_all",
     "barrier",
+    "DistributedDataParallel",
     "DistributedError",
     "DistBackwardError",
     "DistTimeoutError",

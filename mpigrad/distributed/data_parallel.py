@@ -1,0 +1,475 @@
+"""``DistributedDataParallel``: each rank trains on its own data, and every backward leaves in
+``.grad`` the average (or sum) of every rank's gradients, averaged while backward runs.
+
+Collective: constructing one, and every backward that reaches its parameters (outside
+``no_sync()``), on every rank.  Adjoint: none of its own; it averages what the local backward
+accumulated in ``.grad``.
+
+    model = dist.DistributedDataParallel(mg.nn.Sequential(...))  # rank 0's parameters everywhere
+    opt = mg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for x, t in shard:                                          # each rank its own shard
+        opt.zero_grad()
+        mg.cross_entropy(model(x), t).backward()   # buckets are averaged while backward runs
+        opt.step()                                 # every rank takes the same step
+
+With ``average=True`` the ranks' gradients are averaged: the global objective is the mean over
+the ranks of each rank's loss (each rank's mean over its shard, say; with shards of unequal
+sizes, weight the losses, or pass ``average=False`` for the sum of the ranks' losses).
+"""
+
+# Note [buckets]
+# ~~~~~~~~~~~~~~
+# The parameters' gradients travel in buckets, each one flat buffer of one dtype reduced by one
+# non-blocking MPI allreduce (MPI.SUM, in place) on the DDP's own communicator.  A bucket holds
+# parameters until it reaches ``bucket_cap_mb`` MiB (the first of each dtype 1 MiB, or the cap
+# if smaller; a parameter larger than the cap fills a bucket alone), taken in reverse parameter
+# order at first, since backward reaches the last layers first; at the end of the first
+# synchronised backward the buckets are rebuilt once, from the order in which rank 0's
+# gradients became ready (broadcast, so that every rank builds the same buckets), the
+# parameters no gradient reached on rank 0 last.
+#
+# A parameter's post-accumulate-grad hook marks it ready; a bucket whose parameters are all
+# ready is packed (each parameter's ``.grad``) and its allreduce started at once, provided every
+# bucket before it has started: buckets start in index order, the same on every rank, whatever
+# order the hooks fire in there.  A callback queued for the end of backward then starts the
+# buckets that have not started, in order, packing zeros for a parameter with no ``.grad``, so
+# that every rank starts the same allreduces in the same order and none waits for a bucket
+# another will not send.  It waits for all of them (through a ``Waiter``: nothing waits
+# forever), and writes each parameter's reduced gradient into its ``.grad`` (into the array
+# where it is the user's to write, see Note [gradient ownership] in engine.py, else into a new
+# one).  A bucket also carries one word per parameter, 1 where the rank had a ``.grad``: a
+# parameter that had none on any rank keeps ``.grad`` None, as every rank sees.  Since the
+# allreduce's result, and so the division by the size, is the same on every rank, every rank's
+# ``.grad``, and so its optimizer step, is bitwise the same.
+#
+# An allreduce that does not complete (a timeout, a rank that ended) can be neither cancelled
+# nor freed: it is kept, with its buffer, for as long as the process lives (MPI may complete it
+# later), and the DDP is out of step for good (see Note [agreed collectives] in collective.py).
+
+import contextlib
+import json
+import weakref
+
+import numpy as np
+from mpi4py import MPI
+
+from ..engine import current_pass, queue_callback
+from ..nn import Module
+from ..tensor import Tensor
+from . import comm as _comm
+from . import context as _context
+from . import waiting
+from .errors import DistributedError
+
+__all__ = ["DistributedDataParallel"]
+
+FIRST_BUCKET_MB = 1.0
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_OP = "DistributedDataParallel"
+_abandoned = []  # (communicator, requests, buffers) that never completed: see Note [buckets]
+
+
+class _Bucket:
+    """Parameters of one dtype (by position) whose gradients travel in one allreduce: ``buffer``
+    holds their gradients flat, then one used word per parameter (see Note [buckets])."""
+
+    def __init__(self, positions, params):
+        self.positions = positions
+        self.params = [params[i] for i in positions]
+        sizes = [p.size for p in self.params]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        self.buffer = np.empty(self.offsets[-1] + len(positions), self.params[0].dtype)
+        self.used = self.buffer[self.offsets[-1] :]
+
+    def pack(self):
+        """Copy each parameter's ``.grad`` (zeros where it has none) into the buffer."""
+        buffer, offsets, used = self.buffer, self.offsets, self.used
+        for i, p in enumerate(self.params):
+            view = buffer[offsets[i] : offsets[i + 1]]
+            grad = p.grad
+            if grad is None:
+                view[...] = 0
+                used[i] = 0
+            else:
+                np.copyto(view, grad.data.reshape(-1))
+                used[i] = 1
+
+    def unpack(self, size, average):
+        """Write the reduced buffer into the parameters' ``.grad`` (over ``size`` if
+        ``average``), leaving None where no rank had a gradient."""
+        buffer, offsets = self.buffer, self.offsets
+        for i, p in enumerate(self.params):
+            if not self.used[i]:
+                continue
+            view = buffer[offsets[i] : offsets[i + 1]].reshape(p.shape)
+            grad = p.grad
+            if (
+                grad is None
+                or grad.grad_fn is not None  # recorded (create_graph): its graph may hold it
+                or not grad.data.flags.writeable
+                or grad.data.shape != view.shape
+                or grad.data.dtype != view.dtype
+            ):
+                p.grad = grad = Tensor._make(np.empty_like(view))
+            if average:
+                np.divide(view, size, out=grad.data)
+            else:
+                np.copyto(grad.data, view)
+
+
+def _assign(order, params, cap):
+    """Buckets (lists of positions) of the parameters taken in ``order``, ``cap`` bytes each
+    (the first of each dtype ``FIRST_BUCKET_MB``, if smaller), in the order of their first
+    parameter in ``order``; see Note [buckets]."""
+    first = min(int(FIRST_BUCKET_MB * 2**20), cap)
+    filling, full = {}, []
+    for position in order:
+        p = params[position]
+        members, size, limit = filling.get(p.dtype, ([], 0, first))
+        members.append(position)
+        size += p.data.nbytes
+        if size >= limit:
+            full.append(members)
+            filling[p.dtype] = ([], 0, cap)
+        else:
+            filling[p.dtype] = (members, size, limit)
+    full += [members for members, _, _ in filling.values() if members]
+    index = {position: i for i, position in enumerate(order)}
+    return sorted(full, key=lambda members: index[members[0]])
+
+
+class _Pass:
+    """One synchronised backward's progress: how many parameters each bucket still waits for,
+    the next bucket to start, the requests started, and (first pass) the order seen."""
+
+    def __init__(self, buckets, observe):
+        self.backward = current_pass()
+        self.waiting = [len(b.positions) for b in buckets]
+        self.next = 0
+        self.requests = []
+        self.complete = 0  # requests known complete, a prefix of ``requests``
+        self.seen = [] if observe else None
+
+
+class DistributedDataParallel:
+    """Data parallelism over the ranks mpigrad is initialized on (see ``init``).
+
+    ``module_or_params``: an ``mpigrad.nn.Module`` (then ``model(x)`` calls it and
+    ``model.module`` is it) or a list of parameters: leaf Tensors that require grad, of float32
+    or float64.  Construction is collective: it checks that every rank passed the same
+    parameters (count, shapes, dtypes) and options, raising on every rank, naming the first
+    parameter that differs, if not; then it copies rank 0's parameter values into every
+    rank's arrays, in place.
+
+    Every backward that reaches the parameters then leaves in their ``.grad`` the average over
+    the ranks (the sum with ``average=False``) of the ranks' ``.grad``, a rank whose backward
+    gave a parameter no gradient contributing zeros for it (a parameter that got a gradient on no
+    rank keeps ``.grad`` None).  The gradients travel in buckets of ``bucket_cap_mb`` MiB, each
+    reduced while the rest of backward runs (see Note [buckets]).  Inside ``no_sync()`` backward
+    only accumulates into ``.grad``; the next backward outside it averages what accumulated.
+    Every rank's backward must reach at least one of the parameters (or, with a module, the
+    output of a call of the model), in the same backward passes.  ``timeout``: how long a
+    backward waits for the other ranks (default ``MPIGRAD_TIMEOUT``), after which it raises
+    ``DistTimeoutError`` and the DDP can no longer be used.
+    """
+
+    def __init__(self, module_or_params, bucket_cap_mb=25, average=True, timeout=None):
+        comms = _comm.get()
+        self.module = module_or_params if isinstance(module_or_params, Module) else None
+        if self.module is not None:
+            named = list(self.module.named_parameters())
+        else:
+            named = []
+            for p in module_or_params:
+                if not any(p is q for _, q in named):
+                    named.append((None, p))
+        self.names = [name for name, _ in named]
+        self.params = params = [p for _, p in named]
+        self.average, self.timeout, self.size = bool(average), timeout, comms.size
+        self._out_of_step = None
+        problem = _problem(named, bucket_cap_mb, timeout)
+        if problem is None:
+            self.cap = int(float(bucket_cap_mb) * 2**20)
+        self.comm, request = comms.user.Idup()
+        self._wait([request], "every rank to construct it", ())
+        self.comm.Set_name("mpigrad DistributedDataParallel")
+        try:
+            self._agree(named, problem, (float(bucket_cap_mb), self.average))
+            self._broadcast_parameters()
+        except BaseException:
+            if self._out_of_step is None:
+                self.comm.Free()
+            raise
+        self._build(range(len(params) - 1, -1, -1))
+        self._rebuilt = False
+        self._sync = True
+        self._pass = None
+        ref = weakref.ref(self)
+        handles = [
+            p.register_post_accumulate_grad_hook(_ready_hook(ref, i)) for i, p in enumerate(params)
+        ]
+        weakref.finalize(self, _release, handles, self.comm)
+
+    # --- the module -----------------------------------------------------------------------------
+
+    def __call__(self, *args, **kwargs):
+        """Call the module; a backward from its output takes part in the averaging even where
+        it reaches none of the parameters."""
+        if self.module is None:
+            raise TypeError(
+                "DistributedDataParallel of a list of parameters has no module to call: compute "
+                "with the parameters, then call backward"
+            )
+        out = self.module(*args, **kwargs)
+        outputs = out if isinstance(out, (tuple, list)) else (out,)
+        for t in outputs:
+            if isinstance(t, Tensor) and t.requires_grad:
+                t.register_hook(_output_hook(weakref.ref(self)))
+        return out
+
+    def parameters(self):
+        """The parameters, in order (what an optimizer takes)."""
+        return list(self.params)
+
+    def named_parameters(self):
+        """(name, parameter) pairs, for a module; (None, parameter) for a list."""
+        return list(zip(self.names, self.params))
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """A block whose backward passes accumulate into ``.grad`` without communicating; the
+        first backward after it averages what accumulated."""
+        previous, self._sync = self._sync, False
+        try:
+            yield
+        finally:
+            self._sync = previous
+
+    # --- one backward ---------------------------------------------------------------------------
+
+    def _begin(self):
+        """The first hook of a synchronised backward: queue its end."""
+        if self._pass is not None:  # the backward it belonged to raised before its end
+            _abandoned.append((self.comm, self._pass.requests, [b.buffer for b in self._buckets]))
+            self._pass = None
+            self._out_of_step = f"was cut short on rank {_comm.get().rank} by an exception"
+        if self._out_of_step is not None:
+            raise DistributedError(
+                f"{_OP}: rank {_comm.get().rank}: an earlier backward's averaging "
+                f"{self._out_of_step}, so this DDP is out of step with the other ranks: make a "
+                "new one on every rank"
+            )
+        self._pass = _Pass(self._buckets, observe=not self._rebuilt)
+        queue_callback(self._finish)
+
+    def _ready(self, position):
+        """A parameter's gradient is accumulated: start the buckets that are complete now."""
+        if not self._sync:
+            return
+        if self._pass is None or self._pass.backward is not current_pass():
+            self._begin()
+        state = self._pass
+        if state.seen is not None:
+            state.seen.append(position)
+        bucket = self._bucket_of[position]
+        state.waiting[bucket] -= 1
+        buckets = self._buckets
+        while state.next < len(buckets) and not state.waiting[state.next]:
+            self._start(state)
+        requests = state.requests
+        while state.complete < len(requests) and requests[state.complete].Test():
+            state.complete += 1  # testing also moves the allreduces on: MPI has no thread here
+
+    def _start(self, state):
+        """Start the next bucket's allreduce."""
+        bucket = self._buckets[state.next]
+        bucket.pack()
+        state.requests.append(self.comm.Iallreduce(MPI.IN_PLACE, bucket.buffer, op=MPI.SUM))
+        state.next += 1
+
+    def _finish(self):
+        """The end of a synchronised backward: start the rest, wait, write ``.grad``."""
+        state, self._pass = self._pass, None
+        while state.next < len(self._buckets):
+            self._start(state)
+        self._wait(
+            state.requests[state.complete :],
+            "every rank's gradients",
+            [b.buffer for b in self._buckets],
+        )
+        for bucket in self._buckets:
+            bucket.unpack(self.size, self.average)
+        if state.seen is not None:
+            self._rebuild(state.seen)
+
+    def _rebuild(self, seen):
+        """Rebuild the buckets from the order rank 0's gradients were ready in (Note [buckets])."""
+        rest = set(range(len(self.params))) - set(seen)
+        order = np.array(seen + sorted(rest, reverse=True), np.int64)
+        self._wait([self.comm.Ibcast(order, root=0)], "rank 0's order of gradients", (order,))
+        self._build(order.tolist())
+        self._rebuilt = True
+
+    def _build(self, order):
+        """Make the buckets of the parameters in ``order`` (positions); see Note [buckets]."""
+        self._buckets = [_Bucket(m, self.params) for m in _assign(order, self.params, self.cap)]
+        self._bucket_of = {p: i for i, b in enumerate(self._buckets) for p in b.positions}
+
+    # --- agreement and waiting ------------------------------------------------------------------
+
+    def _agree(self, named, problem, options):
+        """Raise on every rank unless every rank passed the same parameters and options."""
+        mine = {
+            "problem": problem,
+            "params": [[p.dtype.str, list(p.shape)] for _, p in named] if problem is None else [],
+            "names": [name for name, _ in named],
+            "options": list(options),
+        }
+        every = [json.loads(text) for text in self._allgather(json.dumps(mine).encode())]
+        where = f"(raised on every rank; this is rank {_comm.get().rank})"
+        for r, theirs in enumerate(every):
+            if theirs["problem"] is not None:
+                kind, text = theirs["problem"]
+                raise (TypeError if kind == "TypeError" else ValueError)(
+                    f"{_OP}: rank {r}: {text} {where}"
+                )
+        if any(theirs["options"] != every[0]["options"] for theirs in every):
+            described = "; ".join(
+                f"rank {r}: bucket_cap_mb={t['options'][0]:g}, average={bool(t['options'][1])}"
+                for r, t in enumerate(every)
+            )
+            raise ValueError(f"{_OP}: the ranks' options differ: {described} {where}")
+        counts = [len(theirs["params"]) for theirs in every]
+        for i in range(max(counts)):
+            rows = [json.dumps(t["params"][i]) if i < len(t["params"]) else None for t in every]
+            if len(set(rows)) == 1:
+                continue
+            name = next(t["names"][i] for t in every if i < len(t["names"]))
+            groups = {}
+            for r, row in enumerate(rows):
+                if row is not None:
+                    dtype, shape = json.loads(row)
+                text = "none" if row is None else f"{np.dtype(dtype)} {tuple(shape)}"
+                groups.setdefault(text, []).append(str(r))
+            described = "; ".join(
+                f"rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)}: {text}"
+                for text, ranks in groups.items()
+            )
+            raise ValueError(
+                f"{_OP}: the ranks' parameters differ, first at parameter {i}"
+                + (f" ({name!r})" if name is not None else "")
+                + f": {described} (counts: {counts}); every rank must pass the same model "
+                f"{where}"
+            )
+
+    def _allgather(self, data):
+        """Every rank's ``data`` (bytes), by rank."""
+        size = self.size
+        length, lengths = np.array([len(data)], np.int64), np.empty(size, np.int64)
+        self._wait([self.comm.Iallgather(length, lengths)], "every rank's parameters", (lengths,))
+        received = bytearray(int(lengths.sum()))
+        displs = np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist()
+        request = self.comm.Iallgatherv(
+            [data, MPI.BYTE], [received, lengths.tolist(), displs, MPI.BYTE]
+        )
+        self._wait([request], "every rank's parameters", (data, received))
+        return [bytes(received[d : d + n]) for d, n in zip(displs, lengths.tolist())]
+
+    def _broadcast_parameters(self):
+        """Copy rank 0's parameter values into every rank's arrays: one broadcast per dtype."""
+        for dtype in DTYPES:
+            params = [p for p in self.params if p.dtype == dtype]
+            if not params:
+                continue
+            flat = np.concatenate([p.data.reshape(-1) for p in params])
+            self._wait([self.comm.Ibcast(flat, root=0)], "rank 0's parameters", (flat,))
+            offset = 0
+            for p in params:
+                values = flat[offset : offset + p.size].reshape(p.shape)
+                offset += p.size
+                if p.data.flags.writeable:
+                    np.copyto(p.data, values)
+                else:
+                    p.data = values.copy()
+
+    def _wait(self, requests, what, buffers):
+        """Wait for ``requests`` on the DDP's communicator, on ``buffers``; a wait that raises
+        leaves them abandoned and the DDP out of step (see Note [buckets])."""
+        requests = [r for r in requests if r != MPI.REQUEST_NULL]
+        try:
+            waiting.wait_for(
+                lambda: MPI.Request.Testall(requests),
+                _OP,
+                self.timeout,
+                lambda: what,
+                context=_context.current(),
+                agreeing=True,
+                progress=True,
+            )
+        except BaseException as e:
+            _abandoned.append((self.comm, requests, buffers))
+            self._out_of_step = f"did not complete on rank {_comm.get().rank} ({type(e).__name__})"
+            raise
+
+
+def _problem(named, bucket_cap_mb, timeout):
+    """What is wrong with this rank's arguments, as [exception type name, text], or None."""
+    try:
+        cap = float(bucket_cap_mb)
+    except (TypeError, ValueError):
+        cap = float("nan")
+    if not cap > 0:
+        return ["ValueError", f"bucket_cap_mb must be a positive number, got {bucket_cap_mb!r}"]
+    try:
+        waiting.resolve_timeout(timeout, _OP)
+    except ValueError as e:
+        return ["ValueError", str(e)]
+    if not named:
+        return ["ValueError", "no parameters"]
+    for i, (name, p) in enumerate(named):
+        what = f"parameter {i}" + (f" ({name!r})" if name is not None else "")
+        if not isinstance(p, Tensor):
+            return ["TypeError", f"{what} is a {type(p).__name__}, expected a Tensor"]
+        if not p.requires_grad:
+            return [
+                "ValueError",
+                f"{what} does not require grad: every parameter must (set requires_grad=True, "
+                "or leave it out)",
+            ]
+        if not p.is_leaf:
+            return ["ValueError", f"{what} is not a leaf (grad_fn=<{p.grad_fn.name()}>)"]
+        if p.dtype not in DTYPES:
+            return ["ValueError", f"{what} has dtype {p.dtype}: float32 and float64 only"]
+    return None
+
+
+def _ready_hook(ref, position):
+    def ready(param):
+        ddp = ref()
+        if ddp is not None:
+            ddp._ready(position)
+
+    ready.__name__ = f"DistributedDataParallel parameter {position}"
+    return ready
+
+
+def _output_hook(ref):
+    def begin(grad):
+        ddp = ref()
+        if (
+            ddp is not None
+            and ddp._sync
+            and (ddp._pass is None or ddp._pass.backward is not current_pass())
+        ):
+            ddp._begin()
+
+    return begin
+
+
+def _release(handles, comm):
+    """Remove a collected DDP's hooks, and free its communicator unless a request on it was
+    abandoned (see Note [buckets])."""
+    for handle in handles:
+        handle.remove()
+    if not any(c is comm for c, _, _ in _abandoned) and not MPI.Is_finalized():
+        comm.Free()

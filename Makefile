@@ -13,7 +13,8 @@ SHELL := bash
 
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= mpich,test,cuda,lint
+# examples: scikit-learn, whose digits examples/data_parallel.py trains on (make test runs it).
+EXTRAS ?= mpich,test,cuda,lint,examples
 BIN := $(abspath $(VENV))/bin
 PY := $(BIN)/python
 MPIEXEC := $(BIN)/mpiexec

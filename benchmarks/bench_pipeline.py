@@ -1,21 +1,22 @@
 #!/usr/bin/env python3
 """Training steps per second of the pipeline-parallel MLP, against the same model on one rank.
 
-The model, data and training step are ``examples/pipeline_mlp.py``'s (the example is a script,
-so they are rebuilt here): an MLP 2 -> H -> H -> H -> 3 with tanh, cut into stages, rank r
-holding layers ``4 r // size`` up to ``4 (r + 1) // size``; a step draws a batch of 128 points
+The model, data and training step are ``examples/pipeline_mlp.py``'s (model and data from
+``examples/_training.py``; the example is a script, so its step is rebuilt here): an MLP
+2 -> H -> H -> H -> 3 with tanh (``mg.nn.Linear`` and ``Tanh``), cut into stages, rank r holding
+layers ``4 r // size`` up to ``4 (r + 1) // size``; a step draws a batch of 128 points
 of the three-spiral problem, splits it into 4 micro-batches that stage r receives with
 ``dist.irecv`` (posted up front) and sends on with ``dist.isend`` as soon as each is computed,
 roots the micro-batch cross-entropies / 4 on the last stage, runs ``dist_autograd.backward`` and
-takes an Adam step (lr 0.01) on each stage's layers with the gradients of ``get_gradients``.
+takes an ``mg.optim.Adam`` step (lr 0.01) on each stage's layers with ``step(context_id)``.
 H = 32 is the example; wider models (``--widths``, default 32, 256 and 1024; ``--quick``: 32 and
 256) show where compute starts to outweigh the messages.
 
 Baseline, timed in the same run and taking turns with the pipeline: the same model and training
-step on rank 0 alone with mpigrad's rank-local engine (``mg.autograd.grad`` of the batch loss),
-while the other ranks wait idle in an ``Ibarrier``.  Before timing, the pipeline and the
-one-rank model train 3 steps from the same weights on the same batches, and their losses must
-agree to 1e-10, or the benchmark exits non-zero.
+step on rank 0 alone with mpigrad's rank-local engine (``backward`` of the batch loss, then
+``step()``), while the other ranks wait idle in an ``Ibarrier``.  Before timing, the pipeline
+and the one-rank model train 3 steps from the same weights on the same batches, and their losses
+must agree to 1e-10, or the benchmark exits non-zero.
 
 A timed repetition is a chunk of training steps (as many as take about 0.1 s on one rank, 2 to
 50), timed as a whole from a barrier; the pipeline counts its slowest rank.  ``ratio`` is the
@@ -40,9 +41,9 @@ import mpigrad as mg  # noqa: E402
 import mpigrad.distributed as dist  # noqa: E402
 import mpigrad.distributed.autograd as dist_autograd  # noqa: E402
 
-# The example's data set and optimizer (examples/_training.py), so both train the same way.
+# The example's data set and model (examples/_training.py), so both train the same way.
 sys.path.insert(0, os.path.join(_common.ROOT, "examples"))
-from _training import Adam, spirals  # noqa: E402
+from _training import mlp_stage, spirals  # noqa: E402
 
 BATCH, MICRO_BATCHES, LEARNING_RATE = 128, 4, 0.01  # as in the example
 WIDTHS = (32, 256, 1024)
@@ -57,40 +58,20 @@ X_TRAIN, Y_TRAIN = spirals(2048, np.random.default_rng(1234))
 
 
 class Model:
-    """Layers ``begin`` to ``end`` (exclusive) of the MLP 2 -> H -> H -> H -> 3, their Adam, and
-    the batches: every instance of a width draws the same initial weights and the same batches."""
+    """Layers ``begin`` to ``end`` (exclusive) of the MLP 2 -> H -> H -> H -> 3, their Adam (None
+    without layers), and the batches: every instance of a width draws the same initial weights and
+    the same batches."""
 
     def __init__(self, width, begin, end):
-        self.widths = [2, width, width, width, 3]
-        count = len(self.widths) - 1
-        init = np.random.default_rng(0)
-        self.layers = []
-        for i in range(count):
-            w = init.normal(0, 1 / np.sqrt(self.widths[i]), (self.widths[i], self.widths[i + 1]))
-            if begin <= i < end:
-                self.layers.append(
-                    (
-                        mg.tensor(w, requires_grad=True),
-                        mg.zeros(self.widths[i + 1], requires_grad=True),
-                    )
-                )
-        self.has_last_layer = end == count
-        self.params = [p for layer in self.layers for p in layer]
-        self.optimizer = Adam(self.params, LEARNING_RATE)
+        self.stage = mlp_stage([2, width, width, width, 3], begin, end)
+        params = list(self.stage.parameters())
+        self.optimizer = mg.optim.Adam(params, lr=LEARNING_RATE) if params else None
         self.batches = np.random.default_rng(7)
 
     def next_batch(self):
         return np.array_split(
             self.batches.choice(len(X_TRAIN), BATCH, replace=False), MICRO_BATCHES
         )
-
-    def apply(self, h):
-        """These layers: tanh after each but the model's last."""
-        for j, (w, b) in enumerate(self.layers):
-            h = h @ w + b
-            if not (self.has_last_layer and j == len(self.layers) - 1):
-                h = mg.tanh(h)
-        return h
 
 
 class Pipeline(Model):
@@ -106,7 +87,7 @@ class Pipeline(Model):
         outgoing, outputs = [], []
         for m in range(count):
             h = mg.tensor(inputs[m]) if first else incoming[m].wait()
-            h = self.apply(h)
+            h = self.stage(h)
             if last:
                 outputs.append(h)
             else:
@@ -126,7 +107,8 @@ class Pipeline(Model):
                     mg.cross_entropy(z, Y_TRAIN[b]) / MICRO_BATCHES for z, b in zip(logits, batch)
                 ]
             dist_autograd.backward(context_id, roots)
-            self.optimizer.step(dist_autograd.get_gradients(context_id))
+            if self.optimizer:
+                self.optimizer.step(context_id)
         return sum(r.item() for r in roots) if last else None
 
 
@@ -139,14 +121,15 @@ class OneRank(Model):
     def step(self):
         batch = self.next_batch()
         losses = [
-            mg.cross_entropy(self.apply(mg.tensor(X_TRAIN[b])), Y_TRAIN[b]) / MICRO_BATCHES
+            mg.cross_entropy(self.stage(mg.tensor(X_TRAIN[b])), Y_TRAIN[b]) / MICRO_BATCHES
             for b in batch
         ]
         loss = losses[0]
         for other in losses[1:]:
             loss = loss + other
-        grads = mg.autograd.grad(loss, self.params)
-        self.optimizer.step(dict(zip(self.params, grads)))
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
         return loss.item()
 
 

@@ -1,13 +1,15 @@
-"""Pieces the pipeline example and its benchmark share: the data set and the optimizer.
+"""What the pipeline example and its benchmark share: the data set and the model.
 
 Not an example itself: ``examples/pipeline_mlp.py`` imports it (a script's own folder is on its
-import path), and ``benchmarks/bench_pipeline.py`` too, so that both train the same model on the
-same data with the same Adam.
+import path), and ``benchmarks/bench_pipeline.py`` too, so that both train the same model on
+the same data.
 """
 
 import numpy as np
 
-__all__ = ["spirals", "Adam"]
+import mpigrad as mg
+
+__all__ = ["spirals", "mlp_stage"]
 
 
 def spirals(n, rng):
@@ -19,24 +21,16 @@ def spirals(n, rng):
     return points, labels
 
 
-class Adam:
-    """Adam on a list of parameters, reading gradients from a ``{leaf: gradient}`` dict."""
+def mlp_stage(widths, begin, end):
+    """Layers ``begin`` to ``end`` (exclusive) of the MLP ``widths[0] -> ... -> widths[-1]`` as a
+    ``Sequential``: each ``Linear`` (float64) followed by a ``Tanh``, but the model's last.
 
-    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8):
-        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
-        self.m = [np.zeros_like(p.data) for p in params]
-        self.v = [np.zeros_like(p.data) for p in params]
-        self.t = 0
-
-    def step(self, grads):
-        self.t += 1
-        b1, b2 = self.betas
-        for p, m, v in zip(self.params, self.m, self.v):
-            g = grads[p].data
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * g * g
-            m_hat = m / (1 - b1**self.t)
-            v_hat = v / (1 - b2**self.t)
-            p.data -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+    The whole model is drawn from one seed and the other layers dropped, so the stages that ranks
+    cut from the same widths are pieces of one model, the same at any number of stages.  A stage
+    without layers passes its input through.
+    """
+    rng = np.random.default_rng(0)
+    modules = []
+    for n_in, n_out in zip(widths[:-1], widths[1:]):
+        modules += [mg.nn.Linear(n_in, n_out, dtype=np.float64, generator=rng), mg.nn.Tanh()]
+    return mg.nn.Sequential(*modules[2 * begin : min(2 * end, len(modules) - 1)])

@@ -3,22 +3,24 @@
 Run: ``mpiexec -n 4 python examples/pipeline_mlp.py`` (any number of ranks, 1 included).
 
 The model (2 -> 32 -> 32 -> 32 -> 3, tanh) is cut into stages: rank r holds the layers
-``LAYERS * r // size`` up to ``LAYERS * (r + 1) // size`` (with more ranks than layers, a rank
-without layers only passes activations on). Each step splits a batch of a synthetic 3-class
+``LAYERS * r // size`` up to ``LAYERS * (r + 1) // size``, an ``mg.nn.Sequential`` of ``Linear``
+and ``Tanh`` that ``mlp_stage`` (examples/_training.py) builds (with more ranks than layers, a
+rank without layers only passes activations on). Each step splits a batch of a synthetic 3-class
 problem (three noisy spiral arms, drawn from a seed every rank shares) into micro-batches. Stage r
 receives each micro-batch's activations from stage r - 1, applies its layers and sends the result
 on with ``dist.isend`` at once, so while stage r + 1 works on micro-batch m, stage r already works
 on m + 1. The last stage's roots are the micro-batch losses divided by their number, so the
 objective is the batch's mean loss; ``dist_autograd.backward`` follows the gradients back through
-every stage, and each rank takes an Adam step on its own layers with the gradients
-``get_gradients`` gives. The model, the data and so the losses are the same at any world size.
+every stage, and each rank takes an ``mg.optim.Adam`` step on its own layers with
+``step(context_id)``, which reads the gradients ``get_gradients(context_id)`` gives. The model,
+the data and so the losses are the same at any world size.
 
 The last stage prints the loss as it falls and the accuracy on a held-out set, and exits non-zero
 if that accuracy is below 0.9.
 """
 
 import numpy as np
-from _training import Adam, spirals  # examples/_training.py, next to this script
+from _training import mlp_stage, spirals  # examples/_training.py, next to this script
 from mpi4py import MPI
 
 import mpigrad as mg
@@ -41,25 +43,8 @@ first, last = rank == 0, rank == size - 1
 # what its stage needs: the first stage the inputs, the last the labels, each its own layers.
 x_train, y_train = spirals(2048, np.random.default_rng(1234))
 x_test, y_test = spirals(1024, np.random.default_rng(99))
-init = np.random.default_rng(0)
-layers = []  # (W, b) of this stage's layers
-for i in range(LAYERS):
-    w = init.normal(0, 1 / np.sqrt(WIDTHS[i]), (WIDTHS[i], WIDTHS[i + 1]))
-    if LAYERS * rank // size <= i < LAYERS * (rank + 1) // size:
-        layers.append(
-            (mg.tensor(w, requires_grad=True), mg.zeros(WIDTHS[i + 1], requires_grad=True))
-        )
-params = [p for layer in layers for p in layer]
-has_last_layer = LAYERS * (rank + 1) // size == LAYERS  # (only the last rank has it)
-
-
-def stage(h):
-    """This stage's layers: tanh after each but the model's last."""
-    for j, (w, b) in enumerate(layers):
-        h = h @ w + b
-        if not (has_last_layer and j == len(layers) - 1):
-            h = mg.tanh(h)
-    return h
+stage = mlp_stage(WIDTHS, LAYERS * rank // size, LAYERS * (rank + 1) // size)
+params = list(stage.parameters())
 
 
 def forward(inputs):
@@ -84,7 +69,8 @@ def forward(inputs):
     return outputs if last else None
 
 
-optimizer = Adam(params, LEARNING_RATE)
+# A rank without layers (more ranks than layers) has nothing to optimize.
+optimizer = mg.optim.Adam(params, lr=LEARNING_RATE) if params else None
 batches = np.random.default_rng(7)  # the same batches on every rank
 start = MPI.Wtime()
 for step in range(STEPS):
@@ -95,7 +81,8 @@ for step in range(STEPS):
         if last:
             roots = [mg.cross_entropy(z, y_train[b]) / MICRO_BATCHES for z, b in zip(logits, batch)]
         dist_autograd.backward(context_id, roots)
-        optimizer.step(dist_autograd.get_gradients(context_id))
+        if optimizer:
+            optimizer.step(context_id)  # the gradients of get_gradients(context_id)
     if last and step % 50 == 0:
         print(f"step {step:3d}  loss {sum(r.item() for r in roots):.4f}", flush=True)
 seconds = MPI.Wtime() - start

@@ -49,6 +49,7 @@ submit() {
 submit tests slurm/tests.sbatch
 submit pipeline_mlp slurm/examples.sbatch
 submit heat_adjoint slurm/examples.sbatch EXAMPLE=examples/heat_adjoint.py
+submit data_parallel slurm/examples.sbatch EXAMPLE=examples/data_parallel.py
 if [ -f benchmarks/bench_scaling.py ]; then
     submit scaling slurm/scaling.sbatch "BENCH_ARGS=--quick,RESULTS_DIR=$JOBS/scaling"
 else

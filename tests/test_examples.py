@@ -39,6 +39,21 @@ def test_pipeline_mlp_trains(n, tmp_path):
 
 @needs_mpiexec
 @pytest.mark.parametrize("n", [2, 3])
+def test_data_parallel_trains_identical_models(n, tmp_path):
+    returncode, output = run_example("data_parallel.py", n, tmp_path)
+    assert returncode == 0, output
+    losses = [float(v) for v in re.findall(r"^epoch +\d+  loss (\S+)$", output, re.MULTILINE)]
+    assert len(losses) == 20, output  # one per epoch, printed by rank 0 only
+    assert losses[-1] < 0.2 * losses[0], output
+    match = re.search(
+        rf"^{n} ranks, 20 epochs of \d+ steps in \S+ s, test accuracy (\S+)$", output, re.MULTILINE
+    )
+    assert match and float(match.group(1)) >= 0.9, output
+    assert re.search(r"^parameters bitwise identical on every rank$", output, re.MULTILINE), output
+
+
+@needs_mpiexec
+@pytest.mark.parametrize("n", [2, 3])
 def test_heat_adjoint_gradient_and_hessian_checks_pass(n, tmp_path):
     returncode, output = run_example("heat_adjoint.py", n, tmp_path)
     assert returncode == 0, output

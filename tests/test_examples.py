@@ -23,32 +23,46 @@ def run_example(name, n, tmp_path):
     return returncode, output
 
 
+def assert_trains(name, n, tmp_path, loss_line, count, shrink, summary):
+    """Run the training example ``name`` on n ranks and check that it exits 0, prints ``count``
+    lines ``loss_line <loss>`` whose last loss is below ``shrink`` times the first, and a line
+    ``summary <accuracy>`` with an accuracy of at least 0.9; returns its output."""
+    returncode, output = run_example(name, n, tmp_path)
+    assert returncode == 0, output
+    losses = [float(v) for v in re.findall(rf"^{loss_line} (\S+)$", output, re.MULTILINE)]
+    assert len(losses) == count, output
+    assert losses[-1] < shrink * losses[0], output
+    match = re.search(rf"^{summary} (\S+)$", output, re.MULTILINE)
+    assert match and float(match.group(1)) >= 0.9, output
+    return output
+
+
 @needs_mpiexec
 @pytest.mark.parametrize("n", [2, 3])
 def test_pipeline_mlp_trains(n, tmp_path):
-    returncode, output = run_example("pipeline_mlp.py", n, tmp_path)
-    assert returncode == 0, output
-    losses = [float(v) for v in re.findall(r"^step +\d+  loss (\S+)$", output, re.MULTILINE)]
-    assert len(losses) == 7, output  # steps 0, 50, ..., 300, printed by the last stage only
-    assert losses[-1] < 0.5 * losses[0], output
-    match = re.search(
-        rf"^{n} stages, 301 steps in \S+ s, final test accuracy (\S+)$", output, re.MULTILINE
+    assert_trains(
+        "pipeline_mlp.py",
+        n,
+        tmp_path,
+        r"step +\d+  loss",
+        7,  # steps 0, 50, ..., 300, printed by the last stage only
+        0.5,
+        rf"{n} stages, 301 steps in \S+ s, final test accuracy",
     )
-    assert match and float(match.group(1)) >= 0.9, output
 
 
 @needs_mpiexec
 @pytest.mark.parametrize("n", [2, 3])
 def test_data_parallel_trains_identical_models(n, tmp_path):
-    returncode, output = run_example("data_parallel.py", n, tmp_path)
-    assert returncode == 0, output
-    losses = [float(v) for v in re.findall(r"^epoch +\d+  loss (\S+)$", output, re.MULTILINE)]
-    assert len(losses) == 20, output  # one per epoch, printed by rank 0 only
-    assert losses[-1] < 0.2 * losses[0], output
-    match = re.search(
-        rf"^{n} ranks, 20 epochs of \d+ steps in \S+ s, test accuracy (\S+)$", output, re.MULTILINE
+    output = assert_trains(
+        "data_parallel.py",
+        n,
+        tmp_path,
+        r"epoch +\d+  loss",
+        20,  # one per epoch, printed by rank 0 only
+        0.2,
+        rf"{n} ranks, 20 epochs of \d+ steps in \S+ s, test accuracy",
     )
-    assert match and float(match.group(1)) >= 0.9, output
     assert re.search(r"^parameters bitwise identical on every rank$", output, re.MULTILINE), output
 
 

@@ -316,6 +316,11 @@ CASES = [
         lambda x: np.arange(4.0).reshape(2, 2) @ x @ x.T,
         lambda r: [normal(r, 2, 3)],
     ),
+    _case(
+        "linear", "2d-bias", mg.linear, lambda r: [normal(r, 4, 3), normal(r, 2, 3), normal(r, 2)]
+    ),
+    _case("linear", "batched", mg.linear, lambda r: [normal(r, 2, 4, 3), normal(r, 5, 3)]),
+    _case("linear", "vector", mg.linear, lambda r: [normal(r, 3), normal(r, 2, 3)]),
     # --- nn -----------------------------------------------------------------------------------
     _case("softmax", "last-axis", mg.softmax, lambda r: [normal(r, 3, 4)]),
     _case("softmax", "axis0", lambda x: mg.softmax(x, axis=0), lambda r: [normal(r, 3, 4)]),

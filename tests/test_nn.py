@@ -364,3 +364,10 @@ def test_module_misuse_is_named():
         "this one has grad_fn=<MulBackward>",
     ):
         model.weight = w * 2
+
+
+def test_linear_weight_gradient_has_the_weights_row_major_layout():
+    # what optimizers and DistributedDataParallel's buckets read at memory speed
+    layer = nn.Linear(6, 5, dtype=np.float64, generator=0)
+    mg.cross_entropy(layer(np.ones((4, 6))), np.array([1, 2, 0, 4])).backward()
+    assert layer.weight.grad.data.flags.c_contiguous

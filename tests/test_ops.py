@@ -751,6 +751,25 @@ BAD_INPUTS = [
         "matmul: both operands need at least one dimension",
     ),
     _bad(
+        "linear-in-features",
+        lambda: mg.linear(_t(4, 3), _t(2, 5)),
+        ValueError,
+        r"linear: expected x of shape \(\.\.\., in\) and weight of shape \(out, in\), got x of "
+        r"shape \(4, 3\) and weight of shape \(2, 5\)",
+    ),
+    _bad(
+        "linear-0d",
+        lambda: mg.linear(_t(), _t(2, 1)),
+        ValueError,
+        r"got x of shape \(\) and weight of shape \(2, 1\)",
+    ),
+    _bad(
+        "linear-bias",
+        lambda: mg.linear(_t(4, 3), _t(2, 3), _t(3)),
+        ValueError,
+        r"linear: expected bias of shape \(2,\), got shape \(3,\)",
+    ),
+    _bad(
         "mse-shape",
         lambda: mg.mse_loss(_t(3), _t(3, 1)),
         ValueError,

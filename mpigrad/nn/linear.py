@@ -7,6 +7,7 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
+from ..ops.linalg import linear
 from ..tensor import Tensor
 from .module import Module
 
@@ -54,8 +55,7 @@ class Linear(Module):
                 f"{self!r}: the input's last dimension must be in_features={self.in_features}, "
                 f"got an input of shape {shape}"
             )
-        y = x @ self.weight.T
-        return y if self.bias is None else y + self.bias
+        return linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (

@@ -7,7 +7,7 @@ from ..tensor import Tensor
 from ._util import data
 from .movement import Permute, unsqueeze
 
-__all__ = ["matmul"]
+__all__ = ["matmul", "linear"]
 
 
 def _mT(x):
@@ -70,3 +70,44 @@ def matmul(x, y):
             f"matmul: both operands need at least one dimension, got shapes {x.shape} and {y.shape}"
         )
     return MatMul.apply(x, y)
+
+
+@multilinear()
+class Linear(Function):
+    """out = x @ w^T over the last axis of x (w: (out, in)); grad_x = grad @ w;
+    grad_w = grad^T @ x over every leading axis, computed as one product so that it comes out
+    in w's own (row-major) layout, as a transposed view of x^T @ grad would not"""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return np.matmul(data(x), data(w).T)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad
+        grad_w = None
+        if need_w:
+            rows = grad.reshape(-1, w.shape[0])
+            grad_w = Permute.apply(rows, (1, 0)) @ x.reshape(-1, w.shape[1])
+        return grad @ w if need_x else None, grad_w
+
+
+def linear(x, weight, bias=None):
+    """``x @ weight.T + bias`` over the last axis of ``x`` (torch's ``nn.functional.linear``):
+    ``x`` of shape ``(..., in)``, ``weight`` ``(out, in)``, ``bias`` ``(out,)`` or None; the
+    result has shape ``(..., out)``.  ``weight``'s gradient has its row-major layout."""
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    weight = weight if isinstance(weight, Tensor) else Tensor(weight)
+    if x.ndim == 0 or weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            "linear: expected x of shape (..., in) and weight of shape (out, in), got x of shape "
+            f"{x.shape} and weight of shape {weight.shape}"
+        )
+    if bias is not None and np.shape(bias) != weight.shape[:1]:
+        raise ValueError(
+            f"linear: expected bias of shape {weight.shape[:1]}, got shape {np.shape(bias)}"
+        )
+    out = Linear.apply(x, weight)
+    return out if bias is None else out + bias

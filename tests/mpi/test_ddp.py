@@ -313,3 +313,33 @@ def test_bad_parameters_raise(comm):
         dist.DistributedDataParallel([w, np.ones(3)])
     with pytest.raises(TypeError, match="has no module to call"):
         dist.DistributedDataParallel([w])(np.ones(3))
+
+
+def test_a_large_gradient_is_averaged_in_its_own_array(comm):
+    rng = np.random.default_rng(comm.rank)
+    w = mg.tensor(rng.normal(size=(8, 4)), requires_grad=True)
+    arrays = []
+    w.register_post_accumulate_grad_hook(lambda p: arrays.append(p.grad.data))  # before DDP's
+    model = dist.DistributedDataParallel([w], bucket_cap_mb=1e-5)  # w alone: 256 B >= the cap
+    x = mg.tensor(rng.normal(size=(3, 4)))
+    mg.linear(x, w).sum().backward()
+    assert model._buckets[0].alone
+    assert w.grad.data is arrays[0]  # reduced and divided where the engine left it
+    expected = sum(comm.allgather(x.data.sum(axis=0))) / comm.size
+    np.testing.assert_allclose(w.grad.data, np.broadcast_to(expected, (8, 4)), rtol=1e-14)
+
+
+@pytest.mark.parametrize("cap", CAPS)
+def test_gradients_of_other_layouts_on_some_ranks_are_averaged_element_by_element(comm, cap):
+    rng = np.random.default_rng(9)
+    w = mg.tensor(rng.normal(size=(6, 5)), requires_grad=True)
+    model = dist.DistributedDataParallel([w], bucket_cap_mb=cap)
+    x = rng.normal(size=(4 * comm.size, 5))
+    mine = mg.tensor(shard(x, comm.rank, comm.size))
+    # the same function; through w.T the gradient is a transposed (column-major) array
+    out = mine @ w.T if comm.rank % 2 else mg.linear(mine, w)
+    (mg.tanh(out) ** 2).sum().backward()
+    reference = mg.tensor(w.data.copy(), requires_grad=True)
+    (mg.tanh(mg.linear(mg.tensor(x), reference)) ** 2).sum().backward()
+    np.testing.assert_allclose(w.grad.data * comm.size, reference.grad.data, rtol=1e-13)
+    assert model._buckets[0].alone == (cap == CAPS[-1])  # 240 B: alone under a cap of 10 B

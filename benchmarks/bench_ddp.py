@@ -5,8 +5,9 @@ One training step of an MLP 784-1024-1024-1024-10 (ReLU, float32), batch 64 per 
 made here (each rank its own): ``zero_grad``, forward, ``cross_entropy``, backward, gradient
 averaging, then SGD (lr 0.01, momentum 0.9).  Subjects, timed in the same rounds:
 
-- ``mpigrad DDP``: ``mpigrad.distributed.DistributedDataParallel`` with its default buckets
-  (25 MiB, the first 1 MiB), the averaging started from the engine's hooks during backward;
+- ``mpigrad DDP``: ``mpigrad.distributed.DistributedDataParallel`` with its defaults (the
+  weights, 1 MiB or more, each reduced in its own ``.grad``, the biases fused in a bucket), the
+  averaging started from the engine's hooks during backward;
 - ``hand Allreduce``: the same mpigrad model without DDP; after backward, an mpi4py
   ``Allreduce`` (in place, ``MPI.SUM``) of each gradient in parameter order, then a division by
   the number of ranks (what a user writes by hand);

@@ -202,10 +202,11 @@ class DistributedDataParallel:
     Every backward that reaches the parameters then leaves in their ``.grad`` the average over
     the ranks (the sum with ``average=False``) of the ranks' ``.grad``, a rank whose backward
     gave a parameter no gradient contributing zeros for it (a parameter that got a gradient on no
-    rank keeps ``.grad`` None).  A gradient of ``ALONE_MB`` MiB or more (or of the cap) is reduced
-    in its own ``.grad`` array; the smaller ones travel fused in buckets of ``bucket_cap_mb`` MiB;
-    each bucket is reduced while the rest of backward runs (see Note [buckets]).  Inside ``no_sync()`` backward
-    only accumulates into ``.grad``; the next backward outside it averages what accumulated.
+    rank keeps ``.grad`` None).  A gradient of ``ALONE_MB`` MiB or more (or of the cap) is
+    reduced in its own ``.grad`` array; the smaller ones travel fused in buckets of
+    ``bucket_cap_mb`` MiB; each bucket is reduced while the rest of backward runs (see Note
+    [buckets]).  Inside ``no_sync()`` backward only accumulates into ``.grad``; the next backward
+    outside it averages what accumulated.
     Every rank's backward must reach at least one of the parameters (or, with a module, the
     output of a call of the model), in the same backward passes.  ``timeout``: how long a
     backward waits for the other ranks (default ``MPIGRAD_TIMEOUT``), after which it raises

@@ -70,7 +70,6 @@ node then computes the same bits whatever the arrival order, and so does the who
 Several supplies to one extra root are summed in the order they came.
 """
 
-import contextlib
 import functools
 from collections.abc import Callable
 from heapq import heappop, heappush
@@ -138,20 +137,26 @@ def current_pass():
     return _passes[-1] if _passes else None
 
 
-@contextlib.contextmanager
-def end_of_pass():
+class end_of_pass:  # noqa: N801 (named as the function it stands for)
     """The block in which one local pass runs: the callbacks queued meanwhile run when it ends
-    without an exception (see Note [end-of-pass callbacks])."""
-    callbacks = []
-    _passes.append(callbacks)
-    try:
-        yield
-        i = 0
-        while i < len(callbacks):  # a callback may queue another
-            callbacks[i]()
-            i += 1
-    finally:
-        _passes.pop()
+    without an exception (see Note [end-of-pass callbacks]).  A class, not a generator: it
+    brackets every ``backward``, and costs a third of contextlib's."""
+
+    __slots__ = ("callbacks",)
+
+    def __enter__(self):
+        self.callbacks = []
+        _passes.append(self.callbacks)
+
+    def __exit__(self, kind, value, traceback):
+        try:
+            if kind is None:
+                callbacks, i = self.callbacks, 0
+                while i < len(callbacks):  # a callback may queue another
+                    callbacks[i]()
+                    i += 1
+        finally:
+            _passes.pop()
 
 
 def post_accumulate(tensor):

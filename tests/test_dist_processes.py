@@ -9,6 +9,7 @@ limit (``spawn.run_limited``), so a hang fails the test instead of the suite:
 - the README's across-ranks example runs at more ranks than it uses.
 """
 
+import os
 import re
 import sys
 import textwrap
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from spawn import MPIEXEC, child_env, needs_mpiexec, run_limited
+
+from mpigrad.distributed.comm import cores_shared
 
 LIMIT = 60  # s per run; each takes a few seconds
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -215,3 +218,44 @@ def test_the_readme_example_runs_at_more_ranks_than_it_uses(tmp_path, n):
     )
     assert returncode == 0, output
     assert output.strip() == "True", output
+
+
+@pytest.mark.parametrize(
+    "mine, masks, shared",
+    [
+        ({0, 1}, [{0, 1}, {0, 1}], False),  # 2 ranks free on 2 cores
+        ({0}, [{0}, {1}], False),  # each bound to its own core
+        ({0, 1}, [{0, 1}] * 4, True),  # 4 ranks free on 2 cores
+        ({0}, [{0}, {1}, {0}, {1}], True),  # bound, two to a core
+        ({2, 3}, [{0}, {0}, {2, 3}], False),  # two share core 0, not this rank's cores
+        ({0}, [{0}, {0}, {2, 3}], True),
+    ],
+)
+def test_cores_are_shared_when_more_ranks_may_run_on_them_than_they_are(mine, masks, shared):
+    assert cores_shared(mine, masks) is shared
+
+
+@needs_mpiexec
+@pytest.mark.parametrize("n, bind, shared", [(2, True, False), (2, False, False), (4, True, True)])
+def test_ranks_bound_each_to_a_core_of_their_own_do_not_share(tmp_path, n, bind, shared):
+    if bind and len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("binding ranks to a core each needs 2 cores (CI's machines have 2)")
+    script = tmp_path / "cores.py"
+    script.write_text(
+        "import os\nfrom mpigrad.distributed import comm\n"
+        "line = f'cores {sorted(os.sched_getaffinity(0))} shared {comm.get().shared_cores}\\n'\n"
+        "os.write(1, line.encode())  # one write: the ranks' lines do not interleave\n"
+    )
+    binding = ["-bind-to", "core"] if bind else []
+    returncode, output, _ = run_limited(
+        [MPIEXEC, *binding, "-n", str(n), sys.executable, str(script)],
+        LIMIT,
+        cwd=tmp_path,
+        env=child_env(),
+    )
+    assert returncode == 0, output
+    lines = re.findall(r"^cores \[([\d, ]+)\] shared (\w+)$", output, re.MULTILINE)
+    assert len(lines) == n, output
+    assert {flag for _, flag in lines} == {str(shared)}, output
+    if bind:
+        assert all("," not in cores for cores, _ in lines), output  # one core each

@@ -27,6 +27,7 @@ rank must make such a call.  ``init`` also arranges what happens when a rank's p
 from __future__ import annotations
 
 import operator
+import os
 import weakref
 
 from mpi4py import MPI
@@ -61,6 +62,7 @@ class Communicators:
         self.collective_calls = 0  # collective calls this rank has made on it
         # Collectives that never completed on this rank (see Note [agreed collectives]), and why.
         self.abandoned, self.out_of_step = [], None
+        self.shared_cores = _shares_cores(comm)  # see Note [waiting] in waiting.py
         self.tag_ub = self.data_free.Get_attr(MPI.TAG_UB)
         # Control tags: two per context (its notices, its leaving agreement) below the three
         # reserved at the top; gradient tags: four per context (two passes' messages and
@@ -153,6 +155,29 @@ class Communicators:
             _abandoned.extend(self.abandoned)
         else:
             self.collective.Free()
+
+
+def cores_shared(mine, masks):
+    """Whether a rank that may run on the cores ``mine`` (a set of CPU numbers) shares them
+    with more ranks than they are: ``masks`` holds the core sets of every rank on its node
+    (its own included), each rank counted whose set meets ``mine``."""
+    return sum(1 for cores in masks if cores & mine) > len(mine)
+
+
+def _shares_cores(comm):
+    """``cores_shared`` for this rank among the ranks of ``comm`` on its node (collective): the
+    ranks' affinity masks, not their number against this rank's cores, so that ranks a launcher
+    binds each to its own core (Open MPI's default, Slurm's --cpu-bind, MPICH's -bind-to core)
+    are seen not to share."""
+    if hasattr(os, "sched_getaffinity"):
+        mine = os.sched_getaffinity(0)
+    else:  # every rank may run anywhere
+        mine = set(range(os.cpu_count() or 1))
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return cores_shared(mine, node.allgather(mine))
+    finally:
+        node.Free()
 
 
 def _integer(value):

@@ -20,16 +20,17 @@ A call that completes soon costs nothing of this: the Waiter is made after FREE_
 # MPICH's blocking calls spin a core.  A rank waiting here polls instead.  With a core to itself it
 # spins for up to 10 ms (on a 2-core VM with the MPICH wheel, backing off after 50 us made a 1 MiB
 # backward 4x slower, as the waiting rank overslept the message), then sleeps between polls.  When
-# ranks share cores (more ranks than cores on the node) it yields its core between polls for the
-# first millisecond (a rank it waits for that shares the core runs at once: an agreement's rounds
-# pass from rank to rank without a sleep each), then sleeps, 20 us growing to 200 us between polls,
-# and up to 1 ms once it has waited 10 ms (the extra latency is then at most a tenth of the wait):
-# short waits stay responsive, long ones cost the working ranks next to nothing (4 ranks on that
-# 2-core VM: computing ranks ran at 1.00-1.03x their speed beside ranks waiting here, 1.6-2.0x
-# beside MPICH's spinning Recv; the ratio, not the figures, is what carries to other machines).
-# Every CHECK_INTERVAL (every PATIENT_CHECK_INTERVAL once it has waited 10 ms, so that a long wait
-# costs the working ranks nothing either) the Waiter also reads notices, answers questions, and
-# checks its deadline and stall time.
+# ranks share cores (more ranks may run on its cores than they are: ``comm.cores_shared``, from
+# every rank's affinity mask, so that ranks bound each to its own core spin) it yields its core
+# between polls for the first millisecond (a rank it waits for that shares the core runs at once:
+# an agreement's rounds pass from rank to rank without a sleep each), then sleeps, 20 us growing to
+# 200 us between polls, and up to 1 ms once it has waited 10 ms (the extra latency is then at most
+# a tenth of the wait): short waits stay responsive, long ones cost the working ranks next to
+# nothing (4 ranks on that 2-core VM: computing ranks ran at 1.00-1.03x their speed beside ranks
+# waiting here, 1.6-2.0x beside MPICH's spinning Recv; the ratio, not the figures, is what carries
+# to other machines).  Every CHECK_INTERVAL (every PATIENT_CHECK_INTERVAL once it has waited 10 ms,
+# so that a long wait costs the working ranks nothing either) the Waiter also reads notices,
+# answers questions, and checks its deadline and stall time.
 #
 # A non-blocking collective advances only inside MPI calls on the waiting rank (MPICH has no
 # progress thread by default): between polls a many-round algorithm stands still, so a sleep per
@@ -63,7 +64,6 @@ A call that completes soon costs nothing of this: the Waiter is made after FREE_
 # and on some transports a passive read itself waits for the target to enter MPI.  Questions cost
 # nothing until a call stalls, and work on every MPI.
 
-import functools
 import itertools
 import json
 import os
@@ -72,7 +72,6 @@ import time
 
 from mpi4py import MPI
 
-from ..kernels import threads
 from . import comm as _comm
 from . import messages, settings, transport
 from .errors import DistributedError, DistTimeoutError
@@ -114,13 +113,6 @@ def resolve_timeout(timeout, op):
     if not seconds > 0:
         raise ValueError(f"{op}: timeout must be a positive number of seconds, got {timeout!r}")
     return None if seconds == float("inf") else seconds
-
-
-@functools.cache
-def _shared_cores():
-    """Whether this node runs more ranks than this process has cores (see Note [waiting])."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    return threads.local_ranks(os.environ) > cores
 
 
 _current = None  # the Waiter this rank waits in, which answers questions
@@ -173,7 +165,7 @@ class Waiter:
         self.next_question = self.start + QUESTION_AFTER
         if self.deadline is not None:  # its answers are in when the deadline comes
             self.next_question = min(self.next_question, self.deadline - ASK_SECONDS)
-        self.shared_cores = _shared_cores()
+        self.shared_cores = self.comms.shared_cores
         self.progress = progress
         self.sleep = _SLEEP_MIN
         self.outer, _current = _current, self

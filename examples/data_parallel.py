@@ -1,8 +1,8 @@
 """Data-parallel training of a digit classifier: each rank trains on its own shard of the data.
 
 Run: ``mpiexec -n 4 python examples/data_parallel.py`` (1 to 46 ranks: each step takes 32 of the
-1500 training images on each rank). It needs scikit-learn for the data set (``pip install
-mpigrad[examples]``): the 1797 8x8 images of handwritten digits that
+1500 training images on each rank). It needs scikit-learn for the data set (``python -m pip
+install ".[examples]"`` from the source tree): the 1797 8x8 images of handwritten digits that
 ``sklearn.datasets.load_digits`` ships, so nothing is downloaded.
 
 Every rank holds out the same 297 images for testing and keeps its own share of the other 1500.
@@ -26,7 +26,8 @@ try:
     from sklearn.datasets import load_digits
 except ImportError:
     raise SystemExit(
-        "data_parallel.py needs scikit-learn: pip install scikit-learn (or mpigrad[examples])"
+        "data_parallel.py needs scikit-learn: pip install scikit-learn, or '.[examples]' from "
+        "the source tree"
     ) from None
 
 EPOCHS, BATCH, TEST = 20, 32, 297  # BATCH images per rank and step

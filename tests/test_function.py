@@ -549,3 +549,26 @@ def test_declared_rules_serve_users_functions():
     check_grads(lambda x: Tile.apply(ScaledExp.apply(x, 0.5), 2), [x], order=2)
     with pytest.raises(ValueError, match='elementwise: uses must be "x" or "out", got \'y\''):
         elementwise(uses="y")
+
+
+def test_every_built_in_op_declares_the_built_in_contract():
+    # An op of mpigrad.ops without takes_arrays runs as a user's Function: its gradients enter
+    # read-only and are copied into .grad (nn.Linear's weight gradient once was: a copy per
+    # step of every weight).  The families' bases (_Select, _Extreme) are not ops.
+    import importlib
+    import inspect
+    import pkgutil
+
+    import mpigrad.ops
+
+    undeclared = [
+        f"{module.name}.{name}"
+        for module in pkgutil.iter_modules(mpigrad.ops.__path__, "mpigrad.ops.")
+        for name, cls in vars(importlib.import_module(module.name)).items()
+        if inspect.isclass(cls)
+        and issubclass(cls, mg.autograd.Function)
+        and cls.__module__ == module.name
+        and not name.startswith("_")
+        and not cls.takes_arrays
+    ]
+    assert not undeclared, undeclared

@@ -78,6 +78,8 @@ class Linear(Function):
     grad_w = grad^T @ x over every leading axis, computed as one product so that it comes out
     in w's own (row-major) layout, as a transposed view of x^T @ grad would not"""
 
+    takes_arrays = True
+
     @staticmethod
     def forward(ctx, x, w):
         ctx.save_for_backward(x, w)

@@ -43,10 +43,13 @@ sizes, weight the losses, or pass ``average=False`` for the sum of the ranks' lo
 # more allreduce, of one word per parameter, 1 where the rank had a ``.grad`` (torch's "local
 # used map"): a parameter that had none on any rank keeps ``.grad`` None, as every rank sees.
 # It waits for all of them (through a ``Waiter``: nothing waits forever) and leaves each
-# parameter's reduced gradient (times 1 / size) in its ``.grad``: in the array itself
+# parameter's reduced gradient in its ``.grad``: in the array itself
 # where it is the user's to write (see Note [gradient ownership] in engine.py), else in a new
-# one.  Since the allreduce's result, and so the product, is the same on every rank, every
-# rank's ``.grad``, and so its optimizer step, is bitwise the same.
+# one.  To average, each rank multiplies its gradients by 1 / size as it packs them, while they
+# are still in cache from the backward that made them (a product costs a quarter of a division;
+# after the allreduce the arrays are cold), so that the allreduce sums the average.  Since the
+# allreduce's result is the same on every rank, every rank's ``.grad``, and so its optimizer
+# step, is bitwise the same.
 #
 # An allreduce that does not complete (a timeout, a rank that ended) can be neither cancelled
 # nor freed: it is kept, with its buffer, for as long as the process lives (MPI may complete it
@@ -94,15 +97,17 @@ class _Bucket:
         self.own = None if alone else np.empty(self.offsets[-1], self.params[0].dtype)
         self.buffer = self.own
 
-    def pack(self, used):
-        """Make ``buffer`` hold each parameter's ``.grad`` (zeros where it has none), and set
-        ``used[position]`` to whether it has one."""
+    def pack(self, used, scale):
+        """Make ``buffer`` hold each parameter's ``.grad`` times ``scale`` (None: 1; zeros where
+        it has none), and set ``used[position]`` to whether it has one."""
         if self.alone:
             (p,), (position,) = self.params, self.positions
             grad = p.grad
             used[position] = grad is not None
             if grad is not None and _reducible_in_place(grad, p):
                 self.buffer = grad.data.reshape(-1)  # a view
+                if scale is not None:
+                    np.multiply(self.buffer, scale, out=self.buffer)
                 return
             if self.own is None:
                 self.own = np.empty(p.size, p.dtype)
@@ -114,16 +119,16 @@ class _Bucket:
             used[self.positions[i]] = grad is not None
             if grad is None:
                 view[...] = 0
+            elif scale is not None:
+                np.multiply(grad.data.reshape(-1), scale, out=view)
             else:
                 np.copyto(view, grad.data.reshape(-1))
 
-    def unpack(self, used, scale):
-        """Leave the reduced buffer, times ``scale`` (None: 1), in the parameters' ``.grad``,
-        None where no rank had a gradient (``used``, by position, summed)."""
+    def unpack(self, used):
+        """Leave the reduced buffer in the parameters' ``.grad``, None where no rank had a
+        gradient (``used``, by position, summed)."""
         buffer, offsets = self.buffer, self.offsets
         if self.alone and buffer is not self.own:  # reduced in .grad itself
-            if scale is not None:
-                np.multiply(buffer, scale, out=buffer)
             return
         for i, p in enumerate(self.params):
             if not used[self.positions[i]]:
@@ -132,10 +137,7 @@ class _Bucket:
             grad = p.grad
             if grad is None or not _reducible_in_place(grad, p):
                 p.grad = grad = Tensor._make(np.empty_like(view))
-            if scale is not None:
-                np.multiply(view, scale, out=grad.data)
-            else:
-                np.copyto(grad.data, view)
+            np.copyto(grad.data, view)
 
 
 def _reducible_in_place(grad, p):
@@ -250,9 +252,7 @@ class DistributedDataParallel:
         self._build(range(len(params) - 1, -1, -1))
         self._rebuilt = False
         self._used = np.zeros(len(params), np.int64)  # see Note [buckets]
-        # Times the reciprocal: a quarter of a division's time per element, and the same
-        # product on every rank.
-        self._scale = 1 / self.size if self.average else None
+        self._scale = 1 / self.size if self.average else None  # see Note [buckets]
         self._sync = True
         self._pass = None
         ref = weakref.ref(self)
@@ -335,7 +335,7 @@ class DistributedDataParallel:
     def _start(self, state):
         """Start the next bucket's allreduce."""
         bucket = self._buckets[state.next]
-        bucket.pack(self._used)
+        bucket.pack(self._used, self._scale)
         state.requests.append(self.comm.Iallreduce(MPI.IN_PLACE, bucket.buffer, op=MPI.SUM))
         state.next += 1
 
@@ -352,7 +352,7 @@ class DistributedDataParallel:
             [b.buffer for b in self._buckets] + [used],
         )
         for bucket in self._buckets:
-            bucket.unpack(used, self._scale)
+            bucket.unpack(used)
         if state.seen is not None:
             self._rebuild(state.seen)
 

@@ -7,8 +7,11 @@ MPI rank waiting in a blocking ``Recv`` does), those threads wait for a time sli
 threads only where the process has cores to itself, and only for large arrays:
 
 - the thread count is the last ``set_num_threads(n)``, else ``MPIGRAD_NUM_THREADS`` when set,
-  else ``max(1, usable cores // ranks on this node)``; usable cores are this process's CPU
-  affinity, ranks on this node come from the launcher (``LOCAL_SIZE_VARS``, first one set wins);
+  else ``max(1, usable cores // ranks sharing them)``; usable cores are this process's CPU
+  affinity; the ranks sharing them are those whose affinity meets it, this process's included,
+  once ``mpigrad.distributed`` has gathered every rank's on the node (``set_sharing``), else the
+  launcher's count of ranks on this node (``LOCAL_SIZE_VARS``, first one set wins), which takes
+  ranks bound each to cores of their own for ranks sharing them;
 - the parallel kernel runs only when that count is above 1 and the call's largest array has at
   least ``dispatch.PARALLEL_MIN_SIZE`` elements; otherwise a serial path runs.
 
@@ -27,6 +30,7 @@ __all__ = [
     "get_num_threads",
     "local_ranks",
     "set_num_threads",
+    "set_sharing",
 ]
 
 LOCAL_SIZE_VARS = (
@@ -38,7 +42,9 @@ LOCAL_SIZE_VARS = (
 )
 """Launcher variables that give the number of ranks on this node, most precise first."""
 
-_num_threads = None  # set by set_num_threads; None: the policy decides on first use
+_num_threads = None  # set by set_num_threads; None: the policy's
+_policy_threads = None  # the policy's count, found on first use
+_sharing = None  # set by set_sharing; None: the launcher's count of ranks on the node
 
 
 def local_ranks(environ):
@@ -57,11 +63,12 @@ def local_ranks(environ):
     return 1
 
 
-def default_num_threads(environ=os.environ, cores=None):
+def default_num_threads(environ=os.environ, cores=None, sharing=None):
     """The policy's thread count for a process with ``environ``; see Note [kernel threads].
 
-    ``cores`` defaults to the CPUs this process may run on. Raises ValueError when
-    ``MPIGRAD_NUM_THREADS`` is set but is not a positive integer.
+    ``cores`` defaults to the CPUs this process may run on, ``sharing`` (the ranks that may run
+    on them, this one included) to the launcher's count of ranks on the node. Raises ValueError
+    when ``MPIGRAD_NUM_THREADS`` is set but is not a positive integer.
     """
     value = environ.get("MPIGRAD_NUM_THREADS", "").strip()
     if value:
@@ -70,15 +77,17 @@ def default_num_threads(environ=os.environ, cores=None):
         return int(value)
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // local_ranks(environ))
+    return max(1, (cores or 1) // (sharing or local_ranks(environ)))
 
 
 def get_num_threads():
     """The thread count the CPU kernels use now (the policy's, unless set_num_threads set one)."""
-    global _num_threads
-    if _num_threads is None:
-        _num_threads = default_num_threads()
-    return _num_threads
+    global _policy_threads
+    if _num_threads is not None:
+        return _num_threads
+    if _policy_threads is None:
+        _policy_threads = default_num_threads(sharing=_sharing)
+    return _policy_threads
 
 
 def set_num_threads(n):
@@ -89,7 +98,17 @@ def set_num_threads(n):
     splits work into ``n`` chunks, on that many threads. Raises ValueError unless ``n`` is a
     positive integer or None.
     """
-    global _num_threads
+    global _num_threads, _policy_threads
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"set_num_threads: n must be a positive integer or None, got {n!r}")
-    _num_threads = n
+    _num_threads, _policy_threads = n, None
+
+
+def set_sharing(ranks):
+    """Tell the policy how many ranks may run on this process's cores, itself included (what
+    ``mpigrad.distributed.init`` finds from the affinity of every rank on the node); it replaces
+    the launcher's count of ranks on the node.  A count ``set_num_threads`` chose stays."""
+    global _sharing, _policy_threads
+    if isinstance(ranks, bool) or not isinstance(ranks, int) or ranks < 1:
+        raise ValueError(f"set_sharing: ranks must be a positive integer, got {ranks!r}")
+    _sharing, _policy_threads = ranks, None

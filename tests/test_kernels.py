@@ -5,6 +5,7 @@ the thread policy.
 The CUDA kernels are tested in test_kernels_cuda.py."""
 
 import contextlib
+import os
 import subprocess
 import sys
 
@@ -370,6 +371,33 @@ def test_default_num_threads_divides_cores_among_local_ranks():
             ValueError, match=f"^MPIGRAD_NUM_THREADS must be a positive integer, got '{value}'$"
         ):
             threads.default_num_threads({"MPIGRAD_NUM_THREADS": value}, cores=8)
+
+
+def test_the_ranks_sharing_the_cores_replace_the_launchers_count():
+    # 16 ranks on the node, bound 4 cores each: none shares this rank's cores
+    launcher = {"MPI_LOCALNRANKS": "16"}
+    assert threads.default_num_threads(launcher, cores=4) == 1
+    assert threads.default_num_threads(launcher, cores=4, sharing=1) == 4
+    assert threads.default_num_threads(launcher, cores=4, sharing=2) == 2
+
+
+def test_set_sharing_feeds_the_policy_and_leaves_a_chosen_count(monkeypatch):
+    monkeypatch.delenv("MPIGRAD_NUM_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    try:
+        threads.set_sharing(1)
+        assert kernels.get_num_threads() == cores
+        threads.set_sharing(cores)
+        assert kernels.get_num_threads() == 1
+        kernels.set_num_threads(5)
+        threads.set_sharing(1)
+        assert kernels.get_num_threads() == 5  # chosen: it stays
+        for bad in (0, 1.5, True, "2"):
+            with pytest.raises(ValueError, match="^set_sharing: ranks must be a positive integer"):
+                threads.set_sharing(bad)
+    finally:
+        monkeypatch.setattr(threads, "_sharing", None)
+        kernels.set_num_threads(None)
 
 
 def test_set_num_threads_overrides_then_returns_to_the_policy(monkeypatch):

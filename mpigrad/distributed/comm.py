@@ -32,6 +32,8 @@ import weakref
 
 from mpi4py import MPI
 
+from ..kernels import threads
+
 __all__ = [
     "init",
     "destroy",
@@ -157,27 +159,30 @@ class Communicators:
             self.collective.Free()
 
 
-def cores_shared(mine, masks):
-    """Whether a rank that may run on the cores ``mine`` (a set of CPU numbers) shares them
-    with more ranks than they are: ``masks`` holds the core sets of every rank on its node
-    (its own included), each rank counted whose set meets ``mine``."""
-    return sum(1 for cores in masks if cores & mine) > len(mine)
+def sharing(mine, masks):
+    """How many ranks may run on the cores ``mine`` (a set of CPU numbers) of a rank: those of
+    ``masks``, the core sets of every rank on its node (its own included), that meet ``mine``.
+    The rank shares its cores when that is more than ``len(mine)``."""
+    return sum(1 for cores in masks if cores & mine)
 
 
 def _shares_cores(comm):
-    """``cores_shared`` for this rank among the ranks of ``comm`` on its node (collective): the
-    ranks' affinity masks, not their number against this rank's cores, so that ranks a launcher
-    binds each to its own core (Open MPI's default, Slurm's --cpu-bind, MPICH's -bind-to core)
-    are seen not to share."""
+    """Whether this rank shares its cores with more ranks than they are, among the ranks of
+    ``comm`` on its node (collective), from the ranks' affinity masks rather than their number,
+    so that ranks a launcher binds each to cores of their own (Open MPI's default, Slurm's
+    --cpu-bind, MPICH's -bind-to core) are seen not to share.  Tells the kernels' thread policy
+    the count (``threads.set_sharing``)."""
     if hasattr(os, "sched_getaffinity"):
         mine = os.sched_getaffinity(0)
     else:  # every rank may run anywhere
         mine = set(range(os.cpu_count() or 1))
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
-        return cores_shared(mine, node.allgather(mine))
+        ranks = sharing(mine, node.allgather(mine))
     finally:
         node.Free()
+    threads.set_sharing(ranks)
+    return ranks > len(mine)
 
 
 def _integer(value):

@@ -20,7 +20,7 @@ A call that completes soon costs nothing of this: the Waiter is made after FREE_
 # MPICH's blocking calls spin a core.  A rank waiting here polls instead.  With a core to itself it
 # spins for up to 10 ms (on a 2-core VM with the MPICH wheel, backing off after 50 us made a 1 MiB
 # backward 4x slower, as the waiting rank overslept the message), then sleeps between polls.  When
-# ranks share cores (more ranks may run on its cores than they are: ``comm.cores_shared``, from
+# ranks share cores (more ranks may run on its cores than they are: ``comm.sharing``, from
 # every rank's affinity mask, so that ranks bound each to its own core spin) it yields its core
 # between polls for the first millisecond (a rank it waits for that shares the core runs at once:
 # an agreement's rounds pass from rank to rank without a sleep each), then sleeps, 20 us growing to

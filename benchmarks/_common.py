@@ -25,6 +25,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 from datetime import datetime, timezone
 from typing import NamedTuple
@@ -315,7 +316,7 @@ class Report:
             ax.set(xlabel=panel.xlabel, ylabel=panel.ylabel)
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
-        fig.suptitle(title)
+        fig.suptitle(textwrap.fill(title, 80 * len(panels)), fontsize=10)  # long titles wrap
         os.makedirs(os.path.dirname(os.path.abspath(self.args.plot)), exist_ok=True)
         fig.tight_layout()
         fig.savefig(self.args.plot, dpi=110)

@@ -449,7 +449,14 @@ class Call:
         calls this."""
         problem = None if self.problem is None else [type(self.problem).__name__, str(self.problem)]
         mine = {"words": self._signature(), "call": self.describe(), "problem": problem}
-        return [json.loads(text) for text in self._allgather_bytes(json.dumps(mine).encode())]
+        every = allgather_bytes(
+            self.comms.collective,
+            json.dumps(mine).encode(),
+            lambda request, *buffers: self._wait(
+                request, "every rank to describe its call", *buffers
+            ),
+        )
+        return [json.loads(text) for text in every]
 
     def _fail(self, rule):
         """Raise, on every rank, what the agreement found wrong (every rank calls this)."""
@@ -461,13 +468,7 @@ class Call:
                 raise _ERRORS.get(name, DistributedError)(f"{self.kind}: rank {r}: {text} {where}")
         rows = [theirs["words"] for theirs in described]
         column = next(c for c in range(rule) if len({row[c] for row in rows}) > 1)
-        groups = {}
-        for r, theirs in enumerate(described):
-            groups.setdefault(theirs["call"], []).append(str(r))
-        calls = "; ".join(
-            f"rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)}: {call}"
-            for call, ranks in groups.items()
-        )
+        calls = by_rank([theirs["call"] for theirs in described])
         reason = _REASONS.get(column, "the shapes differ")  # the SHAPE words
         raise DistributedError(
             f"{self.kind}: the ranks' calls do not match: {reason}: {calls}. Every "
@@ -475,25 +476,6 @@ class Call:
             "arguments (outside a dist_autograd context, every rank's backward must reach the "
             f"same collectives in the same order) {where}"
         )
-
-    def _allgather_bytes(self, data):
-        """Every rank's ``data`` (bytes), by rank."""
-        size, channel = self.comms.size, self.comms.collective
-        length, lengths = np.array([len(data)], np.int64), np.empty(size, np.int64)
-        self._wait(
-            channel.Iallgather(length, lengths), "every rank to describe its call", length, lengths
-        )
-        received = bytearray(int(lengths.sum()))
-        displs = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        self._wait(
-            channel.Iallgatherv(
-                [data, MPI.BYTE], [received, lengths.tolist(), displs.tolist(), MPI.BYTE]
-            ),
-            "every rank to describe its call",
-            data,
-            received,
-        )
-        return [bytes(received[d : d + n]) for d, n in zip(displs.tolist(), lengths.tolist())]
 
     def _wait(self, request, what, *buffers):
         """Wait for ``request`` (a collective on ``comms.collective``, on ``buffers``) to
@@ -535,6 +517,33 @@ class Call:
             self.comms.collective.Iallgather(shape, shapes), "every rank's shape", shape, shapes
         )
         return [tuple(shape) for shape in shapes.tolist()]
+
+
+def allgather_bytes(channel, data, wait):
+    """Every rank's ``data`` (bytes), by rank: collective over ``channel``; ``wait(request,
+    *buffers)`` waits for each of its two non-blocking steps."""
+    size = channel.Get_size()
+    length, lengths = np.array([len(data)], np.int64), np.empty(size, np.int64)
+    wait(channel.Iallgather(length, lengths), length, lengths)
+    received = bytearray(int(lengths.sum()))
+    displs = np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist()
+    counts = lengths.tolist()
+    wait(
+        channel.Iallgatherv([data, MPI.BYTE], [received, counts, displs, MPI.BYTE]), data, received
+    )
+    return [bytes(received[d : d + n]) for d, n in zip(displs, counts)]
+
+
+def by_rank(texts):
+    """``texts`` (one per rank) as ``"rank 0: a; ranks 1, 2: b"``, the ranks with equal texts
+    together, in the order the texts first appear."""
+    groups = {}
+    for r, text in enumerate(texts):
+        groups.setdefault(text, []).append(str(r))
+    return "; ".join(
+        f"rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)}: {text}"
+        for text, ranks in groups.items()
+    )
 
 
 def check_rooted_adjoint(call, adjoint, instead):

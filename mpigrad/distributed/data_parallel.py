@@ -72,6 +72,7 @@ from ..tensor import Tensor
 from . import comm as _comm
 from . import context as _context
 from . import waiting
+from .collective import allgather_bytes, by_rank
 from .errors import DistributedError
 
 __all__ = ["DistributedDataParallel"]
@@ -382,7 +383,12 @@ class DistributedDataParallel:
             "names": [name for name, _ in named],
             "options": list(options),
         }
-        every = [json.loads(text) for text in self._allgather(json.dumps(mine).encode())]
+        every = allgather_bytes(
+            self.comm,
+            json.dumps(mine).encode(),
+            lambda request, *buffers: self._wait([request], "every rank's parameters", buffers),
+        )
+        every = [json.loads(text) for text in every]
         where = f"(raised on every rank; this is rank {_comm.get().rank})"
         for r, theirs in enumerate(every):
             if theirs["problem"] is not None:
@@ -398,39 +404,22 @@ class DistributedDataParallel:
             raise ValueError(f"{_OP}: the ranks' options differ: {described} {where}")
         counts = [len(theirs["params"]) for theirs in every]
         for i in range(max(counts)):
-            rows = [json.dumps(t["params"][i]) if i < len(t["params"]) else None for t in every]
-            if len(set(rows)) == 1:
+            texts = [
+                f"{np.dtype(t['params'][i][0])} {tuple(t['params'][i][1])}"
+                if i < len(t["params"])
+                else "none"
+                for t in every
+            ]
+            if len(set(texts)) == 1:
                 continue
             name = next(t["names"][i] for t in every if i < len(t["names"]))
-            groups = {}
-            for r, row in enumerate(rows):
-                if row is not None:
-                    dtype, shape = json.loads(row)
-                text = "none" if row is None else f"{np.dtype(dtype)} {tuple(shape)}"
-                groups.setdefault(text, []).append(str(r))
-            described = "; ".join(
-                f"rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)}: {text}"
-                for text, ranks in groups.items()
-            )
+            described = by_rank(texts)
             raise ValueError(
                 f"{_OP}: the ranks' parameters differ, first at parameter {i}"
                 + (f" ({name!r})" if name is not None else "")
                 + f": {described} (counts: {counts}); every rank must pass the same model "
                 f"{where}"
             )
-
-    def _allgather(self, data):
-        """Every rank's ``data`` (bytes), by rank."""
-        size = self.size
-        length, lengths = np.array([len(data)], np.int64), np.empty(size, np.int64)
-        self._wait([self.comm.Iallgather(length, lengths)], "every rank's parameters", (lengths,))
-        received = bytearray(int(lengths.sum()))
-        displs = np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist()
-        request = self.comm.Iallgatherv(
-            [data, MPI.BYTE], [received, lengths.tolist(), displs, MPI.BYTE]
-        )
-        self._wait([request], "every rank's parameters", (data, received))
-        return [bytes(received[d : d + n]) for d, n in zip(displs, lengths.tolist())]
 
     def _broadcast_parameters(self):
         """Copy rank 0's parameter values into every rank's arrays: one broadcast per dtype."""

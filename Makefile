@@ -226,12 +226,15 @@ $(VENV)/.bench-installed: $(STAMP)
 bench: $(VENV)/.bench-installed
 	@shopt -s nullglob; scripts=(benchmarks/bench_*.py); \
 	if [ $${#scripts[@]} -eq 0 ]; then echo "make bench: no benchmarks/bench_*.py" >&2; exit 1; fi; \
-	for script in "$${scripts[@]}"; do \
+	failed=(); for script in "$${scripts[@]}"; do \
 	  echo "== $$script --quick under mpiexec -n $(BENCH_NP)"; \
-	  $(call mpirun,$(BENCH_NP),$(PY) $$script --quick); \
+	  $(call mpirun,$(BENCH_NP),$(PY) $$script --quick --fail-missed) || failed+=("$$script"); \
 	done; \
 	echo "make bench: JSON records appended to benchmarks/results/bench_*.jsonl;" \
-	  "plots in benchmarks/results/bench_*.png (see benchmarks/README.md)"
+	  "plots in benchmarks/results/bench_*.png (see benchmarks/README.md)"; \
+	if [ $${#failed[@]} -gt 0 ]; then \
+	  echo "make bench: failed, or missed a target by more than its noise: $${failed[*]}" >&2; \
+	  exit 1; fi
 
 torch: venv
 	$(PY) -m pip install "torch==$(TORCH_VERSION)"

@@ -81,6 +81,11 @@ def parser(doc, plot=False):
     p.add_argument("--reps", type=positive, help="timed repetitions (default: per case)")
     records = os.path.join(RESULTS, f"{script}.jsonl")
     p.add_argument("--append", metavar="FILE", default=records, help="records: %(default)s")
+    p.add_argument(
+        "--fail-missed",
+        action="store_true",
+        help="exit 1 if a target is missed by more than its measured noise (make bench)",
+    )
     if plot:
         figure = os.path.join(RESULTS, f"{script}.png")
         p.add_argument("--plot", metavar="PATH", default=figure, help="plot: %(default)s")
@@ -166,6 +171,13 @@ def summary(values, scale=1.0):
 
 
 # --- output ---------------------------------------------------------------------------------
+
+
+def noise(value, *stats):
+    """The noise of ``value``, a ratio or difference of the medians of ``stats`` (summaries), in
+    ``value``'s units: ``value`` times the sum of each summary's half interquartile range over its
+    median.  For a median alone, pass its summary and the median."""
+    return float(f"{value * sum((s['q3'] - s['q1']) / (2 * s['median']) for s in stats):.3g}")
 
 
 def run_info(comm=None, **flags):
@@ -273,6 +285,7 @@ class Report:
         self.path, self.args = args.append, args
         self.run = run_info(comm, quick=args.quick, **flags)
         self.count = 0
+        self.missed = []  # targets missed by more than their noise
 
     def record(self, **fields):
         """Append one record (``bench``, the fields, the 1-minute load average, ``run``) to the
@@ -286,12 +299,22 @@ class Report:
             self.count += 1
         return record
 
-    def target(self, name, value, goal):
-        """Record and print a target (``goal`` as ``"<= 1.25"``): reported, not asserted."""
+    def target(self, name, value, goal, noise=0.0):
+        """Record and print a target (``goal`` as ``"<= 1.25"``), met or not; a target not met
+        is ``missed`` when ``value`` is beyond the bound by more than ``noise`` (in ``value``'s
+        units: see ``noise()``).  With ``--fail-missed``, ``close`` exits 1 if one was."""
         op, bound = goal.split()
         met = GOALS[op](value, float(bound))
-        self.record(target=name, value=value, goal=goal, met=met)
-        print(f"target: {name}: {value:.3g} (goal {goal}: {'met' if met else 'NOT met'})")
+        edge = float(bound) + (-noise if op == ">=" else noise)
+        missed = not met and not GOALS[op](value, edge)
+        self.record(target=name, value=value, goal=goal, met=met, noise=noise, missed=missed)
+        if met:
+            verdict = "met"
+        else:
+            verdict = f"NOT met, {'by more than' if missed else 'within'} the noise +-{noise:.3g}"
+        print(f"target: {name}: {value:.3g} (goal {goal}: {verdict})")
+        if missed:
+            self.missed.append(name)
 
     def plot(self, title, panels):
         """Write ``panels`` side by side to ``args.plot`` unless ``--no-plot``; prints where."""
@@ -324,4 +347,9 @@ class Report:
         print(f"plot: {self.args.plot}")
 
     def close(self):
+        """Say where the records went; with ``--fail-missed``, exit 1 if a target was missed
+        by more than its noise."""
         print(f"records: {self.count} appended to {self.path}")
+        if self.missed and self.args.fail_missed:
+            print(f"missed by more than the noise: {'; '.join(self.missed)}", flush=True)
+            sys.exit(1)

@@ -168,8 +168,9 @@ def measure(report, case, reps, clock, **fields):
     kernel, numpy = (_common.summary(samples[name]["time"], 1e6) for name in subjects)
     baseline = {f"baseline_{key}": numpy[key] for key in ("median", "q1", "q3")}
     speedup = round(numpy["median"] / kernel["median"], 3)
+    noise = _common.noise(speedup, kernel, numpy)
     fields.update(case.fields(), dtype="float32", reps=reps, unit="us")
-    return report.record(**fields, **kernel, **baseline, speedup=speedup)
+    return report.record(**fields, **kernel, **baseline, speedup=speedup, noise=noise)
 
 
 def alone(report, args):
@@ -232,9 +233,13 @@ def targets(report, records):
         return [r for r in records if all(r.get(k) == v for k, v in keys.items())]
 
     for r in find(case="accumulate", size=16 * MI, threads=2, mode="alone"):
-        report.target("accumulate 16 Mi float32, 2 threads, speedup", r["speedup"], ">= 1.3")
+        report.target(
+            "accumulate 16 Mi float32, 2 threads, speedup", r["speedup"], ">= 1.3", r["noise"]
+        )
     for r in find(case="scatter_add", threads=1):
-        report.target("scatter_add 50 000 rows vs np.add.at, 1 thread", r["speedup"], ">= 10")
+        report.target(
+            "scatter_add 50 000 rows vs np.add.at, 1 thread", r["speedup"], ">= 10", r["noise"]
+        )
     beside = find(case="accumulate", mode="mpi", policy="default")
     if beside:
         worst = min(beside, key=lambda r: r["speedup"])
@@ -242,6 +247,7 @@ def targets(report, records):
             f"accumulate beside a spinning rank, default policy, worst size ({worst['size']})",
             worst["speedup"],
             ">= 1.0",
+            worst["noise"],
         )
 
 

@@ -277,8 +277,8 @@ def subjects_on(n_global, block, steps, what, distributed):
 
 
 def run_config(mode, points, steps, reps, warmup):
-    """Rank 0: per variant, (N-rank summary, one-rank median of the whole problem, of one rank's
-    share), and the check error; None elsewhere."""
+    """Rank 0: per variant, (N-rank summary, one-rank summary of the whole problem, one-rank
+    median of one rank's share), and the check error; None elsewhere."""
     n_global = points * size if mode == "weak" else points
     if n_global < size:
         raise SystemExit(f"bench_scaling: {size} ranks, but only {n_global} grid points")
@@ -305,7 +305,7 @@ def run_config(mode, points, steps, reps, warmup):
         return None
     stats = {}
     for v in VARIANTS:
-        whole = _common.summary(one[v]["time"])["median"]
+        whole = _common.summary(one[v]["time"])
         part = _common.summary(one.get(f"{v} share", one[v])["time"])["median"]
         stats[v] = (_common.summary(parallel[v]["time"]), whole, part)
     return n_global, stats, error
@@ -314,17 +314,20 @@ def run_config(mode, points, steps, reps, warmup):
 def records_of(report, mode, points, steps, reps, found):
     n_global, stats, error = found
     records = []
-    hand, hand_one = stats["hand"][0]["median"], stats["hand"][1]
+    hand, hand_one = stats["hand"][0], stats["hand"][1]
     n = size if mode == "strong" else 1
-    for v, (st, whole, part) in stats.items():
+    for v, (st, one, part) in stats.items():
+        whole = one["median"]
         st["one_rank_median"], st["one_rank_share_median"] = whole, part
         st["efficiency"] = round(whole / st["median"] / n, 4)
         st["size_factor"] = round(whole / part / n, 4)
         st["parallel_factor"] = round(part / st["median"], 4)
         if v != "hand":
             st["baseline"] = "hand-written mpi4py forward + adjoint"
-            st["ratio"] = round(st["median"] / hand, 3)
-            st["one_rank_ratio"] = round(whole / hand_one, 3)
+            st["ratio"] = round(st["median"] / hand["median"], 3)
+            st["noise"] = _common.noise(st["ratio"], st, hand)
+            st["one_rank_ratio"] = round(whole / hand_one["median"], 3)
+            st["one_rank_noise"] = _common.noise(st["one_rank_ratio"], one, hand_one)
         grid = {"points_global": n_global, "points_per_rank": n_global / size, "steps": steps}
         records.append(
             report.record(
@@ -351,12 +354,13 @@ def targets(report, records):
         if r["subject"] != "mpigrad" or r["points_per_rank"] != MI:
             continue
         where = f"{r['case']}, {r['ranks']} ranks, 1 Mi points per rank, T = {r['steps']}"
-        report.target(f"mpigrad / hand-written adjoint, {where}", r["ratio"], TARGET)
+        report.target(f"mpigrad / hand-written adjoint, {where}", r["ratio"], TARGET, r["noise"])
         if r["case"] == "weak" and r["ranks"] > 1:
             report.target(
                 f"mpigrad / hand-written adjoint on one rank alone (the reference of {where})",
                 r["one_rank_ratio"],
                 TARGET,
+                r["one_rank_noise"],
             )
 
 

@@ -58,3 +58,55 @@ def test_bench_ddp_quick(n, torch, tmp_path):
     assert targets == {"mpigrad DDP / hand Allreduce"} | (
         {"mpigrad DDP / torch DDP"} if torch else set()
     ), output
+
+
+def _harness():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import _common
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return _common
+
+
+def test_noise_is_the_value_times_the_half_spreads():
+    _common = _harness()
+    subject = {"median": 10.0, "q1": 9.0, "q3": 11.0}  # half spread 1/10 of its median
+    baseline = {"median": 4.0, "q1": 3.8, "q3": 4.2}  # 1/20
+    assert _common.noise(2.5, subject, baseline) == pytest.approx(2.5 * 0.15)
+    assert _common.noise(10.0, subject) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "value, goal, noise, verdict, missed",
+    [
+        (1.2, "<= 1.25", 0.0, "met", False),
+        (1.3, "<= 1.25", 0.1, "NOT met, within the noise +-0.1", False),
+        (1.4, "<= 1.25", 0.1, "NOT met, by more than the noise +-0.1", True),
+        (40.0, "< 40", 0.0, "NOT met, by more than the noise +-0", True),
+        (9.5, ">= 10", 1.0, "NOT met, within the noise +-1", False),
+        (8.5, ">= 10", 1.0, "NOT met, by more than the noise +-1", True),
+    ],
+)
+def test_a_target_is_missed_only_beyond_its_noise(
+    value, goal, noise, verdict, missed, tmp_path, capsys, monkeypatch
+):
+    _common = _harness()
+    monkeypatch.setattr(sys, "argv", ["bench_x.py"])
+    records = tmp_path / "records.jsonl"
+    args = _common.parser("x").parse_args(["--append", str(records), "--fail-missed"])
+    report = _common.Report(args)
+    report.target("the case", value, goal, noise)
+    assert f"target: the case: {value:.3g} (goal {goal}: {verdict})" in capsys.readouterr().out
+    (record,) = [json.loads(line) for line in records.read_text().splitlines()]
+    assert record["met"] == (verdict == "met") and record["missed"] == missed, record
+    assert record["noise"] == noise and record["goal"] == goal, record
+    if missed:  # --fail-missed: the run exits 1 after its records, naming the target
+        with pytest.raises(SystemExit) as exit_:
+            report.close()
+        assert exit_.value.code == 1
+        assert "missed by more than the noise: the case" in capsys.readouterr().out
+    else:
+        report.close()
+    args.fail_missed = False  # without the flag, a miss is reported and the run goes on
+    report.close()

@@ -28,6 +28,8 @@ PYTEST_ARGS ?=
 DEMO ?= examples/pipeline_mlp.py
 DEMO_NP ?= 4
 BENCH_NP ?= 2
+# make bench also runs bench_p2p at 8 B with ranks bound to cores (Open MPI: --bind-to core)
+BENCH_BIND ?= -bind-to core
 # The CPU wheel in /opt/wheels; any other version pulls gigabytes.
 TORCH_VERSION := 2.13.0
 
@@ -86,7 +88,7 @@ help:
 	@echo "make test-slurm   slurm/*.sbatch submitted to a one-node Slurm on localhost (root)"
 	@echo "make test-openmpi tests/mpi/ on Debian's Open MPI, in $(OPENMPI_VENV) (apt-get as root if missing)"
 	@echo "make lint         ruff check and ruff format --check"
-	@echo "make bench        each benchmarks/bench_*.py --quick under mpiexec -n $(BENCH_NP) (installs the bench extra); records and plots in benchmarks/results/"
+	@echo "make bench        each benchmarks/bench_*.py --quick under mpiexec -n $(BENCH_NP), and bench_p2p at 8 B bound to cores (installs the bench extra); records and plots in benchmarks/results/; exits 1 if one failed or missed a target beyond its noise"
 	@echo "make torch        torch==$(TORCH_VERSION) into the venv, the benchmarks' baseline"
 	@echo "make venv         $(VENV) with mpigrad[$(EXTRAS)] installed from this tree"
 	@echo "make venv-openmpi $(OPENMPI_VENV): mpi4py built against Open MPI, mpigrad[$(OPENMPI_EXTRAS)]"
@@ -230,6 +232,9 @@ bench: $(VENV)/.bench-installed
 	  echo "== $$script --quick under mpiexec -n $(BENCH_NP)"; \
 	  $(call mpirun,$(BENCH_NP),$(PY) $$script --quick --fail-missed) || failed+=("$$script"); \
 	done; \
+	echo "== benchmarks/bench_p2p.py at 8 B, ranks bound to cores ($(BENCH_BIND))"; \
+	$(call mpirun_with,$(MPIEXEC) $(BENCH_BIND),2,$(PY) benchmarks/bench_p2p.py --sizes 8 \
+	  --no-plot --fail-missed) || failed+=("bench_p2p.py $(BENCH_BIND)"); \
 	echo "make bench: JSON records appended to benchmarks/results/bench_*.jsonl;" \
 	  "plots in benchmarks/results/bench_*.png (see benchmarks/README.md)"; \
 	if [ $${#failed[@]} -gt 0 ]; then \

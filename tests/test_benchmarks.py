@@ -110,3 +110,25 @@ def test_a_target_is_missed_only_beyond_its_noise(
         report.close()
     args.fail_missed = False  # without the flag, a miss is reported and the run goes on
     report.close()
+
+
+@needs_mpiexec
+@pytest.mark.parametrize("torch", sorted({False, HAS_TORCH}))
+def test_bench_p2p_quick_with_and_without_torch(torch, tmp_path):
+    options = ["--sizes", "8"] + ([] if torch else ["--no-torch"])
+    returncode, output, records = run_benchmark("bench_p2p.py", 2, tmp_path, *options)
+    assert returncode == 0, output
+    measured = {r["subject"] for r in records if "subject" in r}
+    assert {"raw", "local 1", "one-hop backward", "two-hop backward"} <= measured, output
+    assert ("torch" in measured) == torch, output
+    (one_hop,) = [r for r in records if r.get("subject") == "one-hop backward"]
+    assert one_hop["ratio"] > 0 and one_hop["noise"] >= 0, one_hop
+    assert ("faster_than_torch" in one_hop) == torch, one_hop
+    targets = {r["target"]: r for r in records if "target" in r}
+    want = {"one-hop backward at 8 B, us"}
+    want |= {"one-hop backward at 8 B, torch's over mpigrad's"} if torch else set()
+    assert set(targets) == want, output
+    for name, record in targets.items():
+        line = re.search(rf"^target: {re.escape(name)}: .*$", output, re.M).group(0)
+        verdict = "met)" if record["met"] else "by more than" if record["missed"] else "within"
+        assert verdict in line, (line, record)

@@ -232,6 +232,9 @@ bench: $(VENV)/.bench-installed
 	  echo "== $$script --quick under mpiexec -n $(BENCH_NP)"; \
 	  $(call mpirun,$(BENCH_NP),$(PY) $$script --quick --fail-missed) || failed+=("$$script"); \
 	done; \
+	echo "== benchmarks/bench_engine.py --cases mlp --threads 2 --quick"; \
+	$(PY) benchmarks/bench_engine.py --cases mlp --threads 2 --quick --fail-missed \
+	  || failed+=("bench_engine.py --threads 2"); \
 	echo "== benchmarks/bench_p2p.py at 8 B, ranks bound to cores ($(BENCH_BIND))"; \
 	$(call mpirun_with,$(MPIEXEC) $(BENCH_BIND),2,$(PY) benchmarks/bench_p2p.py --sizes 8 \
 	  --no-plot --fail-missed) || failed+=("bench_p2p.py $(BENCH_BIND)"); \

@@ -8,10 +8,13 @@ Cases (a sample is one forward and one backward pass; the gradients are set to N
   chain; reported per op.  Target: mpigrad / torch <= 1.0.
 - ``fanin``: ``--ops`` binary ops ``y * x``, ``y + x`` with one leaf ``x``, so that every op
   also sends a gradient to ``x``.  Baseline and target as for ``chain``.
-- ``mlp``: 784-512-512-10, float64, batch 128, relu, cross-entropy (mean) on integer targets.
-  Baselines: the same network in numpy with its backward written by hand (the compute floor: the
-  same matmuls, sums, masks, log-softmax and NLL, nothing more), and torch.  Target: mpigrad /
-  numpy <= 1.10.
+- ``mlp``: 784-512-512-10, batch 128, relu, cross-entropy (mean) on integer targets, in each of
+  ``--dtypes`` (float64 and float32).  Baselines: the same network in numpy with its backward
+  written by hand (the compute floor: the same matmuls, sums, masks, log-softmax and NLL, nothing
+  more), and torch.  Target: mpigrad / numpy <= 1.10 in each dtype (``make bench`` runs it at 1
+  and 2 threads).  ``peak MiB``: what one step adds to the resident memory of a fresh process
+  that has built the subject's network and batch (its peak during the first 5 steps, less its
+  resident memory before them), measured in a child process per subject.
 
 Every subject's output and gradients are checked against a reference before timing.  torch is
 optional (``make torch``): without it the torch rows are skipped, and the chain cases report
@@ -25,18 +28,21 @@ mpigrad's side of CASE under cProfile instead of timing.  The engine is rank-loc
 mpiexec, rank 0 measures and the other ranks exit at once, without initializing MPI.
 
     python benchmarks/bench_engine.py [--quick] [--threads N] [--cases chain fanin mlp]
-        [--reps N] [--ops N] [--no-torch] [--no-gc] [--profile CASE]
+        [--reps N] [--ops N] [--dtypes float64 float32] [--no-torch] [--no-gc] [--profile CASE]
 """
 
+import argparse
 import functools
 import gc
 import math
+import subprocess
 import sys
 from time import perf_counter
 
 import _common
 
 CASES = ("chain", "fanin", "mlp")
+DTYPES = ("float64", "float32")
 
 
 def parse_args():
@@ -47,6 +53,8 @@ def parse_args():
     p.add_argument("--no-torch", action="store_true", help="skip torch even where installed")
     p.add_argument("--no-gc", action="store_true", help="garbage collector off while timing")
     p.add_argument("--profile", choices=CASES, help="profile mpigrad's side of CASE instead")
+    p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES), help="mlp's")
+    p.add_argument("--peak-of", nargs=2, metavar=("SUBJECT", "DTYPE"), help=argparse.SUPPRESS)
     return p.parse_args()
 
 
@@ -114,14 +122,17 @@ def chain_subject(case, n, lib):
 class MLP:
     """Subjects of the mlp case, all on the same weights and batch."""
 
-    def __init__(self, seed=0):
+    def __init__(self, dtype, seed=0):
         rng = np.random.default_rng(seed)
-        self.x = rng.standard_normal((BATCH, SIZES[0]))
+        self.x = rng.standard_normal((BATCH, SIZES[0])).astype(dtype)
         self.targets = rng.integers(0, SIZES[-1], BATCH)
         self.params = []  # W1, b1, W2, b2, W3, b3 (He init)
         for fan_in, fan_out in zip(SIZES[:-1], SIZES[1:]):
-            self.params.append(rng.standard_normal((fan_in, fan_out)) * math.sqrt(2.0 / fan_in))
-            self.params.append(rng.standard_normal(fan_out) * 0.1)
+            weight = rng.standard_normal((fan_in, fan_out)) * math.sqrt(2.0 / fan_in)
+            self.params += [
+                weight.astype(dtype),
+                (rng.standard_normal(fan_out) * 0.1).astype(dtype),
+            ]
 
     def numpy_step(self):
         """(loss, grads, times): the forward, and the backward derived by hand."""
@@ -217,8 +228,8 @@ def _first(t):
     return float(t.detach().numpy()[0])
 
 
-def check(case, subjects, reference):
-    """Every subject's (output, gradients) equals ``reference``'s to 1e-10, or exit."""
+def check(case, subjects, reference, tolerance=1e-10):
+    """Every subject's (output, gradients) equals ``reference``'s to ``tolerance``, or exit."""
     want_out, want_grads = reference
     for name, sample in subjects.items():
         got_out, got_grads = sample.value()
@@ -231,7 +242,7 @@ def check(case, subjects, reference):
             got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
             scale = max(float(np.max(np.abs(want), initial=0.0)), 1e-300)
             if got.shape != want.shape or not np.allclose(
-                got, want, rtol=1e-10, atol=1e-10 * scale
+                got, want, rtol=tolerance, atol=tolerance * scale
             ):
                 sys.exit(f"bench_engine: {case} {name}: {what} differs from the reference")
 
@@ -239,10 +250,10 @@ def check(case, subjects, reference):
 # --- measuring --------------------------------------------------------------------------------
 
 
-def subjects_of(case, torch):
+def subjects_of(case, torch, dtype="float64"):
     """(subjects, reference) of ``case``."""
     if case == "mlp":
-        bench = MLP()
+        bench = MLP(dtype)
         subjects = {"mpigrad": bench.autograd_subject(mg), "numpy": bench.numpy_subject()}
         if torch is not None:
             subjects["torch"] = bench.autograd_subject(torch)
@@ -254,21 +265,51 @@ def subjects_of(case, torch):
 
 
 PARTS = ("forward", "backward")
-COLUMNS = ("median", "q1", "q3", "mean", "forward", "backward", "faults", "ratio")
+COLUMNS = ("median", "q1", "q3", "mean", "forward", "backward", "faults", "peak", "ratio")
+PEAK_STEPS = 5
 
 
-def measure(case, torch, report, table):
-    """Time ``case``, record and tabulate it; returns its target (name, value, goal) where its
-    baseline ran."""
-    subjects, reference = subjects_of(case, torch)
-    check(case, subjects, reference)
+def step_peak(name, dtype):
+    """MiB that ``PEAK_STEPS`` steps of the mlp subject ``name`` add to the resident memory of a
+    fresh process that has built it (its peak, from /proc/self/status): run in a child."""
+    command = [sys.executable, __file__, "--peak-of", name, dtype, "--threads", str(ARGS.threads)]
+    return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+
+
+def _resident_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def peak_of(name, dtype, torch):
+    """The child of ``step_peak``: prints the MiB."""
+    bench = MLP(dtype)
+    if name == "numpy":
+        sample = bench.numpy_subject()
+    else:
+        sample = bench.autograd_subject({"mpigrad": mg, "torch": torch}[name])
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak (VmHWM) starts again from the resident memory now
+    before = _resident_kib("VmRSS")
+    for _ in range(PEAK_STEPS):
+        sample()
+    print(round((_resident_kib("VmHWM") - before) / 1024, 1))
+
+
+def measure(case, torch, report, table, dtype="float64"):
+    """Time ``case``, record and tabulate it; returns its target (name, value, goal, noise)
+    where its baseline ran."""
+    subjects, reference = subjects_of(case, torch, dtype)
+    check(case, subjects, reference, 1e-10 if dtype == "float64" else 1e-4)
+    peaks = {}
     if case == "mlp":
         unit, scale, baseline, goal = "ms", 1e3, "numpy", "<= 1.10"
-        fields = {"sizes": list(SIZES), "batch": BATCH, "baseline": baseline}
+        fields = {"sizes": list(SIZES), "batch": BATCH, "baseline": baseline, "dtype": dtype}
         reps = ARGS.reps or (7 if ARGS.quick else 150)
+        peaks = {name: step_peak(name, dtype) for name in subjects}
     else:
         unit, scale, baseline, goal = "us/op", 1e6 / ARGS.ops, "torch", "<= 1.0"
-        fields = {"ops": ARGS.ops, "baseline": baseline}
+        fields = {"ops": ARGS.ops, "baseline": baseline, "dtype": dtype}
         reps = ARGS.reps or (7 if ARGS.quick else 200)
     gc.collect()
     if ARGS.no_gc:
@@ -283,18 +324,24 @@ def measure(case, torch, report, table):
         st = stats[name]
         st["forward"], st["backward"] = (_common.summary(s[p], scale)["median"] for p in PARTS)
         st["faults"] = _common.summary(s["faults"])["median"]
+        st["peak"] = peaks.get(name)
         st["ratio"] = None if base is None else round(st["median"] / base["median"], 3)
         report.record(case=case, subject=name, unit=unit, reps=reps, **fields, **st)
-        table.row(case, name, unit, *(st[column] for column in COLUMNS))
+        table.row(case, dtype, name, unit, *(st[column] for column in COLUMNS))
     if base is not None:
-        return f"{case}: mpigrad / {baseline}, medians", stats["mpigrad"]["ratio"], goal
+        ratio = stats["mpigrad"]["ratio"]
+        where = f"{dtype}, {ARGS.threads} thread(s)" if case == "mlp" else ""
+        name = f"{case}{where and f' {where}'}: mpigrad / {baseline}, medians"
+        return name, ratio, goal, _common.noise(ratio, stats["mpigrad"], base)
 
 
 def profile(case):
     import cProfile
     import pstats
 
-    sample = MLP().autograd_subject(mg) if case == "mlp" else chain_subject(case, ARGS.ops, mg)
+    sample = (
+        MLP("float64").autograd_subject(mg) if case == "mlp" else chain_subject(case, ARGS.ops, mg)
+    )
     reps = ARGS.reps or (5 if ARGS.quick else 100)
     for _ in range(5):
         sample()
@@ -322,16 +369,24 @@ def main():
     if ARGS.profile:
         profile(ARGS.profile)
         return
+    if ARGS.peak_of:
+        peak_of(*ARGS.peak_of, torch)
+        return
     report = _common.Report(ARGS, threads=ARGS.threads, gc=not ARGS.no_gc)
     table = _common.Table(
-        "case:6 subject:8 unit:6 median:9.3f q1:9.3f q3:9.3f mean:9.3f fwd:9.3f bwd:9.3f "
-        "faults:7.0f ratio:6.2f",
+        "case:6 dtype:8 subject:8 unit:6 median:9.3f q1:9.3f q3:9.3f mean:9.3f fwd:9.3f "
+        "bwd:9.3f faults:7.0f peak_MiB:9.1f ratio:6.2f",
         note=f"forward + backward per sample, {ARGS.threads} thread(s), gc "
         f"{'off' if ARGS.no_gc else 'on'}, freed memory kept: {mg.memory.kept()}; fwd, bwd: "
-        "medians of each part; faults: minor page faults; ratio: to the case's baseline "
+        "medians of each part; faults: minor page faults; peak MiB: what a step adds to a fresh "
+        "process (mlp); ratio: to the case's baseline "
         "(torch for chain and fanin, numpy for mlp)",
     )
-    goals = [measure(case, torch, report, table) for case in ARGS.cases]
+    goals = [
+        measure(case, torch, report, table, dtype)
+        for case in ARGS.cases
+        for dtype in (ARGS.dtypes if case == "mlp" else ["float64"])
+    ]
     for goal in filter(None, goals):
         report.target(*goal)
     report.close()

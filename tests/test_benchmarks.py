@@ -20,11 +20,13 @@ LIMIT = 120  # s per run; each takes a few seconds
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
-def run_benchmark(name, n, tmp_path, *options):
-    """Run benchmarks/name --quick on n ranks; return (returncode, output, records)."""
+def run_benchmark(name, n, tmp_path, *options, plots=True):
+    """Run benchmarks/name --quick on n ranks (``--no-plot`` where it ``plots``); return
+    (returncode, output, records)."""
     records = tmp_path / "records.jsonl"
     command = [MPIEXEC, "-n", str(n), sys.executable, str(BENCHMARKS / name)]
-    command += ["--quick", "--reps", "2", "--no-plot", "--append", str(records), *options]
+    command += ["--quick", "--reps", "2", "--append", str(records), *options]
+    command += ["--no-plot"] if plots else []
     returncode, output, _ = run_limited(command, LIMIT, cwd=tmp_path)
     lines = records.read_text().splitlines() if records.exists() else []
     return returncode, output, [json.loads(line) for line in lines]
@@ -132,3 +134,20 @@ def test_bench_p2p_quick_with_and_without_torch(torch, tmp_path):
         line = re.search(rf"^target: {re.escape(name)}: .*$", output, re.M).group(0)
         verdict = "met)" if record["met"] else "by more than" if record["missed"] else "within"
         assert verdict in line, (line, record)
+
+
+@needs_mpiexec
+def test_bench_engine_mlp_in_each_dtype_with_its_peak_memory(tmp_path):
+    returncode, output, records = run_benchmark(
+        "bench_engine.py", 1, tmp_path, "--cases", "mlp", "--no-torch", plots=False
+    )
+    assert returncode == 0, output
+    rows = {(r["dtype"], r["subject"]): r for r in records if "subject" in r}
+    assert sorted(rows) == [(d, s) for d in ("float32", "float64") for s in ("mpigrad", "numpy")]
+    for (dtype, subject), record in rows.items():
+        assert record["median"] > 0 and record["peak"] > 0, record  # a step allocates
+        assert re.search(rf"^ *mlp +{dtype} +{subject} +ms ", output, re.M), output
+    targets = {r["target"] for r in records if "target" in r}
+    assert targets == {
+        f"mlp {dtype}, 1 thread(s): mpigrad / numpy, medians" for dtype in ("float64", "float32")
+    }, output

@@ -508,10 +508,10 @@ def measure_ops(torch, report):
     torch ran."""
     reps = ARGS.reps or (3 if ARGS.quick else 40)
     table = _common.Table(
-        "op:22 operand:7 mpigrad:9.3f torch:9.3f ratio:6.2f",
+        "op:22 operand:7 mpigrad:8.3f fwd:7.3f bwd:7.3f torch:8.3f fwd:7.3f bwd:7.3f ratio:6.2f",
         note=f"ops case: {ARGS.ops} calls of one op each, forward + backward, us per op "
         f"(medians of {reps}), {ARGS.threads} thread(s), gc {'off' if ARGS.no_gc else 'on'}; "
-        "ratio: mpigrad / torch",
+        "fwd, bwd: medians of each part; ratio: mpigrad / torch",
     )
     ratios = {}
     for row in _op_rows():
@@ -526,7 +526,12 @@ def measure_ops(torch, report):
             samples = _common.interleave(subjects, reps, warmup=1 if ARGS.quick else 5)
         finally:
             gc.enable()
-        stats = {name: _common.summary(s["time"], 1e6 / ARGS.ops) for name, s in samples.items()}
+        scale = 1e6 / ARGS.ops
+        stats = {name: _common.summary(s["time"], scale) for name, s in samples.items()}
+        for name, st in stats.items():
+            st["forward"], st["backward"] = (
+                _common.summary(samples[name][p], scale)["median"] for p in PARTS
+            )
         ratio = None
         if "torch" in stats:
             ratio = round(stats["mpigrad"]["median"] / stats["torch"]["median"], 3)
@@ -545,11 +550,12 @@ def measure_ops(torch, report):
                 **st,
                 ratio=ratio if name == "mpigrad" else (1.0 if ratio is not None else None),
             )
+        torch_stats = stats.get("torch", {})
         table.row(
             row.label,
             row.kind or "-",
-            stats["mpigrad"]["median"],
-            stats.get("torch", {}).get("median"),
+            *(stats["mpigrad"][part] for part in ("median", *PARTS)),
+            *(torch_stats.get(part) for part in ("median", *PARTS)),
             ratio,
         )
     if not ratios:

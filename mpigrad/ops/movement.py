@@ -52,7 +52,7 @@ class Reshape(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return reshape(grad, ctx.shape), None
+        return grad.reshape(ctx.shape), None  # numpy's method on an ndarray, else mpigrad's
 
 
 @unary_op
@@ -63,11 +63,14 @@ class Permute(Function):
     @staticmethod
     def forward(ctx, x, axes):
         ctx.axes = axes
-        return np.transpose(data(x), axes)
+        return data(x).transpose(axes)
 
     @staticmethod
     def backward(ctx, grad):
-        return Permute.apply(grad, tuple(np.argsort(ctx.axes))), None
+        inverse = [0] * len(ctx.axes)
+        for i, axis in enumerate(ctx.axes):
+            inverse[axis] = i
+        return Permute.apply(grad, tuple(inverse)), None
 
 
 def broadcast_view(a, shape):
@@ -167,6 +170,25 @@ class Cat(Function):
         return (None, *split(grad, ctx.sizes, ctx.axis))
 
 
+@linear(fixed=(0,))
+class Stack(Function):
+    """out = xs stacked along a new axis; grad_xs = grad's entries along it, in order"""
+
+    takes_arrays = True
+
+    @staticmethod
+    def forward(ctx, axis, *xs):
+        ctx.axis = axis
+        shape = list(data(xs[0]).shape)
+        shape.insert(axis, 1)
+        return np.concatenate([data(x).reshape(shape) for x in xs], axis=axis)
+
+    @staticmethod
+    def backward(ctx, grad):
+        lead = (slice(None),) * ctx.axis
+        return (None, *[grad[lead + (i,)] for i in range(grad.shape[ctx.axis])])
+
+
 @unary_op
 @linear(fixed=(1,))
 class Pad(Function):
@@ -258,11 +280,11 @@ def squeeze(x, axis=None):
     """Drop axes of size 1 (all, or the given ones; an axis of another size is kept, as in
     torch)."""
     if axis is None:
-        keep = [n for n in x.shape if n != 1]
+        keep = tuple([n for n in x.shape if n != 1])
     else:
         axes = normalize_axis(axis, x.ndim, "squeeze")
-        keep = [n for i, n in enumerate(x.shape) if not (i in axes and n == 1)]
-    return reshape(x, keep)
+        keep = tuple([n for i, n in enumerate(x.shape) if not (i in axes and n == 1)])
+    return x if keep == x.shape else Reshape.apply(x, keep)
 
 
 def unsqueeze(x, axis):
@@ -272,7 +294,7 @@ def unsqueeze(x, axis):
         raise ValueError(f"unsqueeze: axis {axis} is out of range for {ndim} dimensions")
     shape = list(x.shape)
     shape.insert(axis % ndim, 1)
-    return reshape(x, shape)
+    return Reshape.apply(x, tuple(shape))
 
 
 def getitem(x, index):
@@ -306,7 +328,10 @@ def stack(tensors, axis=0):
     shapes = {t.shape for t in tensors}
     if len(shapes) != 1:
         raise ValueError(f"stack: all tensors must have the same shape, got {sorted(shapes)}")
-    return cat([unsqueeze(t, axis) for t in tensors], axis=axis)
+    ndim = tensors[0].ndim + 1
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"stack: axis {axis} is out of range for {ndim} dimensions")
+    return Stack.apply(axis % ndim, *tensors)
 
 
 def split(x, split_size_or_sections, axis=0):

@@ -253,10 +253,12 @@ def permute(x, *axes):
     """Reorder the axes: ``out.shape[i] == x.shape[axes[i]]`` (torch's ``permute``)."""
     if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
         axes = axes[0]
-    in_range = all(-x.ndim <= int(a) < x.ndim for a in axes)
-    if not in_range or sorted(int(a) % x.ndim for a in axes) != list(range(x.ndim)):
-        raise ValueError(f"permute: {tuple(axes)} is not a permutation of {x.ndim} axes")
-    return Permute.apply(x, tuple(int(a) % x.ndim for a in axes))
+    ndim = x.ndim
+    # An axis out of range becomes ndim, which no permutation holds.
+    normalized = tuple([a % ndim if -ndim <= a < ndim else ndim for a in map(int, axes)])
+    if sorted(normalized) != list(range(ndim)):
+        raise ValueError(f"permute: {tuple(axes)} is not a permutation of {ndim} axes")
+    return Permute.apply(x, normalized)
 
 
 def transpose(x, axis0, axis1):

@@ -9,7 +9,7 @@ Cases (a sample is one forward and one backward pass; the gradients are set to N
 - ``fanin``: ``--ops`` binary ops ``y * x``, ``y + x`` with one leaf ``x``, so that every op
   also sends a gradient to ``x``.  Baseline and target as for ``chain``.
 - ``ops``: for each op of ``mpigrad.ops.__all__``, a chain of ``--ops`` calls of it on a
-  1-element float64 leaf (``OP_ROWS``): the cost of recording and running that op.  A binary op
+  1-element float64 leaf (``_op_rows``): the cost of recording and running that op.  A binary op
   has two rows, its other operand a 1-element constant Tensor (``tensor``) or a Python number
   (``scalar``).  An op that changes the shape alternates with its inverse, and both are named in
   the row (``exp, log``; ``unsqueeze, squeeze``; ``broadcast_to, sum_to``; ``stack`` with an

@@ -260,11 +260,12 @@ def unary_op(cls):
             ctx = _new(node_cls)
             ctx.sequence_nr = next_sequence_nr()
             ctx.needs_input_grad = _FIRST_ONLY[len(constants)]
-            raw = made = forward(ctx, x, *constants)
+            raw, made = forward(ctx, x, *constants), None
             if type(raw) is not np.ndarray:
-                raw = _made_array(raw, x)
-                if raw is None:
-                    return _outputs(cls, ctx, (x, *constants), made, True, None)
+                array = _made_array(raw, x)
+                if array is None:
+                    return _outputs(cls, ctx, (x, *constants), raw, True, None)
+                made, raw = (raw if type(raw) is Tensor else None), array
             edge, meta = _edge(x, raw)
             ctx.next_functions = (edge,) + _NO_EDGES[len(constants)]
             if meta is not None:
@@ -293,11 +294,12 @@ def binary_op(cls):
                 ctx = _new(node_cls)
                 ctx.sequence_nr = next_sequence_nr()
                 ctx.needs_input_grad = _NEEDS[need_x][need_y]
-                raw = made = forward(ctx, x, y)
+                raw, made = forward(ctx, x, y), None
                 if type(raw) is not np.ndarray:
-                    raw = _made_array(raw, x, y)
-                    if raw is None:
-                        return _outputs(cls, ctx, (x, y), made, True, None)
+                    array = _made_array(raw, x, y)
+                    if array is None:
+                        return _outputs(cls, ctx, (x, y), raw, True, None)
+                    made, raw = (raw if type(raw) is Tensor else None), array
                 edge_x, meta_x = _edge(x, raw) if need_x else _NO_INPUT
                 edge_y, meta_y = _edge(y, raw) if need_y else _NO_INPUT
                 ctx.next_functions = (edge_x, edge_y)
@@ -451,17 +453,17 @@ def _outputs(cls, ctx, args, raw, record, levels):
 
 
 def _recorded(ctx, raw, floating=False, made=None):
-    """The Tensor of ``raw``, the only output of the recorded call ``ctx``: ``made`` where
-    forward made it (and may have saved it: it is packed, see ``BackwardNode._pack``), else a
-    new one.  ``floating``: the caller knows that ``raw`` is floating-point, as it has the dtype
-    of an input that requires grad (reading ``raw.dtype.kind`` is a visible share of the short
-    record path's cost)."""
-    out = made if type(made) is Tensor else _new(Tensor)
+    """The Tensor of ``raw``, the only output of the recorded call ``ctx``: ``made`` (not None)
+    where forward made it (and may have saved it: it is packed, see ``BackwardNode._pack``),
+    else a new one.  ``floating``: the caller knows that ``raw`` is floating-point, as it has
+    the dtype of an input that requires grad (reading ``raw.dtype.kind`` is a visible share of
+    the short record path's cost)."""
+    out = _new(Tensor) if made is None else made
     out.data = raw
     if (floating or raw.dtype.kind == "f") and not ctx.non_differentiable:
         out.grad_fn = ctx
         out._requires_grad = True
-    if out is made:
+    if made is not None:
         ctx._pack((out,))
     return out
 

@@ -8,6 +8,16 @@ Cases (a sample is one forward and one backward pass; the gradients are set to N
   chain; reported per op.  Target: mpigrad / torch <= 1.0.
 - ``fanin``: ``--ops`` binary ops ``y * x``, ``y + x`` with one leaf ``x``, so that every op
   also sends a gradient to ``x``.  Baseline and target as for ``chain``.
+- ``ops``: for each op of ``mpigrad.ops.__all__``, a chain of ``--ops`` calls of it on a
+  1-element float64 leaf (``_op_rows``): the cost of recording and running that op.  A binary op
+  has two rows, its other operand a 1-element constant Tensor (``tensor``) or a Python number
+  (``scalar``).  An op that changes the shape alternates with its inverse, and both are named in
+  the row (``exp, log``; ``unsqueeze, squeeze``; ``broadcast_to, sum_to``; ``stack`` with an
+  integer index; ``cross_entropy`` with ``reshape``).  Baseline: torch, the same chain of its
+  counterpart of each op (``stencil``: ``conv1d``; ``sum_to``: ``sum_to_size``; ``alias``:
+  ``view_as``; ``maximum``/``minimum`` of a scalar: ``clamp``), so every op has one and none is
+  left out of the targets.  Targets: every row mpigrad / torch <= 1.0, and their geometric mean
+  <= 0.8.  ``--op NAME ...`` keeps the rows that time those ops.
 - ``mlp``: 784-512-512-10, batch 128, relu, cross-entropy (mean) on integer targets, in each of
   ``--dtypes`` (float64 and float32).  Baselines: the same network in numpy with its backward
   written by hand (the compute floor: the same matmuls, sums, masks, log-softmax and NLL, nothing
@@ -18,7 +28,8 @@ Cases (a sample is one forward and one backward pass; the gradients are set to N
 
 Every subject's output and gradients are checked against a reference before timing.  torch is
 optional (``make torch``): without it the torch rows are skipped, and the chain cases report
-mpigrad's time per op alone.
+mpigrad's time per op alone (the ops case, whose reference is torch, then checks only that
+every result is finite).
 
 ``--threads`` (default 1) sets the threads of BLAS, OpenMP, torch and mpigrad's kernels alike;
 more than one gives stable numbers only on a quiet machine.  The garbage collector stays on, as
@@ -27,21 +38,24 @@ import (``MPIGRAD_KEEP_FREED_MEMORY=0`` keeps glibc's defaults).  ``--profile CA
 mpigrad's side of CASE under cProfile instead of timing.  The engine is rank-local: under
 mpiexec, rank 0 measures and the other ranks exit at once, without initializing MPI.
 
-    python benchmarks/bench_engine.py [--quick] [--threads N] [--cases chain fanin mlp]
-        [--reps N] [--ops N] [--dtypes float64 float32] [--no-torch] [--no-gc] [--profile CASE]
+    python benchmarks/bench_engine.py [--quick] [--threads N] [--cases chain fanin ops mlp]
+        [--reps N] [--ops N] [--op NAME ...] [--dtypes float64 float32] [--no-torch] [--no-gc]
+        [--profile CASE]
 """
 
 import argparse
 import functools
 import gc
 import math
+import statistics
 import subprocess
 import sys
 from time import perf_counter
+from typing import NamedTuple
 
 import _common
 
-CASES = ("chain", "fanin", "mlp")
+CASES = ("chain", "fanin", "ops", "mlp")
 DTYPES = ("float64", "float32")
 
 
@@ -49,7 +63,8 @@ def parse_args():
     p = _common.parser(__doc__)
     p.add_argument("--threads", type=_common.positive, default=1, help="threads (default 1)")
     p.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
-    p.add_argument("--ops", type=_common.positive, default=1000, help="ops (chain, fanin)")
+    p.add_argument("--ops", type=_common.positive, default=1000, help="ops (chain, fanin, ops)")
+    p.add_argument("--op", nargs="+", metavar="NAME", help="ops case: only the rows of these ops")
     p.add_argument("--no-torch", action="store_true", help="skip torch even where installed")
     p.add_argument("--no-gc", action="store_true", help="garbage collector off while timing")
     p.add_argument("--profile", choices=CASES, help="profile mpigrad's side of CASE instead")
@@ -247,6 +262,337 @@ def check(case, subjects, reference, tolerance=1e-10):
                 sys.exit(f"bench_engine: {case} {name}: {what} differs from the reference")
 
 
+# --- the ops case: one chain per op ----------------------------------------------------------
+
+
+class OpRow(NamedTuple):
+    """A chain of the ops case: ``step(lib, y, k, c)`` is step ``k`` on ``lib`` (mpigrad or
+    torch) from ``y``, with the operand ``c = operand(lib)`` (None for a unary op);
+    ``torch_step`` where torch's call differs.  The leaf has ``shape`` and the value ``x0``."""
+
+    label: str
+    names: tuple  # the names of mpigrad.ops.__all__ it times
+    step: object
+    torch_step: object = None
+    operand: object = None
+    kind: str = ""  # binary ops: "tensor" or "scalar", the other operand
+    shape: tuple = (1,)
+    x0: float = 0.3
+
+
+def _constant(lib, value, shape=(1,)):
+    """A constant (no gradient) float64 Tensor of ``lib`` filled with ``value``."""
+    return lib.tensor(np.full(shape, value))
+
+
+def _index(lib, values):
+    return lib.tensor(np.array(values)) if lib is not mg else np.array(values)
+
+
+def _binary(name, step, value, torch_scalar_step=None, x0=0.3):
+    """The two rows of a binary op: the other operand a Tensor, then a Python number."""
+    return [
+        OpRow(name, (name,), step, None, lambda lib: _constant(lib, value), "tensor", x0=x0),
+        OpRow(name, (name,), step, torch_scalar_step, lambda lib: value, "scalar", x0=x0),
+    ]
+
+
+def _unary(name, step, torch_step=None, **row):
+    return OpRow(name, (name,), step, torch_step, **row)
+
+
+def _alternate(first, second):
+    """A step that applies ``first`` at even steps and ``second`` at odd ones."""
+    return lambda lib, y, k, c: first(lib, y, c) if k % 2 == 0 else second(lib, y, c)
+
+
+def _op_rows():
+    """Every row of the ops case; values stay finite and gradients away from 0 and inf over
+    thousands of steps where the op allows (sqrt's, cos's and sigmoid's gradients shrink)."""
+    cond = lambda lib: lib.tensor(np.array([True]))  # noqa: E731
+    rows = [
+        *_binary("add", lambda lib, y, k, c: y + c, 0.1),
+        *_binary("sub", lambda lib, y, k, c: y - c, 0.1),
+        *_binary("mul", lambda lib, y, k, c: y * c, 1.001),
+        *_binary("div", lambda lib, y, k, c: y / c, 1.001),
+        *_binary("pow", lambda lib, y, k, c: y**c, 1.0001, x0=1.3),
+        *_binary(
+            "maximum",
+            lambda lib, y, k, c: lib.maximum(y, c),
+            0.1,
+            lambda lib, y, k, c: y.clamp(min=c),
+        ),
+        *_binary(
+            "minimum",
+            lambda lib, y, k, c: lib.minimum(y, c),
+            0.5,
+            lambda lib, y, k, c: y.clamp(max=c),
+        ),
+        OpRow(
+            "where",
+            ("where",),
+            lambda lib, y, k, c: lib.where(c[0], y, c[1]),
+            operand=lambda lib: (cond(lib), _constant(lib, 0.0)),
+            kind="tensor",
+        ),
+        OpRow(
+            "where",
+            ("where",),
+            lambda lib, y, k, c: lib.where(c, y, 0.0),
+            operand=cond,
+            kind="scalar",
+        ),
+        _unary("neg", lambda lib, y, k, c: -y),
+        OpRow(
+            "exp, log",
+            ("exp", "log"),
+            _alternate(lambda lib, y, c: lib.exp(y), lambda lib, y, c: lib.log(y)),
+        ),
+        _unary("sqrt", lambda lib, y, k, c: lib.sqrt(y), x0=1.3),
+        _unary("abs", lambda lib, y, k, c: lib.abs(y), x0=-0.3),
+        _unary("sin", lambda lib, y, k, c: lib.sin(y)),
+        _unary("cos", lambda lib, y, k, c: lib.cos(y)),
+        _unary("tanh", lambda lib, y, k, c: lib.tanh(y)),
+        _unary("sigmoid", lambda lib, y, k, c: lib.sigmoid(y)),
+        _unary("relu", lambda lib, y, k, c: lib.relu(y)),
+        _unary("clamp", lambda lib, y, k, c: lib.clamp(y, -1.0, 1.0)),
+        OpRow(
+            "astype",
+            ("astype",),
+            _alternate(
+                lambda lib, y, c: y.astype(np.float32), lambda lib, y, c: y.astype(np.float64)
+            ),
+            _alternate(lambda lib, y, c: y.float(), lambda lib, y, c: y.double()),
+        ),
+        _unary("sum", lambda lib, y, k, c: lib.sum(y, 0, True)),
+        _unary("mean", lambda lib, y, k, c: lib.mean(y, 0, True)),
+        _unary(
+            "max", lambda lib, y, k, c: mg.max(y, 0, True), lambda lib, y, k, c: y.amax(0, True)
+        ),
+        _unary(
+            "min", lambda lib, y, k, c: mg.min(y, 0, True), lambda lib, y, k, c: y.amin(0, True)
+        ),
+        OpRow(
+            "broadcast_to, sum_to",
+            ("broadcast_to", "sum_to"),
+            _alternate(
+                lambda lib, y, c: lib.broadcast_to(y, (1, 1)), lambda lib, y, c: mg.sum_to(y, (1,))
+            ),
+            _alternate(
+                lambda lib, y, c: y.broadcast_to((1, 1)), lambda lib, y, c: y.sum_to_size((1,))
+            ),
+        ),
+        _unary(
+            "reshape",
+            _alternate(
+                lambda lib, y, c: lib.reshape(y, (1, 1)), lambda lib, y, c: lib.reshape(y, (1,))
+            ),
+        ),
+        _unary("permute", lambda lib, y, k, c: lib.permute(y, (1, 0)), shape=(1, 1)),
+        _unary("transpose", lambda lib, y, k, c: lib.transpose(y, 0, 1), shape=(1, 1)),
+        OpRow(
+            "unsqueeze, squeeze",
+            ("unsqueeze", "squeeze"),
+            _alternate(lambda lib, y, c: lib.unsqueeze(y, 0), lambda lib, y, c: lib.squeeze(y, 0)),
+        ),
+        _unary("getitem", lambda lib, y, k, c: y[0:1]),
+        _unary(
+            "index_select",
+            lambda lib, y, k, c: lib.index_select(y, 0, c),
+            operand=lambda lib: _index(lib, [0]),
+        ),
+        _unary("cat", lambda lib, y, k, c: lib.cat([y], 0)),
+        OpRow(
+            "stack",
+            ("stack",),
+            _alternate(lambda lib, y, c: lib.stack([y], 0), lambda lib, y, c: y[0]),
+        ),
+        _unary("split", lambda lib, y, k, c: lib.split(y, 1, 0)[0]),
+        _unary(
+            "pad",
+            lambda lib, y, k, c: mg.pad(y, (0, 0)),
+            lambda lib, y, k, c: lib.nn.functional.pad(y, (0, 0)),
+        ),
+        _unary("alias", lambda lib, y, k, c: mg.alias(y), lambda lib, y, k, c: y.view_as(y)),
+        OpRow(
+            "matmul",
+            ("matmul",),
+            lambda lib, y, k, c: lib.matmul(y, c),
+            operand=lambda lib: _constant(lib, 1.001, (1, 1)),
+            kind="tensor",
+            shape=(1, 1),
+        ),
+        OpRow(
+            "linear",
+            ("linear",),
+            lambda lib, y, k, c: mg.linear(y, c),
+            lambda lib, y, k, c: lib.nn.functional.linear(y, c),
+            lambda lib: _constant(lib, 1.001, (1, 1)),
+            "tensor",
+            shape=(1, 1),
+        ),
+        _unary("softmax", lambda lib, y, k, c: lib.softmax(y, -1)),
+        _unary("log_softmax", lambda lib, y, k, c: lib.log_softmax(y, -1)),
+        _unary("logsumexp", lambda lib, y, k, c: lib.logsumexp(y, 0, True)),
+        OpRow(
+            "cross_entropy, reshape",
+            ("cross_entropy",),
+            _alternate(
+                lambda lib, y, c: mg.cross_entropy(y, c), lambda lib, y, c: lib.reshape(y, (1, 1))
+            ),
+            _alternate(
+                lambda lib, y, c: lib.nn.functional.cross_entropy(y, c),
+                lambda lib, y, c: lib.reshape(y, (1, 1)),
+            ),
+            lambda lib: _index(lib, [0]),
+            shape=(1, 1),
+        ),
+        OpRow(
+            "mse_loss",
+            ("mse_loss",),
+            lambda lib, y, k, c: mg.mse_loss(y, c),
+            lambda lib, y, k, c: lib.nn.functional.mse_loss(y, c),
+            lambda lib: _constant(lib, 0.25, ()),
+            "tensor",
+            shape=(),
+        ),
+        OpRow(
+            "stencil",
+            ("stencil",),
+            lambda lib, y, k, c: mg.stencil(y, c),
+            lambda lib, y, k, c: lib.nn.functional.conv1d(y, c),
+            lambda lib: np.array([1.001]) if lib is mg else _constant(lib, 1.001, (1, 1, 1)),
+            "tensor",
+            shape=(1, 1),
+        ),
+    ]
+    unknown = {name for row in rows for name in row.names} - set(mg.ops.__all__)
+    missing = set(mg.ops.__all__) - {name for row in rows for name in row.names}
+    if unknown or missing:
+        sys.exit(
+            f"bench_engine: ops case: no row for {sorted(missing)}; rows for ops that "
+            f"mpigrad.ops.__all__ lacks: {sorted(unknown)}"
+        )
+    if ARGS.op:
+        strangers = set(ARGS.op) - set(mg.ops.__all__)
+        if strangers:
+            sys.exit(f"bench_engine: --op: not in mpigrad.ops.__all__: {sorted(strangers)}")
+        rows = [row for row in rows if set(row.names) & set(ARGS.op)]
+    return rows
+
+
+def op_subject(row, n, lib):
+    """The chain of ``row`` on ``lib`` (mpigrad or torch): ``n`` steps from a leaf."""
+    leaf = lib.tensor(np.full(row.shape, row.x0), requires_grad=True)
+    c = None if row.operand is None else row.operand(lib)
+    step = row.step if lib is mg or row.torch_step is None else row.torch_step
+
+    def forward():
+        y = leaf
+        for k in range(n):
+            y = step(lib, y, k, c)
+        return y
+
+    def read(y):
+        return _value(y), _value(leaf.grad)
+
+    return subject([leaf], forward, read)
+
+
+def _value(t):
+    """The one element of a Tensor (mpigrad's or torch's) as a float."""
+    return float(t.detach().numpy().reshape(-1)[0])
+
+
+def check_op(row, subjects):
+    """mpigrad's output and gradient equal torch's (relative 1e-8: the two libraries' libm
+    calls may differ in the last bit, and a chain carries that on), or are finite without
+    torch; else exit."""
+    got = subjects["mpigrad"].value()
+    want = subjects["torch"].value() if "torch" in subjects else None
+    for what, g, w in zip(("output", "gradient"), got, want or got):
+        if not math.isfinite(g) or not math.isclose(g, w, rel_tol=1e-8, abs_tol=1e-300):
+            sys.exit(f"bench_engine: ops {row.label} {row.kind}: {what} {g!r}, torch {w!r}")
+
+
+def measure_ops(torch, report):
+    """Time every row of the ops case, record and tabulate them; returns the targets where
+    torch ran."""
+    reps = ARGS.reps or (3 if ARGS.quick else 40)
+    table = _common.Table(
+        "op:22 operand:7 mpigrad:8.3f fwd:7.3f bwd:7.3f torch:8.3f fwd:7.3f bwd:7.3f ratio:6.2f",
+        note=f"ops case: {ARGS.ops} calls of one op each, forward + backward, us per op "
+        f"(medians of {reps}), {ARGS.threads} thread(s), gc {'off' if ARGS.no_gc else 'on'}; "
+        "fwd, bwd: medians of each part; ratio: mpigrad / torch",
+    )
+    ratios, noises = {}, {}
+    for row in _op_rows():
+        subjects = {"mpigrad": op_subject(row, ARGS.ops, mg)}
+        if torch is not None:
+            subjects["torch"] = op_subject(row, ARGS.ops, torch)
+        check_op(row, subjects)
+        gc.collect()
+        if ARGS.no_gc:
+            gc.disable()
+        try:
+            samples = _common.interleave(subjects, reps, warmup=1 if ARGS.quick else 5)
+        finally:
+            gc.enable()
+        scale = 1e6 / ARGS.ops
+        stats = {name: _common.summary(s["time"], scale) for name, s in samples.items()}
+        for name, st in stats.items():
+            st["forward"], st["backward"] = (
+                _common.summary(samples[name][p], scale)["median"] for p in PARTS
+            )
+        ratio = None
+        if "torch" in stats:
+            ratio = round(stats["mpigrad"]["median"] / stats["torch"]["median"], 3)
+            ratios[(row.label, row.kind)] = ratio
+            noises[(row.label, row.kind)] = _common.noise(ratio, stats["mpigrad"], stats["torch"])
+        for name, st in stats.items():
+            report.record(
+                case="ops",
+                subject=name,
+                op=row.label,
+                names=list(row.names),
+                operand=row.kind,
+                unit="us/op",
+                reps=reps,
+                ops=ARGS.ops,
+                baseline="torch",
+                **st,
+                ratio=ratio if name == "mpigrad" else (1.0 if ratio is not None else None),
+            )
+        torch_stats = stats.get("torch", {})
+        table.row(
+            row.label,
+            row.kind or "-",
+            *(stats["mpigrad"][part] for part in ("median", *PARTS)),
+            *(torch_stats.get(part) for part in ("median", *PARTS)),
+            ratio,
+        )
+    if not ratios:
+        return []
+    worst = max(ratios, key=ratios.get)
+    geomean = math.exp(statistics.fmean(math.log(r) for r in ratios.values()))
+    # The rows' relative noises, independent, average down in the mean of the logs.
+    spread = math.sqrt(statistics.fmean((noises[k] / ratios[k]) ** 2 for k in ratios))
+    return [
+        (
+            f"ops: every op's mpigrad / torch, medians (largest: {' '.join(filter(None, worst))})",
+            ratios[worst],
+            "<= 1.0",
+            noises[worst],
+        ),
+        (
+            f"ops: geometric mean over {len(ratios)} rows of mpigrad / torch",
+            round(geomean, 3),
+            "<= 0.8",
+            round(geomean * spread / math.sqrt(len(ratios)), 4),
+        ),
+    ]
+
+
 # --- measuring --------------------------------------------------------------------------------
 
 
@@ -339,9 +685,17 @@ def profile(case):
     import cProfile
     import pstats
 
-    sample = (
-        MLP("float64").autograd_subject(mg) if case == "mlp" else chain_subject(case, ARGS.ops, mg)
-    )
+    if case == "ops":
+        chains = [op_subject(row, ARGS.ops, mg) for row in _op_rows()]
+
+        def sample():
+            for chain in chains:
+                chain()
+
+    elif case == "mlp":
+        sample = MLP("float64").autograd_subject(mg)
+    else:
+        sample = chain_subject(case, ARGS.ops, mg)
     reps = ARGS.reps or (5 if ARGS.quick else 100)
     for _ in range(5):
         sample()
@@ -373,20 +727,25 @@ def main():
         peak_of(*ARGS.peak_of, torch)
         return
     report = _common.Report(ARGS, threads=ARGS.threads, gc=not ARGS.no_gc)
-    table = _common.Table(
-        "case:6 dtype:8 subject:8 unit:6 median:9.3f q1:9.3f q3:9.3f mean:9.3f fwd:9.3f "
-        "bwd:9.3f faults:7.0f peak_MiB:9.1f ratio:6.2f",
-        note=f"forward + backward per sample, {ARGS.threads} thread(s), gc "
-        f"{'off' if ARGS.no_gc else 'on'}, freed memory kept: {mg.memory.kept()}; fwd, bwd: "
-        "medians of each part; faults: minor page faults; peak MiB: what a step adds to a fresh "
-        "process (mlp); ratio: to the case's baseline "
-        "(torch for chain and fanin, numpy for mlp)",
-    )
-    goals = [
-        measure(case, torch, report, table, dtype)
-        for case in ARGS.cases
-        for dtype in (ARGS.dtypes if case == "mlp" else ["float64"])
-    ]
+    cases = [case for case in ARGS.cases if case != "ops"]  # the ops case has its own table
+    goals = []
+    if cases:
+        table = _common.Table(
+            "case:6 dtype:8 subject:8 unit:6 median:9.3f q1:9.3f q3:9.3f mean:9.3f fwd:9.3f "
+            "bwd:9.3f faults:7.0f peak_MiB:9.1f ratio:6.2f",
+            note=f"forward + backward per sample, {ARGS.threads} thread(s), gc "
+            f"{'off' if ARGS.no_gc else 'on'}, freed memory kept: {mg.memory.kept()}; fwd, bwd: "
+            "medians of each part; faults: minor page faults; peak MiB: what a step adds to a "
+            "fresh process (mlp); ratio: to the case's baseline (torch for chain and fanin, "
+            "numpy for mlp)",
+        )
+        goals += [
+            measure(case, torch, report, table, dtype)
+            for case in cases
+            for dtype in (ARGS.dtypes if case == "mlp" else ["float64"])
+        ]
+    if "ops" in ARGS.cases:
+        goals += measure_ops(torch, report)
     for goal in filter(None, goals):
         report.target(*goal)
     report.close()

@@ -260,16 +260,17 @@ def unary_op(cls):
             ctx = _new(node_cls)
             ctx.sequence_nr = next_sequence_nr()
             ctx.needs_input_grad = _FIRST_ONLY[len(constants)]
-            raw = forward(ctx, x, *constants)
+            raw, made = forward(ctx, x, *constants), None
             if type(raw) is not np.ndarray:
-                if not isinstance(raw, np.generic):
+                array = _made_array(raw, x)
+                if array is None:
                     return _outputs(cls, ctx, (x, *constants), raw, True, None)
-                raw = np.asarray(raw)  # a 0-d result
+                made, raw = (raw if type(raw) is Tensor else None), array
             edge, meta = _edge(x, raw)
             ctx.next_functions = (edge,) + _NO_EDGES[len(constants)]
             if meta is not None:
                 ctx.input_meta = (meta,)
-            return _recorded(ctx, raw, meta is None)
+            return _recorded(ctx, raw, meta is None, made)
         return _unrecorded(forward(FunctionCtx(), x, *constants), (x, *constants))
 
     op.short_path_of = cls
@@ -293,22 +294,35 @@ def binary_op(cls):
                 ctx = _new(node_cls)
                 ctx.sequence_nr = next_sequence_nr()
                 ctx.needs_input_grad = _NEEDS[need_x][need_y]
-                raw = forward(ctx, x, y)
+                raw, made = forward(ctx, x, y), None
                 if type(raw) is not np.ndarray:
-                    if not isinstance(raw, np.generic):
+                    array = _made_array(raw, x, y)
+                    if array is None:
                         return _outputs(cls, ctx, (x, y), raw, True, None)
-                    raw = np.asarray(raw)  # a 0-d result
+                    made, raw = (raw if type(raw) is Tensor else None), array
                 edge_x, meta_x = _edge(x, raw) if need_x else _NO_INPUT
                 edge_y, meta_y = _edge(y, raw) if need_y else _NO_INPUT
                 ctx.next_functions = (edge_x, edge_y)
                 if meta_x is not None or meta_y is not None:
                     ctx.input_meta = (meta_x, meta_y)
-                return _recorded(ctx, raw, (meta_x if need_x else meta_y) is None)
+                return _recorded(ctx, raw, (meta_x if need_x else meta_y) is None, made)
         return _unrecorded(forward(FunctionCtx(), x, y), (x, y))
 
     op.short_path_of = cls
     cls.apply = staticmethod(op)
     return cls
+
+
+def _made_array(raw, *args):
+    """The array of what a forward on the short record path returned other than an ndarray: a
+    0-d result (a numpy scalar) as an array, or the data of a Tensor it made, its only output
+    (saved for backward, say); None for anything else (several outputs, an input returned),
+    which the general path wraps."""
+    if isinstance(raw, np.generic):
+        return np.asarray(raw)
+    if type(raw) is Tensor and type(raw.data) is np.ndarray and not any(raw is a for a in args):
+        return raw.data
+    return None
 
 
 def _declare_takes_arrays(cls):
@@ -438,15 +452,19 @@ def _outputs(cls, ctx, args, raw, record, levels):
     return outputs if multiple else outputs[0]
 
 
-def _recorded(ctx, raw, floating=False):
-    """The Tensor of ``raw``, the only output of the recorded call ``ctx``.  ``floating``: the
-    caller knows that ``raw`` is floating-point, as it has the dtype of an input that requires
-    grad (reading ``raw.dtype.kind`` is a visible share of the short record path's cost)."""
-    out = _new(Tensor)
+def _recorded(ctx, raw, floating=False, made=None):
+    """The Tensor of ``raw``, the only output of the recorded call ``ctx``: ``made`` (not None)
+    where forward made it (and may have saved it: it is packed, see ``BackwardNode._pack``),
+    else a new one.  ``floating``: the caller knows that ``raw`` is floating-point, as it has
+    the dtype of an input that requires grad (reading ``raw.dtype.kind`` is a visible share of
+    the short record path's cost)."""
+    out = _new(Tensor) if made is None else made
     out.data = raw
     if (floating or raw.dtype.kind == "f") and not ctx.non_differentiable:
         out.grad_fn = ctx
         out._requires_grad = True
+    if made is not None:
+        ctx._pack((out,))
     return out
 
 

@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 from spawn import MPIEXEC, needs_mpiexec, run_limited
 
+import mpigrad as mg
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 LIMIT = 120  # s per run; each takes a few seconds
 HAS_TORCH = importlib.util.find_spec("torch") is not None
+BINARY_OPS = {"add", "sub", "mul", "div", "pow", "maximum", "minimum", "where"}
 
 
 def run_benchmark(name, n, tmp_path, *options, plots=True):
@@ -151,3 +154,30 @@ def test_bench_engine_mlp_in_each_dtype_with_its_peak_memory(tmp_path):
     assert targets == {
         f"mlp {dtype}, 1 thread(s): mpigrad / numpy, medians" for dtype in ("float64", "float32")
     }, output
+
+
+@needs_mpiexec
+@pytest.mark.parametrize("torch", sorted({False, HAS_TORCH}))
+def test_bench_engine_ops_quick(torch, tmp_path):
+    """The ops case times a row for every op of the registry (the script refuses to run where one
+    lacks a row), binary ops with a Tensor and with a Python number, each against torch."""
+    options = ["--cases", "ops", "--ops", "20", *([] if torch else ["--no-torch"])]
+    returncode, output, records = run_benchmark(
+        "bench_engine.py", 1, tmp_path, *options, plots=False
+    )
+    assert returncode == 0, output
+    rows = [r for r in records if r.get("case") == "ops"]
+    mine = [r for r in rows if r["subject"] == "mpigrad"]
+    assert {name for r in mine for name in r["names"]} == set(mg.ops.__all__), output
+    for name in BINARY_OPS:
+        assert {r["operand"] for r in mine if r["names"] == [name]} == {"tensor", "scalar"}
+    assert all(r["median"] > 0 and r["ops"] == 20 for r in rows), output
+    assert len(rows) == len(mine) * (2 if torch else 1), output
+    assert all((r["ratio"] is not None and r["ratio"] > 0) == torch for r in mine), output
+    for r in mine:
+        assert re.search(
+            rf"^ *{re.escape(r['op'])} +{r['operand'] or '-'} +\d+\.\d{{3}} ", output, re.M
+        )
+    targets = [r for r in records if "target" in r]
+    assert len(targets) == (2 if torch else 0), output
+    assert all(t["target"].startswith("ops: ") for t in targets), output

@@ -255,7 +255,7 @@ class Tanh(Function):
 
     @staticmethod
     def derivative(ctx, g, out):
-        return g * (1 - out * out)
+        return g * (1.0 - out * out)
 
 
 @unary_op
@@ -271,7 +271,7 @@ class Sigmoid(Function):
 
     @staticmethod
     def derivative(ctx, g, out):
-        return g * out * (1 - out)
+        return g * out * (1.0 - out)
 
 
 @unary_op

@@ -52,7 +52,7 @@ class Reshape(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return reshape(grad, ctx.shape), None
+        return grad.reshape(ctx.shape), None  # numpy's method on an ndarray, else mpigrad's
 
 
 @unary_op
@@ -63,11 +63,14 @@ class Permute(Function):
     @staticmethod
     def forward(ctx, x, axes):
         ctx.axes = axes
-        return np.transpose(data(x), axes)
+        return data(x).transpose(axes)
 
     @staticmethod
     def backward(ctx, grad):
-        return Permute.apply(grad, tuple(np.argsort(ctx.axes))), None
+        inverse = [0] * len(ctx.axes)
+        for i, axis in enumerate(ctx.axes):
+            inverse[axis] = i
+        return Permute.apply(grad, tuple(inverse)), None
 
 
 def broadcast_view(a, shape):
@@ -167,6 +170,25 @@ class Cat(Function):
         return (None, *split(grad, ctx.sizes, ctx.axis))
 
 
+@linear(fixed=(0,))
+class Stack(Function):
+    """out = xs stacked along a new axis; grad_xs = grad's entries along it, in order"""
+
+    takes_arrays = True
+
+    @staticmethod
+    def forward(ctx, axis, *xs):
+        ctx.axis = axis
+        shape = list(data(xs[0]).shape)
+        shape.insert(axis, 1)
+        return np.concatenate([data(x).reshape(shape) for x in xs], axis=axis)
+
+    @staticmethod
+    def backward(ctx, grad):
+        lead = (slice(None),) * ctx.axis
+        return (None, *[grad[lead + (i,)] for i in range(grad.shape[ctx.axis])])
+
+
 @unary_op
 @linear(fixed=(1,))
 class Pad(Function):
@@ -231,10 +253,12 @@ def permute(x, *axes):
     """Reorder the axes: ``out.shape[i] == x.shape[axes[i]]`` (torch's ``permute``)."""
     if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
         axes = axes[0]
-    in_range = all(-x.ndim <= int(a) < x.ndim for a in axes)
-    if not in_range or sorted(int(a) % x.ndim for a in axes) != list(range(x.ndim)):
-        raise ValueError(f"permute: {tuple(axes)} is not a permutation of {x.ndim} axes")
-    return Permute.apply(x, tuple(int(a) % x.ndim for a in axes))
+    ndim = x.ndim
+    # An axis out of range becomes ndim, which no permutation holds.
+    normalized = tuple([a % ndim if -ndim <= a < ndim else ndim for a in map(int, axes)])
+    if sorted(normalized) != list(range(ndim)):
+        raise ValueError(f"permute: {tuple(axes)} is not a permutation of {ndim} axes")
+    return Permute.apply(x, normalized)
 
 
 def transpose(x, axis0, axis1):
@@ -258,11 +282,11 @@ def squeeze(x, axis=None):
     """Drop axes of size 1 (all, or the given ones; an axis of another size is kept, as in
     torch)."""
     if axis is None:
-        keep = [n for n in x.shape if n != 1]
+        keep = tuple([n for n in x.shape if n != 1])
     else:
         axes = normalize_axis(axis, x.ndim, "squeeze")
-        keep = [n for i, n in enumerate(x.shape) if not (i in axes and n == 1)]
-    return reshape(x, keep)
+        keep = tuple([n for i, n in enumerate(x.shape) if not (i in axes and n == 1)])
+    return x if keep == x.shape else Reshape.apply(x, keep)
 
 
 def unsqueeze(x, axis):
@@ -272,7 +296,7 @@ def unsqueeze(x, axis):
         raise ValueError(f"unsqueeze: axis {axis} is out of range for {ndim} dimensions")
     shape = list(x.shape)
     shape.insert(axis % ndim, 1)
-    return reshape(x, shape)
+    return Reshape.apply(x, tuple(shape))
 
 
 def getitem(x, index):
@@ -306,7 +330,10 @@ def stack(tensors, axis=0):
     shapes = {t.shape for t in tensors}
     if len(shapes) != 1:
         raise ValueError(f"stack: all tensors must have the same shape, got {sorted(shapes)}")
-    return cat([unsqueeze(t, axis) for t in tensors], axis=axis)
+    ndim = tensors[0].ndim + 1
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"stack: axis {axis} is out of range for {ndim} dimensions")
+    return Stack.apply(axis % ndim, *tensors)
 
 
 def split(x, split_size_or_sections, axis=0):

@@ -6,8 +6,8 @@ from ..function import Function, binary_op, unary_op
 from ..tensor import Tensor
 from ._util import constant, data, keepdims_shape, normalize_axis
 from .elementwise import exp
-from .movement import reshape
-from .reduce import mean, sum
+from .movement import Reshape
+from .reduce import Sum, mean, sum
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "cross_entropy", "mse_loss"]
 
@@ -16,39 +16,50 @@ def _stable_logsumexp(x, axes):
     """log(sum(exp(x))) over ``axes`` with keepdims, shifted by the max for stability."""
     if x.size == 0:
         return np.full(keepdims_shape(x.shape, axes), -np.inf, x.dtype)
-    shift = np.max(x, axis=axes, keepdims=True)
-    shift = np.where(np.isfinite(shift), shift, 0)
-    with np.errstate(divide="ignore"):
-        return np.log(np.sum(np.exp(x - shift), axis=axes, keepdims=True)) + shift
+    shift = np.maximum.reduce(x, axis=axes, keepdims=True)
+    if not np.isfinite(shift).all():  # an infinite or nan maximum: no shift there
+        shift = np.where(np.isfinite(shift), shift, 0)
+        with np.errstate(divide="ignore"):
+            return np.log(np.add.reduce(np.exp(x - shift), axis=axes, keepdims=True)) + shift
+    # A finite shift makes every sum at least 1: its log raises no warning.
+    return np.log(np.add.reduce(np.exp(x - shift), axis=axes, keepdims=True)) + shift
+
+
+def _sum_kept(v, axes):
+    """``v`` summed over ``axes`` with keepdims: a numpy reduction on an ndarray (array mode),
+    else the differentiable ``Sum``."""
+    if type(v) is np.ndarray:
+        return np.add.reduce(v, axis=axes, keepdims=True)
+    return Sum.apply(v, axes, True)
 
 
 @unary_op
 class LogSumExp(Function):
-    """out = log(sum(exp(x), axes)); grad_x = grad * exp(x - out)"""
+    """out = log(sum(exp(x), axes)); grad_x = grad * softmax(x, axes)"""
 
     @staticmethod
     def forward(ctx, x, axes, keepdims):
         ctx.axes, ctx.shape = axes, data(x).shape
         ctx.save_for_backward(x)
         out = _stable_logsumexp(data(x), axes)
-        return out if keepdims else np.squeeze(out, axis=axes)
-
-    @staticmethod
-    def _weights(ctx, x, out):
-        return exp(x - reshape(out, keepdims_shape(ctx.shape, ctx.axes)))
+        return out if keepdims else out.reshape(_squeezed(out.shape, axes))
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        out = LogSumExp.apply(x, ctx.axes, True)
         grad = grad.reshape(keepdims_shape(ctx.shape, ctx.axes))
-        return grad * LogSumExp._weights(ctx, x, out), None, None
+        return grad * Softmax.apply(x, ctx.axes), None, None
 
     @staticmethod
     def jvp(ctx, t, *_):
         x, _, keepdims = ctx.inputs
-        w = LogSumExp._weights(ctx, x, ctx.outputs[0])
-        return sum(t * w, ctx.axes, keepdims)
+        out = _sum_kept(t * Softmax.apply(x, ctx.axes), ctx.axes)
+        return out if keepdims else Reshape.apply(out, _squeezed(out.shape, ctx.axes))
+
+
+def _squeezed(shape, axes):
+    """``shape`` without ``axes`` (None: all)."""
+    return () if axes is None else tuple(n for i, n in enumerate(shape) if i not in axes)
 
 
 @unary_op
@@ -58,19 +69,29 @@ class Softmax(Function):
     @staticmethod
     def forward(ctx, x, axis):
         ctx.axis = axis
-        out = Tensor._make(np.exp(data(x) - _stable_logsumexp(data(x), axis)))
+        x = data(x)
+        if x.size == 0:
+            out = np.exp(x)
+        else:
+            shift = np.maximum.reduce(x, axis=axis, keepdims=True)
+            if np.isfinite(shift).all():
+                e = np.exp(x - shift)
+                out = e / np.add.reduce(e, axis=axis, keepdims=True)
+            else:
+                out = np.exp(x - _stable_logsumexp(x, axis))
+        out = Tensor._make(out)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
-        return out * (grad - sum(grad * out, ctx.axis, keepdims=True)), None
+        return out * (grad - _sum_kept(grad * out, ctx.axis)), None
 
     @staticmethod
     def jvp(ctx, t, _):
         out = ctx.outputs[0]
-        return out * (t - sum(t * out, ctx.axis, keepdims=True))
+        return out * (t - _sum_kept(t * out, ctx.axis))
 
 
 @unary_op
@@ -87,11 +108,11 @@ class LogSoftmax(Function):
     @staticmethod
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
-        return grad - exp(out) * sum(grad, ctx.axis, keepdims=True), None
+        return grad - exp(out) * _sum_kept(grad, ctx.axis), None
 
     @staticmethod
     def jvp(ctx, t, _):
-        return t - sum(exp(ctx.outputs[0]) * t, ctx.axis, keepdims=True)
+        return t - _sum_kept(exp(ctx.outputs[0]) * t, ctx.axis)
 
 
 @binary_op

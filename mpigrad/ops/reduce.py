@@ -1,6 +1,8 @@
 """Reductions: sum, mean, max, min over ``axis`` (int, tuple or None) with ``keepdims``; and
 ``sum_to``, which the engine uses to undo broadcasting."""
 
+import math
+
 import numpy as np
 
 from ..function import Function, linear, unary_op
@@ -18,11 +20,30 @@ class Sum(Function):
     @staticmethod
     def forward(ctx, x, axes, keepdims):
         ctx.shape, ctx.axes = data(x).shape, axes
-        return np.sum(data(x), axis=axes, keepdims=keepdims)
+        return np.add.reduce(data(x), axis=axes, keepdims=keepdims)
 
     @staticmethod
     def backward(ctx, grad):
         grad = grad.reshape(keepdims_shape(ctx.shape, ctx.axes))
+        return broadcast_to(grad, ctx.shape), None, None
+
+
+@unary_op
+@linear(fixed=(1, 2))
+class Mean(Function):
+    """out = sum(x, axes) / n (n: the number of elements summed); grad_x = grad / n broadcast
+    back to x's shape"""
+
+    @staticmethod
+    def forward(ctx, x, axes, keepdims):
+        x = data(x)
+        ctx.shape, ctx.axes = x.shape, axes
+        ctx.count = x.size if axes is None else math.prod([x.shape[a] for a in axes])
+        return np.add.reduce(x, axis=axes, keepdims=keepdims) / ctx.count
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.reshape(keepdims_shape(ctx.shape, ctx.axes)) / ctx.count
         return broadcast_to(grad, ctx.shape), None, None
 
 
@@ -40,7 +61,7 @@ class _Extreme(Function):
     @classmethod
     def _weights(cls, x, axes):
         hits = data(x) == cls.reduce(data(x), axis=axes, keepdims=True)
-        return constant(hits / np.sum(hits, axis=axes, keepdims=True, dtype=x.dtype))
+        return constant(hits / np.add.reduce(hits, axis=axes, keepdims=True, dtype=x.dtype))
 
     @classmethod
     def backward(cls, ctx, grad):
@@ -55,12 +76,12 @@ class _Extreme(Function):
 
 @unary_op
 class Max(_Extreme):
-    reduce = staticmethod(np.max)
+    reduce = staticmethod(np.maximum.reduce)
 
 
 @unary_op
 class Min(_Extreme):
-    reduce = staticmethod(np.min)
+    reduce = staticmethod(np.minimum.reduce)
 
 
 @unary_op
@@ -81,7 +102,7 @@ class SumTo(Function):
                 axes.append(lead + i)
             elif n != m:
                 raise ValueError(f"cannot sum shape {data(x).shape} to shape {shape}")
-        out = np.sum(data(x), axis=tuple(axes), keepdims=True) if axes else data(x)
+        out = np.add.reduce(data(x), axis=tuple(axes), keepdims=True) if axes else data(x)
         return out.reshape(shape)
 
     @staticmethod
@@ -96,9 +117,7 @@ def sum(x, axis=None, keepdims=False):
 
 def mean(x, axis=None, keepdims=False):
     """Mean over ``axis`` (None: all)."""
-    axes = normalize_axis(axis, x.ndim, "mean")
-    count = x.size if axes is None else int(np.prod([x.shape[a] for a in axes]))
-    return Sum.apply(x, axes, bool(keepdims)) / np.asarray(count, x.dtype)
+    return Mean.apply(x, normalize_axis(axis, x.ndim, "mean"), bool(keepdims))
 
 
 def max(x, axis=None, keepdims=False):

@@ -51,9 +51,29 @@ class Agreement:
     def __init__(self, comms, channel, tag):
         self.comms, self.channel, self.tag = comms, channel, tag
         self.early = {}  # source -> its message, taken by the caller before run
+        self.posted = {}  # source -> the receive posted for its message by post_receives
         self.waiting = None  # the posted receive now waited for
         self.started = False
         self.step = "this rank to finish its part"
+
+    def sources(self):
+        """The ranks whose messages ``run`` takes on this rank, in the order it takes them."""
+        rank, size = self.comms.rank, self.comms.size
+        p = 1 << (size.bit_length() - 1)
+        if rank >= p:
+            return [rank - p]
+        folded = [rank + p] if rank + p < size else []
+        return folded + [rank ^ (1 << k) for k in range(p.bit_length() - 1)]
+
+    def post_receives(self, words):
+        """Post the receives of every message ``run`` will take, of ``words`` int64 words each
+        (its vector's and its extra words), ahead of ``run``: a rank calls it while it waits
+        anyway, so that ``run`` finds its messages received as they came."""
+        for source in self.sources():
+            if source not in self.early and source not in self.posted:
+                self.posted[source] = transport.Receive(
+                    self.comms, self.channel, source, self.tag, np.empty(words, np.int64)
+                )
 
     def run(self, vector, extra, poll):
         """The total of ``vector`` over all ranks; each message also carries this rank's
@@ -61,28 +81,27 @@ class Agreement:
         call ``cancel``)."""
         self.started = True
         total = np.array(vector, np.int64)
-        extra = np.array(extra, np.int64)
+        tail = np.array(extra, np.int64).tobytes() if extra else b""
         rank, size = self.comms.rank, self.comms.size
         p = 1 << (size.bit_length() - 1)
         if rank >= p:
-            self._send(rank - p, total, extra)
+            self._send(rank - p, total, tail)
             total[:] = self._take(rank - p, len(total), len(extra), poll, "its total")
         else:
             if rank + p < size:
                 total += self._take(rank + p, len(total), len(extra), poll, "its share")
             for k in range(p.bit_length() - 1):
                 partner = rank ^ (1 << k)
-                self._send(partner, total, extra)
+                self._send(partner, total, tail)
                 total += self._take(partner, len(total), len(extra), poll, f"its share (round {k})")
             if rank + p < size:
-                self._send(rank + p, total, extra)
+                self._send(rank + p, total, tail)
         self.step = "done"
         return total
 
-    def _send(self, dest, total, extra):
-        message = total.tobytes() + extra.tobytes()
+    def _send(self, dest, total, tail):
         transport.keep_until_sent(
-            transport.post_words(self.comms, self.channel, message, dest, self.tag)
+            transport.post_words(self.comms, self.channel, total.tobytes() + tail, dest, self.tag)
         )
 
     def _take(self, source, length, extra, poll, what):
@@ -90,16 +109,23 @@ class Agreement:
         self.step = f"rank {source} to send {what} of the agreement"
         message = self.early.pop(source, None)
         if message is None:
-            self.waiting = transport.Receive(
-                self.comms, self.channel, source, self.tag, np.empty(length + extra, np.int64)
-            )
-            while not self.waiting.test():
+            receive = self.posted.pop(source, None)
+            if receive is None:
+                receive = transport.Receive(
+                    self.comms, self.channel, source, self.tag, np.empty(length + extra, np.int64)
+                )
+            self.waiting = receive
+            while not receive.test():
                 poll()
-            message, self.waiting = self.waiting.words, None
+            message, self.waiting = receive.words, None
         return message[:length]
 
     def cancel(self):
-        """Cancel the receive the agreement waits for (it is being abandoned)."""
+        """Cancel the receives the agreement waits for or posted ahead (it is being
+        abandoned)."""
+        receives = list(self.posted.values())
         if self.waiting is not None:
-            self.waiting.cancel()
-            self.waiting = None
+            receives.append(self.waiting)
+        self.posted, self.waiting = {}, None
+        for receive in receives:
+            receive.cancel()

@@ -17,6 +17,8 @@ Each message also carries its sender's own ``extra`` words, unsummed, so a recei
 them (the context uses it to see a rank leave a context without its backward pass).
 """
 
+import struct
+
 import numpy as np
 
 from . import transport
@@ -39,6 +41,11 @@ def same_everywhere(totals, size):
     size * sum(v**2) == sum(v)**2 exactly when every v is equal (Cauchy-Schwarz)."""
     values, squares = totals
     return size * squares == values * values
+
+
+def _added(total, share):
+    """``total`` plus the summed words at the start of ``share``, word by word."""
+    return [a + b for a, b in zip(total, share)]
 
 
 class Agreement:
@@ -76,49 +83,53 @@ class Agreement:
                 )
 
     def run(self, vector, extra, poll):
-        """The total of ``vector`` over all ranks; each message also carries this rank's
-        ``extra`` words (its last ones).  ``poll()`` may raise to abandon the agreement (then
-        call ``cancel``)."""
+        """The total of ``vector`` over all ranks, as a list; each message also carries this
+        rank's ``extra`` words (its last ones).  ``poll()`` may raise to abandon the agreement
+        (then call ``cancel``).  The words are Python ints packed with ``struct``: a vector is
+        a few words, and numpy would cost more than it saves."""
         self.started = True
-        total = np.array(vector, np.int64)
-        tail = np.array(extra, np.int64).tobytes() if extra else b""
+        total, extra = list(vector), list(extra)
         rank, size = self.comms.rank, self.comms.size
         p = 1 << (size.bit_length() - 1)
+        words = len(total) + len(extra)
         if rank >= p:
-            self._send(rank - p, total, tail)
-            total[:] = self._take(rank - p, len(total), len(extra), poll, "its total")
+            self._send(rank - p, total, extra)
+            total = self._take(rank - p, words, poll, "its total")[: len(total)]
         else:
             if rank + p < size:
-                total += self._take(rank + p, len(total), len(extra), poll, "its share")
+                total = _added(total, self._take(rank + p, words, poll, "its share"))
             for k in range(p.bit_length() - 1):
                 partner = rank ^ (1 << k)
-                self._send(partner, total, tail)
-                total += self._take(partner, len(total), len(extra), poll, f"its share (round {k})")
+                self._send(partner, total, extra)
+                share = self._take(partner, words, poll, f"its share (round {k})")
+                total = _added(total, share)
             if rank + p < size:
-                self._send(rank + p, total, tail)
+                self._send(rank + p, total, extra)
         self.step = "done"
         return total
 
-    def _send(self, dest, total, tail):
+    def _send(self, dest, total, extra):
+        message = struct.pack(f"={len(total) + len(extra)}q", *total, *extra)
         transport.keep_until_sent(
-            transport.post_words(self.comms, self.channel, total.tobytes() + tail, dest, self.tag)
+            transport.post_words(self.comms, self.channel, message, dest, self.tag)
         )
 
-    def _take(self, source, length, extra, poll, what):
-        """The summed words of ``source``'s message (each source sends this rank one)."""
+    def _take(self, source, words, poll, what):
+        """The words of ``source``'s message, ``words`` of them (each source sends this rank
+        one): its summed words first, then its extra ones."""
         self.step = f"rank {source} to send {what} of the agreement"
         message = self.early.pop(source, None)
         if message is None:
             receive = self.posted.pop(source, None)
             if receive is None:
                 receive = transport.Receive(
-                    self.comms, self.channel, source, self.tag, np.empty(length + extra, np.int64)
+                    self.comms, self.channel, source, self.tag, np.empty(words, np.int64)
                 )
             self.waiting = receive
             while not receive.test():
                 poll()
             message, self.waiting = receive.words, None
-        return message[:length]
+        return list(struct.unpack_from(f"={words}q", message))
 
     def cancel(self):
         """Cancel the receives the agreement waits for or posted ahead (it is being

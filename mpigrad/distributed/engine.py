@@ -501,7 +501,7 @@ class _Pass:
         vector = (
             self.sent_to + equality_words(self.context_id) + [self.retain_graph, self.create_graph]
         )
-        total = agreement.run(vector, (), self._pause).tolist()
+        total = agreement.run(vector, (), self._pause)
         while self.received < total[comms.rank]:
             self._receive(block=True)
         ids, retained, created = total[size : size + 2], total[size + 2], total[size + 3]

@@ -229,7 +229,7 @@ def _leave(comms, context, timeout):
         waiting.LEAVING, timeout, lambda: agreement.step, context=context
     ) as waiter:
         try:
-            total = agreement.run(vector, [context.passes], waiter.pause).tolist()
+            total = agreement.run(vector, [context.passes], waiter.pause)
         except BaseException as exc:
             agreement.cancel()
             if not context.reported:  # this rank gives up: the others must not wait for it

@@ -96,14 +96,15 @@ class _Pass:
     def __init__(self, comms, context_id, roots, retain_graph, create_graph, timeout):
         self.comms, self.context_id, self.roots = comms, context_id, roots
         self.retain_graph, self.create_graph, self.timeout = retain_graph, create_graph, timeout
-        self.context = self.task = self.agreement = self.waiter = None
+        self.context = self.task = self.waiter = None
+        self.agreement = None  # made while this rank first waits, or at the end: _agreement
         self.spins = 0
         self.waiting = {}  # message id -> send function still waiting for its gradient
         self.turns = []  # the collective functions still to run, the last to run first
         self.turn = None  # the collective function whose turn it is
         self.sent_to = [0] * comms.size
         self.received = 0
-        self.requests = []  # our sends in flight (SendRequest: with their buffers)
+        self.requests = []  # our sends in flight, not yet kept until sent (see _pause)
         self.status = MPI.Status()
 
     def run(self):
@@ -115,20 +116,16 @@ class _Pass:
             )
         index = context.passes
         context.passes += 1
+        self.index = index
         self.tag = self.comms.gradient_tag(self.context_id, index)  # Note [pass tags] in comm.py
-        self.agreement = Agreement(
-            self.comms,
-            self.comms.gradient,
-            self.comms.gradient_tag(self.context_id, index, agreement=True),
-        )
         self.started = time.monotonic()
         context.running = self
         try:
             self._run()
         except BaseException:  # the pass is abandoned: see Note [failing together]
-            self.agreement.cancel()
-            for request in self.requests:  # they may never be received
-                transport.keep_until_sent(request)
+            if self.agreement is not None:
+                self.agreement.cancel()
+            self._keep_requests()  # they may never be received
             raise
         finally:
             context.running = None
@@ -253,7 +250,11 @@ class _Pass:
             extra_roots=sends + [node for node, _, _ in self.turns],
             keep_graph=self.retain_graph,
             create_graph=create_graph,
-            accumulate=lambda leaf, grad: context.accumulate(leaf, grad, create_graph),
+            accumulate=(
+                (lambda leaf, grad: context.accumulate(leaf, grad, True))
+                if create_graph
+                else context.accumulate
+            ),
             ordered=True,
         )
 
@@ -346,6 +347,12 @@ class _Pass:
         return True
 
     def _pause(self):
+        """Wait a little for a message; the time this rank waits anyway also readies the end of
+        the pass: its agreement, with its receives posted, and its sends kept until sent."""
+        if self.agreement is None:
+            self._agreement()
+        if self.requests:
+            self._keep_requests()
         if self.waiter is None:
             self.spins += 1
             if self.spins < waiting.FREE_POLLS:  # a short wait needs no Waiter
@@ -384,7 +391,7 @@ class _Pass:
                 f"rank {rank}: the gradient for message id {header.message_id} came from rank "
                 f"{source}, but that tensor was sent to rank {node.dest}"
             )
-        if header.kind == Kind.NO_GRADIENT:
+        if header.kind is Kind.NO_GRADIENT:
             self.task.supply(node, None)
         elif header.requires_grad:
             self.task.supply(node, self._received_gradient(array, source))
@@ -410,10 +417,10 @@ class _Pass:
 
     # --- what this rank waits for -------------------------------------------------------------
     def _state(self):
-        return "agreeing" if self.agreement.started else "running"
+        return "agreeing" if self.agreement is not None and self.agreement.started else "running"
 
     def _describe(self):
-        if not self.agreement.started:
+        if self.agreement is None or not self.agreement.started:
             return ", ".join(
                 f"message id {mid} from rank {node.dest}"
                 for mid, node in sorted(self.waiting.items())
@@ -473,18 +480,32 @@ class _Pass:
     # within the pass.  A rank whose part fails (an exception, its timeout) does not agree: it
     # tells every rank and raises at once, and so does every rank that learns of it (see Note
     # [failing together] in waiting.py): the context has failed.
+    def _agreement(self):
+        """The pass's agreement (Note [ending a pass]), its receives posted; made once."""
+        comms = self.comms
+        tag = comms.gradient_tag(self.context_id, self.index, agreement=True)
+        self.agreement = agreement = Agreement(comms, comms.gradient, tag)
+        agreement.post_receives(comms.size + 4)  # the length of _finish's vector
+        return agreement
+
+    def _keep_requests(self):
+        """Hand this rank's sends in flight over to ``transport.keep_until_sent``."""
+        for request in self.requests:
+            transport.keep_until_sent(request)
+        self.requests = []
+
     def _finish(self):
         """The agreement that ends the pass; see Note [ending a pass]."""
         comms, size = self.comms, self.comms.size
+        agreement = self.agreement or self._agreement()
         vector = (
             self.sent_to + equality_words(self.context_id) + [self.retain_graph, self.create_graph]
         )
-        total = self.agreement.run(vector, (), self._pause).tolist()
+        total = agreement.run(vector, (), self._pause)
         while self.received < total[comms.rank]:
             self._receive(block=True)
         ids, retained, created = total[size : size + 2], total[size + 2], total[size + 3]
-        for request in self.requests:
-            transport.keep_until_sent(request)
+        self._keep_requests()
         if not same_everywhere(ids, size):
             raise DistBackwardError(
                 f"rank {comms.rank}: the ranks called {_OP} for different contexts (this rank: "

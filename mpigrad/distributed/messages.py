@@ -210,22 +210,23 @@ def fits_inline(nbytes, count):
 def decode_header(message):
     """Parse the header (and tangent descriptors) at the start of a buffer (an int64 array,
     bytes); ValueError on a malformed header."""
-    if memoryview(message).nbytes < _HEADER_BYTES:
+    try:
+        words = _HEADER.unpack_from(message)
+    except struct.error:
         raise ValueError(
             f"a message header has {_HEADER_BYTES} bytes; got {memoryview(message).nbytes}"
-        )
-    words = _HEADER.unpack_from(message)
-    if words[_VERSION] != FORMAT_VERSION:
+        ) from None
+    version, kind, context_id, message_id, requires_grad, code, ndim = words[:_SHAPE]
+    if version != FORMAT_VERSION:
         raise ValueError(
-            f"message format version {words[_VERSION]} from the peer; this mpigrad speaks "
+            f"message format version {version} from the peer; this mpigrad speaks "
             f"version {FORMAT_VERSION} (are all ranks running the same mpigrad?)"
         )
-    if not 0 <= words[_KIND] < len(_KINDS):
-        raise ValueError(f"unknown message kind {words[_KIND]} in a header")
-    dtype = DTYPES.get(words[_DTYPE])
+    if not 0 <= kind < len(_KINDS):
+        raise ValueError(f"unknown message kind {kind} in a header")
+    dtype = DTYPES.get(code)
     if dtype is None:
-        raise ValueError(f"unknown dtype code {words[_DTYPE]} in a header")
-    ndim = words[_NDIM]
+        raise ValueError(f"unknown dtype code {code} in a header")
     if not 0 <= ndim <= MAX_NDIM:
         raise ValueError(f"a header gives ndim {ndim}; at most {MAX_NDIM} are allowed")
     shape = words[_SHAPE : _SHAPE + ndim]
@@ -233,14 +234,14 @@ def decode_header(message):
     expected = dtype.itemsize
     for n in shape:
         expected *= n
-    if min(shape, default=0) < 0 or nbytes != expected:
+    if nbytes != expected or min(shape, default=0) < 0:
         raise ValueError(f"a header's nbytes {nbytes} does not match shape {shape} of {dtype}")
     levels, count = words[_LEVELS], words[_TANGENTS]
     return Header(
-        _KINDS[words[_KIND]],
-        words[_CONTEXT],
-        words[_MESSAGE],
-        bool(words[_REQUIRES_GRAD]),
+        _KINDS[kind],
+        context_id,
+        message_id,
+        requires_grad != 0,
         dtype,
         shape,
         nbytes,
@@ -335,9 +336,10 @@ def pack(
 def unpack_inline(header, words, index=0):
     """The ``index``-th array (0: the primal, i: its i-th tangent) that rides inline behind
     header in words: a view into ``words``, which the caller must not reuse."""
-    count = header.nbytes // header.dtype.itemsize
-    offset = _HEADER_BYTES + 8 * len(header.tangents) + index * header.nbytes
-    return np.frombuffer(words, header.dtype, count, offset).reshape(header.shape)
+    dtype, shape, nbytes = header.dtype, header.shape, header.nbytes
+    offset = _HEADER_BYTES + 8 * len(header.tangents) + index * nbytes
+    array = np.frombuffer(words, dtype, nbytes // dtype.itemsize, offset)
+    return array if len(shape) == 1 else array.reshape(shape)
 
 
 def empty_message():

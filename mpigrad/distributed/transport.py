@@ -67,7 +67,10 @@ class SendRequest:
 
     def test(self):
         """True once complete (then ``wait()`` returns at once)."""
-        if self._requests and MPI.Request.Testall(self._requests):
+        requests = self._requests
+        if requests and (
+            requests[0].Test() if len(requests) == 1 else MPI.Request.Testall(requests)
+        ):
             self._requests, self._buffers = [], ()
         return not self._requests
 

@@ -142,7 +142,9 @@ class IndexAdd(Function):
         if _is_basic(index):
             out[index] = data(src)  # basic indexing selects each element at most once
         elif isinstance(index, np.ndarray) and index.ndim == 1 and out.ndim >= 1:
-            rows = np.broadcast_to(data(src), (len(index), *shape[1:]))
+            rows = data(src)
+            if rows.shape != (len(index), *shape[1:]):
+                rows = broadcast_view(rows, (len(index), *shape[1:]))
             kernels.scatter_add(out, index, np.ascontiguousarray(rows))
         else:
             np.add.at(out, index, data(src))

@@ -1,5 +1,7 @@
 """Neural-network ops: softmax family and losses."""
 
+import math
+
 import numpy as np
 
 from ..function import Function, binary_op, unary_op
@@ -17,12 +19,24 @@ def _stable_logsumexp(x, axes):
     if x.size == 0:
         return np.full(keepdims_shape(x.shape, axes), -np.inf, x.dtype)
     shift = np.maximum.reduce(x, axis=axes, keepdims=True)
-    if not np.isfinite(shift).all():  # an infinite or nan maximum: no shift there
+    if not _all_finite(shift):  # an infinite or nan maximum: no shift there
         shift = np.where(np.isfinite(shift), shift, 0)
         with np.errstate(divide="ignore"):
             return np.log(np.add.reduce(np.exp(x - shift), axis=axes, keepdims=True)) + shift
     # A finite shift makes every sum at least 1: its log raises no warning.
-    return np.log(np.add.reduce(np.exp(x - shift), axis=axes, keepdims=True)) + shift
+    return np.log(np.add.reduce(_exp_shifted(x, shift), axis=axes, keepdims=True)) + shift
+
+
+def _all_finite(a):
+    """Whether every entry of the ndarray ``a`` is finite (one value read as a Python float,
+    which costs a fraction of numpy's test)."""
+    return math.isfinite(a.item()) if a.size == 1 else bool(np.isfinite(a).all())
+
+
+def _exp_shifted(x, shift):
+    """``exp(x - shift)`` in one new array (0-d arrays give a numpy scalar, not an array)."""
+    out = np.subtract(x, shift)
+    return np.exp(out, out=out) if type(out) is np.ndarray else np.asarray(np.exp(out))
 
 
 def _sum_kept(v, axes):
@@ -74,9 +88,9 @@ class Softmax(Function):
             out = np.exp(x)
         else:
             shift = np.maximum.reduce(x, axis=axis, keepdims=True)
-            if np.isfinite(shift).all():
-                e = np.exp(x - shift)
-                out = e / np.add.reduce(e, axis=axis, keepdims=True)
+            if _all_finite(shift):
+                out = _exp_shifted(x, shift)
+                np.divide(out, np.add.reduce(out, axis=axis, keepdims=True), out=out)
             else:
                 out = np.exp(x - _stable_logsumexp(x, axis))
         out = Tensor._make(out)

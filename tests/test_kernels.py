@@ -216,8 +216,9 @@ def test_small_accumulate_of_shared_memory_matches_numpy():
 
 def test_dispatch_by_threads_size_and_addends():
     """Parallel with threads > 1 from PARALLEL_MIN_SIZE elements (the largest array counts), but
-    scatters of at most SCATTER_NUMPY_MAX_SIZE source elements take np.add.at; below that, sums into a dst of up to SMALL_MAX_BYTES take the serial loop one C-contiguous
-    source at a time, larger ones np.add for one source and one serial pass for several."""
+    scatters of at most SCATTER_NUMPY_MAX_SIZE source elements take np.add.at; below that, sums
+    into a dst of up to SMALL_MAX_BYTES take the serial loop one C-contiguous source at a time,
+    larger ones np.add for one source and one serial pass for several."""
     small = np.zeros(dispatch.PARALLEL_MIN_SIZE - 1)
     large = np.zeros(dispatch.PARALLEL_MIN_SIZE)
     cache_sized = np.zeros(dispatch.SMALL_MAX_BYTES // 8)

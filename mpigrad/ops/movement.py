@@ -380,6 +380,12 @@ def pad(x, pad_width, value=0.0):
 
 def _pad_pairs(pad_width, ndim):
     """numpy's normalization of ``pad_width``: one ``(before, after)`` pair of ints per axis."""
+    if type(pad_width) is int and pad_width >= 0:  # the common forms, read without numpy
+        return ((pad_width, pad_width),) * ndim
+    if type(pad_width) in (tuple, list) and len(pad_width) == 2:
+        before, after = pad_width
+        if type(before) is int and type(after) is int and before >= 0 and after >= 0:
+            return ((before, after),) * ndim
     try:
         widths = np.asarray(data(pad_width))
     except ValueError:

@@ -5,6 +5,8 @@ A call's arrays (``dst`` first) take the first row that fits them:
 
 - ``"cuda"``: all are device arrays (Numba's, or any with ``__cuda_array_interface__``), for
   ``cuda.py``'s kernels. Host and device arrays mixed raise ValueError.
+- ``"numpy"``: a scatter of at most ``SCATTER_NUMPY_MAX_SIZE`` source elements into plain
+  ndarrays (``np.add.at``, whose fixed cost is a fraction of the Numba call's).
 - ``"numba-parallel"``: the Numba kernels take them (below) and the largest has at least
   ``PARALLEL_MIN_SIZE`` elements, with more than one thread (Note [kernel threads]): one pass,
   split over threads.
@@ -36,6 +38,7 @@ __all__ = [
     "BACKENDS",
     "NUMBA_DTYPES",
     "PARALLEL_MIN_SIZE",
+    "SCATTER_NUMPY_MAX_SIZE",
     "SMALL_MAX_BYTES",
     "accumulate",
     "backend",
@@ -62,6 +65,12 @@ the loop was 1.7-1.9x faster up to 4 Ki elements, 1.1-1.4x from 16 Ki to 64 Ki (
 no faster from 1 MiB. Above it several sources take one pass, which measured 1.2-1.5x faster
 than an ``np.add`` per source from 64 Ki to 512 Ki float64, and 3-4x slower on tiny arrays,
 where its setup dominates."""
+
+SCATTER_NUMPY_MAX_SIZE = 64
+"""Largest scatter (elements of ``src``) that ``np.add.at`` takes: below, the Numba call's fixed
+cost (its dispatch, route and the Python checks: about 10 us) is most of the call. Measured on
+one 2-core machine, ``np.add.at`` alone took 1.5-5 us up to 64 elements of float64 (1-D, or rows
+of 8), the Numba kernel alone 7-14 us; with rows of 8 ``np.add.at`` is slower from 128."""
 
 
 NUMBA_DTYPES = frozenset(
@@ -125,6 +134,17 @@ def scatter_add(dst, index, src):
     ValueError for a bad shape or dtype, and IndexError naming the first out-of-range index
     value and N (before any write).
     """
+    if _small_scatter(dst, index, src):
+        # route's small-scatter row, tried before it (route costs as much as the add): NumPy
+        # checks every index before it writes, and the reference kernel then finds the first
+        # one out of range, again before any write.
+        checks.check_scatter(dst, index, src)
+        try:
+            np.add.at(dst, index, src)
+        except IndexError:
+            bad = reference.scatter_add(dst, index, src)
+            raise checks.out_of_range(int(index[bad]), bad, dst.shape[0]) from None
+        return dst
     path = route("scatter_add", (dst, index, src))
     checks.check_scatter(dst, index, src)
     if path == "cuda":
@@ -171,6 +191,8 @@ def route(op, arrays):
     dst = arrays[0]
     if not dst.flags.writeable:
         raise ValueError(f"{op}: dst is read-only")
+    if op == "scatter_add" and _small_scatter(*arrays):
+        return "numpy"
     takes = plain and numba_kernels() is not None and _numba_takes(arrays)
     if takes and _parallel(largest):
         return "numba-parallel"
@@ -202,6 +224,20 @@ def _small_sum(dst, srcs):
         if type(src) is not np.ndarray or src.shape != shape or src.dtype != dtype:
             return False
     return True
+
+
+def _small_scatter(dst, index, src):
+    """Whether a scatter takes route's small-scatter row: plain ndarrays, ``dst`` writable, a
+    signed integer ``index`` (which ``np.add.at`` takes as it is) and at most
+    ``SCATTER_NUMPY_MAX_SIZE`` elements of ``src``."""
+    return (
+        type(src) is np.ndarray
+        and src.size <= SCATTER_NUMPY_MAX_SIZE
+        and type(dst) is np.ndarray
+        and type(index) is np.ndarray
+        and index.dtype.kind == "i"
+        and dst.flags.writeable
+    )
 
 
 def _sum(path, op, dst, srcs):

@@ -26,11 +26,13 @@ DTYPES = (np.float32, np.float64)
 @contextlib.contextmanager
 def forced(path, loop=False):
     """Make host calls take ``path``: no Numba for NumPy, else one pass on 1 or, from size 0 up,
-    2 threads; with ``loop``, sums on "numba-serial" take the serial loop one source at a time
-    (the Numba path of a single small source) instead of one pass."""
+    2 threads, small scatters included; with ``loop``, sums on "numba-serial" take the serial loop
+    one source at a time (the Numba path of a single small source) instead of one pass."""
     with pytest.MonkeyPatch.context() as mp:
         if path == "numpy":
             mp.setattr(dispatch, "numba_kernels", lambda: None)
+        else:
+            mp.setattr(dispatch, "SCATTER_NUMPY_MAX_SIZE", -1)
         if path == "numba-parallel":
             mp.setattr(dispatch, "PARALLEL_MIN_SIZE", 0)
         if path == "numba-parallel" or path == "numba-serial" and not loop:
@@ -213,9 +215,10 @@ def test_small_accumulate_of_shared_memory_matches_numpy():
 
 
 def test_dispatch_by_threads_size_and_addends():
-    """Parallel with threads > 1 from PARALLEL_MIN_SIZE elements (the largest array counts);
-    below that, sums into a dst of up to SMALL_MAX_BYTES take the serial loop one C-contiguous
-    source at a time, larger ones np.add for one source and one serial pass for several."""
+    """Parallel with threads > 1 from PARALLEL_MIN_SIZE elements (the largest array counts), but
+    scatters of at most SCATTER_NUMPY_MAX_SIZE source elements take np.add.at; below that, sums
+    into a dst of up to SMALL_MAX_BYTES take the serial loop one C-contiguous source at a time,
+    larger ones np.add for one source and one serial pass for several."""
     small = np.zeros(dispatch.PARALLEL_MIN_SIZE - 1)
     large = np.zeros(dispatch.PARALLEL_MIN_SIZE)
     cache_sized = np.zeros(dispatch.SMALL_MAX_BYTES // 8)
@@ -238,9 +241,13 @@ def test_dispatch_by_threads_size_and_addends():
         assert kernels.backend(small[:40].reshape(10, 4), index, large.reshape(-1, 4)) == (
             "numba-parallel"
         )
-        assert kernels.backend(small[:40].reshape(10, 4), index[:3], np.zeros((3, 4))) == (
-            "numba-serial"
-        )
+        small_rows = dispatch.SCATTER_NUMPY_MAX_SIZE // 4
+        assert kernels.backend(
+            small[:40].reshape(10, 4), index[:small_rows], np.zeros((small_rows, 4))
+        ) == ("numpy")
+        assert kernels.backend(
+            small[:40].reshape(10, 4), index[: small_rows + 1], np.zeros((small_rows + 1, 4))
+        ) == ("numba-serial")
         kernels.set_num_threads(1)
         assert kernels.backend(large, large.copy()) == "numpy"
         assert kernels.backend(large, large.copy(), large.copy()) == "numba-serial"

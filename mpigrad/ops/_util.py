@@ -29,6 +29,8 @@ def normalize_axis(axis, ndim, what):
     """``axis`` (int, tuple or None) as a sorted tuple of non-negative axes, or None."""
     if axis is None:
         return None
+    if type(axis) is int and -ndim <= axis < ndim:  # the common case, without building a set
+        return (axis % ndim,)
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     out = []
     for a in axes:

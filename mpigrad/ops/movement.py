@@ -142,7 +142,9 @@ class IndexAdd(Function):
         if _is_basic(index):
             out[index] = data(src)  # basic indexing selects each element at most once
         elif isinstance(index, np.ndarray) and index.ndim == 1 and out.ndim >= 1:
-            rows = np.broadcast_to(data(src), (len(index), *shape[1:]))
+            rows = data(src)
+            if rows.shape != (len(index), *shape[1:]):
+                rows = broadcast_view(rows, (len(index), *shape[1:]))
             kernels.scatter_add(out, index, np.ascontiguousarray(rows))
         else:
             np.add.at(out, index, data(src))
@@ -378,6 +380,12 @@ def pad(x, pad_width, value=0.0):
 
 def _pad_pairs(pad_width, ndim):
     """numpy's normalization of ``pad_width``: one ``(before, after)`` pair of ints per axis."""
+    if type(pad_width) is int and pad_width >= 0:  # the common forms, read without numpy
+        return ((pad_width, pad_width),) * ndim
+    if type(pad_width) in (tuple, list) and len(pad_width) == 2:
+        before, after = pad_width
+        if type(before) is int and type(after) is int and before >= 0 and after >= 0:
+            return ((before, after),) * ndim
     try:
         widths = np.asarray(data(pad_width))
     except ValueError:

@@ -1,5 +1,7 @@
 """Neural-network ops: softmax family and losses."""
 
+import math
+
 import numpy as np
 
 from ..function import Function, binary_op, unary_op
@@ -17,12 +19,24 @@ def _stable_logsumexp(x, axes):
     if x.size == 0:
         return np.full(keepdims_shape(x.shape, axes), -np.inf, x.dtype)
     shift = np.maximum.reduce(x, axis=axes, keepdims=True)
-    if not np.isfinite(shift).all():  # an infinite or nan maximum: no shift there
+    if not _all_finite(shift):  # an infinite or nan maximum: no shift there
         shift = np.where(np.isfinite(shift), shift, 0)
         with np.errstate(divide="ignore"):
             return np.log(np.add.reduce(np.exp(x - shift), axis=axes, keepdims=True)) + shift
     # A finite shift makes every sum at least 1: its log raises no warning.
-    return np.log(np.add.reduce(np.exp(x - shift), axis=axes, keepdims=True)) + shift
+    return np.log(np.add.reduce(_exp_shifted(x, shift), axis=axes, keepdims=True)) + shift
+
+
+def _all_finite(a):
+    """Whether every entry of the ndarray ``a`` is finite (one value read as a Python float,
+    which costs a fraction of numpy's test)."""
+    return math.isfinite(a.item()) if a.size == 1 else bool(np.isfinite(a).all())
+
+
+def _exp_shifted(x, shift):
+    """``exp(x - shift)`` in one new array (0-d arrays give a numpy scalar, not an array)."""
+    out = np.subtract(x, shift)
+    return np.exp(out, out=out) if type(out) is np.ndarray else np.asarray(np.exp(out))
 
 
 def _sum_kept(v, axes):
@@ -74,9 +88,9 @@ class Softmax(Function):
             out = np.exp(x)
         else:
             shift = np.maximum.reduce(x, axis=axis, keepdims=True)
-            if np.isfinite(shift).all():
-                e = np.exp(x - shift)
-                out = e / np.add.reduce(e, axis=axis, keepdims=True)
+            if _all_finite(shift):
+                out = _exp_shifted(x, shift)
+                np.divide(out, np.add.reduce(out, axis=axis, keepdims=True), out=out)
             else:
                 out = np.exp(x - _stable_logsumexp(x, axis))
         out = Tensor._make(out)
@@ -117,20 +131,26 @@ class LogSoftmax(Function):
 
 @binary_op
 class CrossEntropy(Function):
-    """out = mean_n(-log softmax(x)[n, target_n]); grad_x = (softmax(x) - onehot) * grad / N"""
+    """out = mean_n(logsumexp(x[n]) - x[n, target_n]); grad_x = (softmax(x) - onehot) * grad / N"""
 
     @staticmethod
     def forward(ctx, x, targets):
-        n = data(x).shape[0]
-        ctx.onehot = np.zeros(data(x).shape, data(x).dtype)
-        ctx.onehot[np.arange(n), targets] = 1
         ctx.save_for_backward(x)
-        logp = data(x) - _stable_logsumexp(data(x), (1,))
-        return -np.sum(logp[np.arange(n), targets]) / n
+        ctx.targets, ctx.rows = targets, np.arange(len(targets))
+        x = data(x)
+        losses = _stable_logsumexp(x, (1,))[:, 0] - x[ctx.rows, targets]
+        return np.add.reduce(losses) / len(targets)
 
     @staticmethod
     def _residual(ctx, x):
-        return softmax(x, axis=1) - constant(ctx.onehot)
+        """softmax(x) - onehot(targets)."""
+        p = Softmax.apply(x, (1,))
+        if type(p) is np.ndarray:  # array mode: a new array of this rule's, written in place
+            p[ctx.rows, ctx.targets] -= 1
+            return p
+        onehot = np.zeros(p.shape, p.dtype)
+        onehot[ctx.rows, ctx.targets] = 1
+        return p - constant(onehot)
 
     @staticmethod
     def backward(ctx, grad):
@@ -141,6 +161,30 @@ class CrossEntropy(Function):
     def jvp(ctx, t, _):
         x = ctx.inputs[0]
         return sum(CrossEntropy._residual(ctx, x) * t) / np.asarray(x.shape[0], x.dtype)
+
+
+@binary_op
+class MseLoss(Function):
+    """out = mean((x - y) ** 2); grad_x = grad * 2 (x - y) / n; grad_y = -grad_x"""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        ctx.save_for_backward(x, y)
+        diff = np.subtract(data(x), data(y))
+        return np.vdot(diff, diff) / diff.size
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y = ctx.saved_tensors
+        need_x, need_y = ctx.needs_input_grad
+        grad_x = (x - y) * (grad * (2.0 / x.size))
+        return (grad_x if need_x else None), (-grad_x if need_y else None)
+
+    @staticmethod
+    def jvp(ctx, tx, ty):
+        x, y = ctx.inputs
+        t = tx if ty is None else -ty if tx is None else tx - ty
+        return mean((x - y) * t) * 2.0
 
 
 def logsumexp(x, axis=None, keepdims=False):
@@ -167,15 +211,14 @@ def cross_entropy(logits, targets):
     if logits.ndim != 2:
         raise ValueError(f"cross_entropy: logits must have shape (N, C), got {logits.shape}")
     n, c = logits.shape
-    targets = data(targets)
-    targets = np.asarray(targets)
+    targets = np.asarray(data(targets))
     if targets.dtype.kind in "iu":
         if targets.shape != (n,):
             raise ValueError(
                 f"cross_entropy: class-index targets must have shape ({n},), got {targets.shape}"
             )
-        bad = (targets < 0) | (targets >= c)
-        if bad.any():
+        if n and (np.minimum.reduce(targets) < 0 or np.maximum.reduce(targets) >= c):
+            bad = (targets < 0) | (targets >= c)
             raise IndexError(
                 f"cross_entropy: target {targets[bad][0]} is out of range for {c} classes"
             )
@@ -195,5 +238,4 @@ def mse_loss(input, target):
             f"mse_loss: input shape {data(input).shape} and target shape {data(target).shape} "
             "differ"
         )
-    diff = input - target
-    return mean(diff * diff)
+    return MseLoss.apply(input, target)

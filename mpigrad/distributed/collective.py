@@ -53,6 +53,17 @@ while it waits (see Note [collectives in a context] in engine.py).
 # writing into them), and the communicator is out of step for good: later collectives raise
 # until destroy() and init().
 
+# Note [collective rules on arrays]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# The Functions of all_reduce, broadcast, all_gather, reduce_scatter and all_to_all declare
+# ``takes_arrays``: their forward computes on arrays (``x.data``), and their backward and jvp
+# rules are adjoint collectives, which take and return arrays or Tensors alike, and arithmetic
+# that numpy and Tensors share.  So a backward that records nothing runs them on arrays, as the
+# built-in rules (Note [array mode] in engine.py), instead of as a user's Function (Tensors in,
+# read-only views out), which was a third of the cost of a small all_reduce's backward.  Their
+# rules return fresh arrays (the collectives' outputs), as that contract requires.  reduce,
+# gather and scatter, whose rules make placeholders off the root, run as users' Functions.
+
 import hashlib
 import json
 import time

@@ -279,13 +279,14 @@ class Call:
                 f"collectives carry tangents of at most {MAX_LEVELS} nested dual levels; "
                 f"{len(levels)} are open"
             )
-        self.seq = comms.collective_calls
-        comms.collective_calls += 1
-        template, scaled = self._template(rule)
+        self.seq = seq = comms.collective_calls
+        comms.collective_calls = seq + 1
+        template, expected = self._template(rule)
         mine = template.copy()
-        seq, adjoint = self.seq & 0xFFFF, (self.adjoint_of + 1) & 0xFFFF
-        call = [seq, seq * seq, adjoint, adjoint * adjoint]
-        mine[_CALL:_SHAPES] = call
+        seq &= 0xFFFF
+        adjoint = (self.adjoint_of + 1) & 0xFFFF
+        mine[_CALL], mine[_CALL + 1] = seq, seq * seq
+        mine[_CALL + 2], mine[_CALL + 3] = adjoint, adjoint * adjoint
         data = self._slot_data()
         if data is not None:
             mine[_SLOT : _SLOT + data.size] = data.reshape(-1)
@@ -294,23 +295,29 @@ class Call:
         self._wait(request, "every rank to join it", mine, summed)
         # Plain lists: at these sizes, faster than numpy's comparisons.
         sums, size = summed[:_SLOT].tolist(), comms.size
-        problems, disabled, recording, *counts = sums[_JOINED:]
         if (
-            problems
-            or sums[:_CALL] != scaled[:_CALL]
-            or sums[_CALL:_SHAPES] != [size * word for word in call]
+            sums[_PROBLEMS]
+            or sums[:_CALL] != expected[:_CALL]
+            or sums[_CALL] != size * seq
+            or sums[_CALL + 1] != size * seq * seq
+            or sums[_CALL + 2] != size * adjoint
+            or sums[_CALL + 3] != size * adjoint * adjoint
         ):
             self._fail(rule)
-        self.same_shapes = sums[_SHAPES:_JOINED] == scaled[_SHAPES:]
-        self.record = record = recording > 0
-        if record and disabled and self.context is not None:
+        self.same_shapes = sums[_SHAPES:_JOINED] == expected[_SHAPES:]
+        self.record = record = sums[_RECORDING] > 0
+        if record and sums[_DISABLED] and self.context is not None:
             self._refuse_disabled()
-        if counts[MAX_LEVELS]:
-            self.root_array = (messages.DTYPES[int(counts[MAX_LEVELS]) - 1], int(counts[-1]) - 1)
+        if sums[_ROOT_DTYPE]:
+            self.root_array = (messages.DTYPES[int(sums[_ROOT_DTYPE]) - 1], int(sums[-1]) - 1)
         if data is not None:
             self.reduced = summed[_SLOT : _SLOT + data.size].reshape(data.shape)
         fill = record and self.recording == 1
-        missing = [i for i in range(len(levels)) if counts[i] and not self.tangents >> i & 1]
+        missing = ()
+        if levels:
+            missing = [
+                i for i in range(len(levels)) if sums[_TANGENTS + i] and not self.tangents >> i & 1
+            ]
         if fill or missing:
             self.anchor = Tensor(np.zeros(()), requires_grad=fill)
             for i in missing:
@@ -322,31 +329,39 @@ class Call:
         root, dtype, shapes, levels and state (see Note [agreed collectives]).  Sets
         ``tangents`` (the levels at which its inputs carry tangents, as bits) and ``recording``
         (the RECORD word)."""
-        tensors, levels, comms = self.tensors, self.levels, self.comms
+        tensors, levels = self.tensors, self.levels
         tangents = 0
-        for t in tensors:
-            for level in t._fw or ():
-                if level in levels:
-                    tangents |= 1 << levels.index(level)
+        if levels:
+            for t in tensors:
+                for level in t._fw or ():
+                    if level in levels:
+                        tangents |= 1 << levels.index(level)
         self.tangents = tangents
-        self.recording = (1 + any(t._requires_grad for t in tensors)) if _State.grad_enabled else 0
+        recording = 0
+        if _State.grad_enabled:
+            recording = 1
+            for t in tensors:
+                if t._requires_grad:
+                    recording = 2
+                    break
+        self.recording = recording
         shapes = None
         if tensors and self.problem is None:
             first = tensors[0]
             shapes = (
                 first.dtype.str,
-                tuple(t.shape for t in tensors) if self.listed else first.shape,
+                tuple([t.shape for t in tensors]) if self.listed else first.shape,
             )
         key = (
-            comms.size,
-            comms.rank,
+            self.comms.size,
+            self.comms.rank,
             rule,
             self.kind,
             self.op,
             self.root,
             len(levels),
             self.problem is not None,
-            self.recording,
+            recording,
             tangents,
             shapes,
         )

@@ -439,7 +439,14 @@ class Call:
         """``function.apply(self, anchor, *xs)``, the op's Function on this agreed call.  A
         recorded call's node ``communicates`` (so that every rank's backward runs it), and inside
         a context it is recorded in the context too (see Note [collectives in a context] in
-        engine.py)."""
+        engine.py).  A call that no rank records and that carries no tangent runs with
+        gradients disabled, Function.apply's shortest path: its result is the same."""
+        if not self.record and not self.levels and _State.grad_enabled:
+            _State.grad_enabled = False
+            try:
+                return function.apply(self, self.anchor, *xs)
+            finally:
+                _State.grad_enabled = True
         out = function.apply(self, self.anchor, *xs)
         if self.record and _State.grad_enabled:
             first = out[0] if isinstance(out, tuple) else out

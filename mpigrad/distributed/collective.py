@@ -289,7 +289,7 @@ class Call:
         mine[_CALL + 2], mine[_CALL + 3] = adjoint, adjoint * adjoint
         data = self._slot_data()
         if data is not None:
-            mine[_SLOT : _SLOT + data.size] = data.reshape(-1)
+            mine[_SLOT : _SLOT + data.size] = data if data.ndim == 1 else data.reshape(-1)
         summed = np.empty(_LENGTH)
         request = comms.collective.Iallreduce(mine, summed, op=MPI.SUM)
         self._wait(request, "every rank to join it", mine, summed)
@@ -311,7 +311,8 @@ class Call:
         if sums[_ROOT_DTYPE]:
             self.root_array = (messages.DTYPES[int(sums[_ROOT_DTYPE]) - 1], int(sums[-1]) - 1)
         if data is not None:
-            self.reduced = summed[_SLOT : _SLOT + data.size].reshape(data.shape)
+            reduced = summed[_SLOT : _SLOT + data.size]
+            self.reduced = reduced if data.ndim == 1 else reduced.reshape(data.shape)
         fill = record and self.recording == 1
         missing = ()
         if levels:
@@ -349,7 +350,7 @@ class Call:
         if tensors and self.problem is None:
             first = tensors[0]
             shapes = (
-                first.dtype.str,
+                first.dtype,
                 tuple([t.shape for t in tensors]) if self.listed else first.shape,
             )
         key = (

@@ -60,9 +60,10 @@ while it waits (see Note [collectives in a context] in engine.py).
 # rules are adjoint collectives, which take and return arrays or Tensors alike, and arithmetic
 # that numpy and Tensors share.  So a backward that records nothing runs them on arrays, as the
 # built-in rules (Note [array mode] in engine.py), instead of as a user's Function (Tensors in,
-# read-only views out), which was a third of the cost of a small all_reduce's backward.  Their
-# rules return fresh arrays (the collectives' outputs), as that contract requires.  reduce,
-# gather and scatter, whose rules make placeholders off the root, run as users' Functions.
+# read-only views out: on one rank, 5 of the 103 us of an 8 B all_reduce's forward and
+# backward).  Their rules return fresh arrays (the collectives' outputs), as that contract
+# requires.  reduce, gather and scatter, whose rules make placeholders off the root, run as
+# users' Functions.
 
 import hashlib
 import json

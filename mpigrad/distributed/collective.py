@@ -53,6 +53,18 @@ while it waits (see Note [collectives in a context] in engine.py).
 # writing into them), and the communicator is out of step for good: later collectives raise
 # until destroy() and init().
 
+# Note [collective rules on arrays]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# The Functions of all_reduce, broadcast, all_gather, reduce_scatter and all_to_all declare
+# ``takes_arrays``: their forward computes on arrays (``x.data``), and their backward and jvp
+# rules are adjoint collectives, which take and return arrays or Tensors alike, and arithmetic
+# that numpy and Tensors share.  So a backward that records nothing runs them on arrays, as the
+# built-in rules (Note [array mode] in engine.py), instead of as a user's Function (Tensors in,
+# read-only views out: on one rank, 5 of the 103 us of an 8 B all_reduce's forward and
+# backward).  Their rules return fresh arrays (the collectives' outputs), as that contract
+# requires.  reduce, gather and scatter, whose rules make placeholders off the root, run as
+# users' Functions.
+
 import hashlib
 import json
 import time
@@ -268,38 +280,46 @@ class Call:
                 f"collectives carry tangents of at most {MAX_LEVELS} nested dual levels; "
                 f"{len(levels)} are open"
             )
-        self.seq = comms.collective_calls
-        comms.collective_calls += 1
-        template, scaled = self._template(rule)
+        self.seq = seq = comms.collective_calls
+        comms.collective_calls = seq + 1
+        template, expected = self._template(rule)
         mine = template.copy()
-        seq, adjoint = self.seq & 0xFFFF, (self.adjoint_of + 1) & 0xFFFF
-        call = [seq, seq * seq, adjoint, adjoint * adjoint]
-        mine[_CALL:_SHAPES] = call
+        seq &= 0xFFFF
+        adjoint = (self.adjoint_of + 1) & 0xFFFF
+        mine[_CALL], mine[_CALL + 1] = seq, seq * seq
+        mine[_CALL + 2], mine[_CALL + 3] = adjoint, adjoint * adjoint
         data = self._slot_data()
         if data is not None:
-            mine[_SLOT : _SLOT + data.size] = data.reshape(-1)
+            mine[_SLOT : _SLOT + data.size] = data if data.ndim == 1 else data.reshape(-1)
         summed = np.empty(_LENGTH)
         request = comms.collective.Iallreduce(mine, summed, op=MPI.SUM)
         self._wait(request, "every rank to join it", mine, summed)
         # Plain lists: at these sizes, faster than numpy's comparisons.
         sums, size = summed[:_SLOT].tolist(), comms.size
-        problems, disabled, recording, *counts = sums[_JOINED:]
         if (
-            problems
-            or sums[:_CALL] != scaled[:_CALL]
-            or sums[_CALL:_SHAPES] != [size * word for word in call]
+            sums[_PROBLEMS]
+            or sums[:_CALL] != expected[:_CALL]
+            or sums[_CALL] != size * seq
+            or sums[_CALL + 1] != size * seq * seq
+            or sums[_CALL + 2] != size * adjoint
+            or sums[_CALL + 3] != size * adjoint * adjoint
         ):
             self._fail(rule)
-        self.same_shapes = sums[_SHAPES:_JOINED] == scaled[_SHAPES:]
-        self.record = record = recording > 0
-        if record and disabled and self.context is not None:
+        self.same_shapes = sums[_SHAPES:_JOINED] == expected[_SHAPES:]
+        self.record = record = sums[_RECORDING] > 0
+        if record and sums[_DISABLED] and self.context is not None:
             self._refuse_disabled()
-        if counts[MAX_LEVELS]:
-            self.root_array = (messages.DTYPES[int(counts[MAX_LEVELS]) - 1], int(counts[-1]) - 1)
+        if sums[_ROOT_DTYPE]:
+            self.root_array = (messages.DTYPES[int(sums[_ROOT_DTYPE]) - 1], int(sums[-1]) - 1)
         if data is not None:
-            self.reduced = summed[_SLOT : _SLOT + data.size].reshape(data.shape)
+            reduced = summed[_SLOT : _SLOT + data.size]
+            self.reduced = reduced if data.ndim == 1 else reduced.reshape(data.shape)
         fill = record and self.recording == 1
-        missing = [i for i in range(len(levels)) if counts[i] and not self.tangents >> i & 1]
+        missing = ()
+        if levels:
+            missing = [
+                i for i in range(len(levels)) if sums[_TANGENTS + i] and not self.tangents >> i & 1
+            ]
         if fill or missing:
             self.anchor = Tensor(np.zeros(()), requires_grad=fill)
             for i in missing:
@@ -311,31 +331,39 @@ class Call:
         root, dtype, shapes, levels and state (see Note [agreed collectives]).  Sets
         ``tangents`` (the levels at which its inputs carry tangents, as bits) and ``recording``
         (the RECORD word)."""
-        tensors, levels, comms = self.tensors, self.levels, self.comms
+        tensors, levels = self.tensors, self.levels
         tangents = 0
-        for t in tensors:
-            for level in t._fw or ():
-                if level in levels:
-                    tangents |= 1 << levels.index(level)
+        if levels:
+            for t in tensors:
+                for level in t._fw or ():
+                    if level in levels:
+                        tangents |= 1 << levels.index(level)
         self.tangents = tangents
-        self.recording = (1 + any(t._requires_grad for t in tensors)) if _State.grad_enabled else 0
+        recording = 0
+        if _State.grad_enabled:
+            recording = 1
+            for t in tensors:
+                if t._requires_grad:
+                    recording = 2
+                    break
+        self.recording = recording
         shapes = None
         if tensors and self.problem is None:
             first = tensors[0]
             shapes = (
-                first.dtype.str,
-                tuple(t.shape for t in tensors) if self.listed else first.shape,
+                first.dtype,
+                tuple([t.shape for t in tensors]) if self.listed else first.shape,
             )
         key = (
-            comms.size,
-            comms.rank,
+            self.comms.size,
+            self.comms.rank,
             rule,
             self.kind,
             self.op,
             self.root,
             len(levels),
             self.problem is not None,
-            self.recording,
+            recording,
             tangents,
             shapes,
         )
@@ -413,7 +441,14 @@ class Call:
         """``function.apply(self, anchor, *xs)``, the op's Function on this agreed call.  A
         recorded call's node ``communicates`` (so that every rank's backward runs it), and inside
         a context it is recorded in the context too (see Note [collectives in a context] in
-        engine.py)."""
+        engine.py).  A call that no rank records and that carries no tangent runs with
+        gradients disabled, Function.apply's shortest path: its result is the same."""
+        if not self.record and not self.levels and _State.grad_enabled:
+            _State.grad_enabled = False
+            try:
+                return function.apply(self, self.anchor, *xs)
+            finally:
+                _State.grad_enabled = True
         out = function.apply(self, self.anchor, *xs)
         if self.record and _State.grad_enabled:
             first = out[0] if isinstance(out, tuple) else out

@@ -22,6 +22,8 @@ __all__ = ["all_gather", "AllGather"]
 class AllGather(Function):
     """out[j] = x on rank j; grad_x = the sum over the ranks of grad[this rank]"""
 
+    takes_arrays = True  # Note [collective rules on arrays] in collective.py
+
     @staticmethod
     def forward(ctx, call, anchor, x):
         ctx.call = call

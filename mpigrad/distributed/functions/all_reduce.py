@@ -26,6 +26,8 @@ __all__ = ["all_reduce", "AllReduce"]
 class AllReduce(Function):
     """out = op over the ranks of x; see the module docstring for grad_x and the tangent"""
 
+    takes_arrays = True  # Note [collective rules on arrays] in collective.py
+
     @staticmethod
     def forward(ctx, call, anchor, x):
         ctx.call = call
@@ -65,7 +67,7 @@ def _sum_and_count(t, hits, adjoint_of=-1):
     """The sums over the ranks of ``t`` and of ``hits`` (1 where a rank holds the extreme: the
     number of ranks holding it, made at least 1), in one all_reduce."""
     both = _all_reduce(stack([t, hits]), "sum", adjoint_of=adjoint_of)
-    return both[0], np.maximum(both.data[1], 1)
+    return both[0], np.maximum(np.asarray(both)[1], 1)
 
 
 def _others(x, rank, adjoint_of=-1):
@@ -76,7 +78,7 @@ def _others(x, rank, adjoint_of=-1):
     for r, piece in enumerate(_all_gather(x, adjoint_of=adjoint_of)):
         if r != rank:
             product = piece if product is None else product * piece
-    return Tensor._make(np.ones(x.shape, x.dtype)) if product is None else product
+    return np.ones(x.shape, x.dtype) if product is None else product
 
 
 def all_reduce(x: Tensor | np.ndarray, op: str = "sum", timeout: float | None = None) -> Tensor:

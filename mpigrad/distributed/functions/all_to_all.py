@@ -22,6 +22,8 @@ __all__ = ["all_to_all", "AllToAll"]
 class AllToAll(Function):
     """out[j] = xs[this rank] of rank j; grad_xs[j] = the grad of out[this rank] on rank j"""
 
+    takes_arrays = True  # Note [collective rules on arrays] in collective.py
+
     @staticmethod
     def forward(ctx, call, anchor, *xs):
         ctx.call = call

@@ -22,6 +22,8 @@ __all__ = ["broadcast", "Broadcast"]
 class Broadcast(Function):
     """out = x on rank src, on every rank; grad_x = the sum of every rank's grad on src"""
 
+    takes_arrays = True  # Note [collective rules on arrays] in collective.py
+
     @staticmethod
     def forward(ctx, call, anchor, x):
         ctx.call = call

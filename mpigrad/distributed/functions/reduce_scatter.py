@@ -27,6 +27,8 @@ __all__ = ["reduce_scatter", "ReduceScatter"]
 class ReduceScatter(Function):
     """out = the sum (or average) over the ranks of xs[this rank]; grad_xs = all_gather(grad)"""
 
+    takes_arrays = True  # Note [collective rules on arrays] in collective.py
+
     @staticmethod
     def forward(ctx, call, anchor, *xs):
         ctx.call = call

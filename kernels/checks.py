@@ -4,8 +4,6 @@ The checks read only ``shape``, ``dtype`` and ``ndim``, so they serve NumPy and 
 alike. They run before any backend touches memory: a call that raises leaves ``dst`` unchanged.
 """
 
-import numpy as np
-
 __all__ = ["check_addend", "check_scatter", "out_of_range"]
 
 
@@ -26,7 +24,7 @@ def check_scatter(dst, index, src):
     not 1-D, ``src.shape != (len(index), *dst.shape[1:])`` or the dtypes of ``dst`` and ``src``
     differ. Index values are checked by the backend, which reports through ``out_of_range``.
     """
-    if not np.issubdtype(index.dtype, np.integer):
+    if index.dtype.kind not in "iu":  # np.issubdtype's answer, at a tenth of its cost
         raise TypeError(f"scatter_add: index must have an integer dtype, got {index.dtype}")
     if index.ndim != 1:
         raise ValueError(f"scatter_add: index must be 1-D, got shape {index.shape}")

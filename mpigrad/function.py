@@ -29,6 +29,7 @@ __all__ = [
     "BackwardNode",
     "unary_op",
     "binary_op",
+    "variadic_op",
     "linear",
     "multilinear",
     "elementwise",
@@ -237,7 +238,8 @@ class Function:
 
 
 # Note [short record path]: recording an op is most of its cost on small tensors.  The common
-# built-in ops are decorated with ``unary_op`` or ``binary_op``, which replace their ``apply``
+# built-in ops are decorated with ``unary_op``, ``binary_op`` or ``variadic_op``, which replace
+# their ``apply``
 # with one that does the usual case (grad mode on, no dual level open, an input that requires
 # grad, one array out) in a few lines, and a call that records nothing (a rule in the backward
 # pass) in one; an open dual level goes to the general ``Function.apply``.  What they build is
@@ -307,6 +309,34 @@ def binary_op(cls):
                     ctx.input_meta = (meta_x, meta_y)
                 return _recorded(ctx, raw, (meta_x if need_x else meta_y) is None, made)
         return _unrecorded(forward(FunctionCtx(), x, y), (x, y))
+
+    op.short_path_of = cls
+    cls.apply = staticmethod(op)
+    return cls
+
+
+def variadic_op(cls):
+    """Class decorator: ``cls.apply(*args)`` takes the short record path; for an op of any
+    number of arguments, any of which may be a Tensor (``where``, ``cat``, ``stack``).
+    Declares ``cls.takes_arrays``."""
+    _declare_takes_arrays(cls)
+    node_cls, forward, apply = cls._backward_cls, cls.forward, cls.apply
+
+    def op(*args):
+        if _levels:
+            return apply(*args)
+        if _State.grad_enabled:
+            needs = tuple([isinstance(a, Tensor) and a._requires_grad for a in args])
+            if True in needs:
+                ctx = _new(node_cls)
+                ctx.sequence_nr = next_sequence_nr()
+                ctx.needs_input_grad = needs
+                raw = forward(ctx, *args)
+                if type(raw) is not np.ndarray:
+                    return _outputs(cls, ctx, args, raw, True, None)
+                _record_inputs(ctx, args, needs, raw)
+                return _recorded(ctx, raw)
+        return _unrecorded(forward(FunctionCtx(), *args), args)
 
     op.short_path_of = cls
     cls.apply = staticmethod(op)
@@ -504,10 +534,14 @@ def _edge(tensor, out=None):
 def _record_inputs(ctx, args, needs, out=None):
     """Set the node's edges to its inputs' gradients and its ``input_meta`` (see ``_edge``; None
     for the whole when no entry is set)."""
-    inputs = [_edge(a, out) if need else _NO_INPUT for a, need in zip(args, needs)]
-    ctx.next_functions = tuple([edge for edge, _ in inputs])
-    meta = tuple([m for _, m in inputs])
-    ctx.input_meta = None if meta.count(None) == len(meta) else meta
+    edges, metas, any_meta = [], [], False
+    for a, need in zip(args, needs):
+        edge, meta = _edge(a, out) if need else _NO_INPUT
+        edges.append(edge)
+        metas.append(meta)
+        any_meta = any_meta or meta is not None
+    ctx.next_functions = tuple(edges)
+    ctx.input_meta = tuple(metas) if any_meta else None
 
 
 def _record(ctx, args, outputs):

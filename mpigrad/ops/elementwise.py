@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..function import Function, binary_op, elementwise, linear, multilinear, unary_op
+from ..function import Function, binary_op, elementwise, linear, multilinear, unary_op, variadic_op
 from ..tensor import Tensor
 from ._util import constant, data, plus
 
@@ -330,11 +330,10 @@ class Minimum(_Select):
     larger = False
 
 
+@variadic_op
 @linear(fixed=(0,))
 class Where(Function):
     """out = x where cond else y; grad_x = grad where cond; grad_y = grad where not cond"""
-
-    takes_arrays = True
 
     @staticmethod
     def forward(ctx, cond, x, y):

@@ -3,7 +3,7 @@
 import numpy as np
 
 from .. import kernels
-from ..function import Function, linear, unary_op
+from ..function import Function, linear, unary_op, variadic_op
 from ..grad_mode import _State
 from ..slice_grad import SliceGrad
 from ..tensor import Tensor
@@ -70,6 +70,8 @@ class Permute(Function):
         inverse = [0] * len(ctx.axes)
         for i, axis in enumerate(ctx.axes):
             inverse[axis] = i
+        if type(grad) is np.ndarray:  # array mode: no op to record
+            return grad.transpose(inverse), None
         return Permute.apply(grad, tuple(inverse)), None
 
 
@@ -155,28 +157,31 @@ class IndexAdd(Function):
         return GetItem.apply(grad, ctx.index), None, None
 
 
+@variadic_op
 @linear(fixed=(0,))
 class Cat(Function):
     """out = concatenate(xs, axis); grad_xs = the matching slices of grad"""
 
-    takes_arrays = True
-
     @staticmethod
     def forward(ctx, axis, *xs):
+        arrays = [data(x) for x in xs]
         ctx.axis = axis
-        ctx.sizes = [data(x).shape[axis] for x in xs]
-        return np.concatenate([data(x) for x in xs], axis=axis)
+        ctx.sizes = [a.shape[axis] for a in arrays]
+        return np.concatenate(arrays, axis=axis)
 
     @staticmethod
     def backward(ctx, grad):
-        return (None, *split(grad, ctx.sizes, ctx.axis))
+        lead, pieces, start = (slice(None),) * ctx.axis, [None], 0
+        for size in ctx.sizes:
+            pieces.append(grad[lead + (slice(start, start + size),)])
+            start += size
+        return tuple(pieces)
 
 
+@variadic_op
 @linear(fixed=(0,))
 class Stack(Function):
     """out = xs stacked along a new axis; grad_xs = grad's entries along it, in order"""
-
-    takes_arrays = True
 
     @staticmethod
     def forward(ctx, axis, *xs):
@@ -255,7 +260,9 @@ def permute(x, *axes):
     """Reorder the axes: ``out.shape[i] == x.shape[axes[i]]`` (torch's ``permute``)."""
     if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
         axes = axes[0]
-    ndim = x.ndim
+    ndim = x.data.ndim
+    if type(axes) is tuple and all(type(a) is int for a in axes) and sorted(axes) == [*range(ndim)]:
+        return Permute.apply(x, axes)  # the common case: already non-negative Python ints
     # An axis out of range becomes ndim, which no permutation holds.
     normalized = tuple([a % ndim if -ndim <= a < ndim else ndim for a in map(int, axes)])
     if sorted(normalized) != list(range(ndim)):
@@ -265,8 +272,10 @@ def permute(x, *axes):
 
 def transpose(x, axis0, axis1):
     """Swap two axes (torch's ``transpose``)."""
-    (axis0,), (axis1,) = (normalize_axis(a, x.ndim, "transpose") for a in (axis0, axis1))
-    axes = list(range(x.ndim))
+    ndim = x.data.ndim
+    (axis0,) = normalize_axis(axis0, ndim, "transpose")
+    (axis1,) = normalize_axis(axis1, ndim, "transpose")
+    axes = [*range(ndim)]
     if axes:  # a 0-d tensor has only axis 0 (or -1), as in torch
         axes[axis0], axes[axis1] = axes[axis1], axes[axis0]
     return Permute.apply(x, tuple(axes))

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..function import Function, linear, unary_op
 from ._util import constant, data, keepdims_shape, normalize_axis
-from .movement import broadcast_to
+from .movement import broadcast_to, broadcast_view
 
 __all__ = ["sum", "mean", "max", "min", "sum_to"]
 
@@ -25,7 +25,7 @@ class Sum(Function):
     @staticmethod
     def backward(ctx, grad):
         grad = grad.reshape(keepdims_shape(ctx.shape, ctx.axes))
-        return broadcast_to(grad, ctx.shape), None, None
+        return _spread(grad, ctx.shape), None, None
 
 
 @unary_op
@@ -44,7 +44,7 @@ class Mean(Function):
     @staticmethod
     def backward(ctx, grad):
         grad = grad.reshape(keepdims_shape(ctx.shape, ctx.axes)) / ctx.count
-        return broadcast_to(grad, ctx.shape), None, None
+        return _spread(grad, ctx.shape), None, None
 
 
 class _Extreme(Function):
@@ -107,7 +107,13 @@ class SumTo(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return broadcast_to(grad, ctx.shape), None
+        return _spread(grad, ctx.shape), None
+
+
+def _spread(grad, shape):
+    """``broadcast_to(grad, shape)``; an array (array mode) is viewed directly, as there is no
+    op to record."""
+    return broadcast_view(grad, shape) if type(grad) is np.ndarray else broadcast_to(grad, shape)
 
 
 def sum(x, axis=None, keepdims=False):

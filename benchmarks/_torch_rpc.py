@@ -1,8 +1,8 @@
 """torch.distributed.autograd's one-hop backward: bench_p2p's torch baseline.
 
-Not a benchmark: ``bench_p2p.py`` imports it.  ``start`` brings up torch's RPC (TensorPipe over
-TCP on 127.0.0.1, the port chosen by rank 0 and broadcast over MPI) on every rank; ``OneHop``'s
-call is one sample: rank 1 fetches rank 0's leaf ``x`` by ``rpc_sync`` inside a distributed
+Not a benchmark: ``bench_p2p.py`` imports it.  ``available`` says whether torch is there;
+``start`` brings up torch's RPC (TensorPipe over TCP on 127.0.0.1, the port chosen by rank 0 and
+broadcast over MPI) on every rank; ``OneHop``'s call is one sample: rank 1 fetches rank 0's leaf ``x`` by ``rpc_sync`` inside a distributed
 autograd context (which records a send on rank 0 and a recv on rank 1, as ``dist.send`` and
 ``dist.recv`` do) and computes ``(y * w).sum()``; rank 1's ``dist_autograd.backward`` is timed:
 it sends the gradient to rank 0 and returns once rank 0 has accumulated it, torch's FAST mode.
@@ -11,6 +11,7 @@ threads do its part while it waits idle in an ``Ibarrier`` (a rank spinning in M
 the core its RPC threads need).  ``stop`` shuts RPC down on every rank.
 """
 
+import importlib.util
 import socket
 import time
 
@@ -23,28 +24,31 @@ def _leaf():
     return _LEAF["x"]
 
 
+def available(comm):
+    """Whether torch's RPC can be imported, as rank 0 finds (collective: every rank gets its
+    answer)."""
+    found = None
+    if comm.rank == 0:
+        found = importlib.util.find_spec("torch") is not None
+    return comm.bcast(found, root=0)
+
+
 def start(comm):
-    """Start torch RPC on every rank of ``comm`` (collective); False where torch is missing (on
-    every rank alike: rank 0 decides)."""
-    try:
-        import torch.distributed.rpc as rpc
-    except ImportError:
-        rpc = None
+    """Start torch RPC on every rank of ``comm`` (collective), where ``available``."""
+    import torch.distributed.rpc as rpc
+
     port = None
-    if comm.rank == 0 and rpc is not None:
+    if comm.rank == 0:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
     port = comm.bcast(port, root=0)
-    if port is None:
-        return False
     options = rpc.TensorPipeRpcBackendOptions(
         init_method=f"tcp://127.0.0.1:{port}", num_worker_threads=2
     )
     rpc.init_rpc(
         f"worker{comm.rank}", rank=comm.rank, world_size=comm.size, rpc_backend_options=options
     )
-    return True
 
 
 def stop():

@@ -22,7 +22,9 @@ in the same rounds:
 - ``torch``: where torch is installed (``--no-torch`` leaves it out), the one-hop backward in
   ``torch.distributed.autograd`` over its RPC (``_torch_rpc.py``): rank 1 fetches rank 0's
   ``x`` by ``rpc_sync`` in a context and runs the backward of ``(y * w).sum()``, which sends the
-  gradient to rank 0 and returns once rank 0 has accumulated it.
+  gradient to rank 0 and returns once rank 0 has accumulated it.  It runs after mpigrad's rounds,
+  in rounds of its own: while torch's RPC is up, its threads take CPU from whatever runs beside
+  them (raw one-way at 8 B went from 5 to 30 us).
 
 Every subject runs again with the same shapes, as a training or time-stepping loop does; warm-up
 rounds go untimed, so the times are of the later passes.  Ratios: forward / (hops x raw
@@ -103,7 +105,7 @@ def pingpong(send, recv):
 class Exchange:
     """Arrays and subjects for one size; every subject is called on every rank."""
 
-    def __init__(self, nbytes, torch):
+    def __init__(self, nbytes):
         self.n = max(1, nbytes // 8)
         rng = np.random.default_rng(1)  # the same w on every rank
         self.w_array = rng.standard_normal(self.n)
@@ -111,13 +113,10 @@ class Exchange:
         self.x = mg.tensor(rng.standard_normal(self.n), requires_grad=True)
         self.send_buffer = np.ones(self.n)
         self.recv_buffer = np.empty(self.n)
-        self.torch = _torch_rpc.OneHop(comm, self.w_array) if torch else None
         self.floor_buffers = np.empty(self.n), np.empty(self.n)
 
     def subjects(self):
-        torch = {"torch": self.torch} if self.torch else {}
         return {
-            **torch,
             "raw": lambda: pingpong(self.send_buffer, lambda: self.recv_buffer),
             "raw fresh": lambda: pingpong(self.send_buffer, lambda: np.empty(self.n)),
             "manual": self.manual,
@@ -209,17 +208,15 @@ def reps_for(nbytes, quick):
     return max(25, min(1000, (1 << 28) // nbytes))
 
 
-def run_size(nbytes, reps, torch):
+def run_size(nbytes, reps):
     """Rank 0: per series (a subject, or its forward or backward), the slowest rank's summary in
     us and median minor page faults; None elsewhere."""
-    exchange = Exchange(nbytes, torch)
+    exchange = Exchange(nbytes)
     exchange.manual(check=True)
     exchange.local(1, check=True)
     exchange.local(2.0, check=True)
     exchange.one_hop(check=True)
     exchange.two_hop(check=True)
-    if torch:
-        exchange.torch(check=True)
     warmup = 3 if nbytes >= MI else 20
     samples = _common.interleave(exchange.subjects(), reps, warmup, MPI.Wtime, comm)
     slowest = _common.slowest_rank(samples, comm)
@@ -240,12 +237,32 @@ def run_size(nbytes, reps, torch):
         stats[key].update(
             baseline=baseline, baseline_median=round(value, 3), ratio=ratio, noise=noise
         )
-    if torch:
-        one_hop, theirs = stats["one-hop backward"], stats["torch"]
-        faster = round(theirs["median"] / one_hop["median"], 3)
-        one_hop.update(torch_median=theirs["median"], faster_than_torch=faster)
-        one_hop["torch_noise"] = _common.noise(faster, one_hop, theirs)
     return stats
+
+
+def torch_one_hop(runs):
+    """Rank 0: torch's one-hop backward per size of ``runs`` (``{nbytes: reps}``), the slowest
+    rank's summary in us, timed in rounds of its own with torch's RPC up; None elsewhere."""
+    _torch_rpc.start(comm)
+    found = {}
+    for nbytes, reps in runs.items():
+        one_hop = _torch_rpc.OneHop(comm, Exchange(nbytes).w_array)
+        one_hop(check=True)
+        samples = _common.interleave({"torch": one_hop}, reps, 20, MPI.Wtime, comm)
+        slowest = _common.slowest_rank(samples, comm)
+        if slowest is not None:
+            found[nbytes] = _common.summary(slowest["torch"]["time"], 1e6)
+    _torch_rpc.stop()
+    return found if rank == 0 else None
+
+
+def compare_with_torch(stats, theirs):
+    """Add torch's series to one size's ``stats`` and the ratio to mpigrad's one-hop backward."""
+    one_hop = stats["one-hop backward"]
+    stats["torch"] = theirs
+    faster = round(theirs["median"] / one_hop["median"], 3)
+    one_hop.update(torch_median=theirs["median"], faster_than_torch=faster)
+    one_hop["torch_noise"] = _common.noise(faster, one_hop, theirs)
 
 
 # Series: (baseline, the hops of raw one-way and the local series that the baseline adds up).
@@ -266,35 +283,34 @@ def main_mode(args):
     if size < 2:
         sys.exit("bench_p2p needs 2 ranks: mpiexec -n 2 python benchmarks/bench_p2p.py")
     dist.init()
-    torch = not args.no_torch and _torch_rpc.start(comm)
-    results = {}
-    if rank == 0:
-        report = _common.Report(args, comm, torch=torch)
-        table = _common.Table(
-            "bytes:9 raw:9.1f fresh:9.1f manual:9.1f local_1:9.1f local_2:9.1f x:5.2f "
-            "faults:6.0f floor_2:9.1f 1hop_fwd:9.1f x:5.2f 1hop_bwd:9.1f x:5.2f 2hop_fwd:9.1f "
-            "x:5.2f 2hop_bwd:9.1f x:5.2f torch:9.1f /1hop:6.1f",
-            note="median us, slowest rank; x: ratio to the baseline (local 2: floor 2; hops x "
-            "raw one-way, + local n for a backward); faults: minor page faults of a local 2 "
-            "call; torch: its one-hop backward, /1hop: over mpigrad's",
-        )
-    for nbytes in args.sizes or (QUICK_SIZES if args.quick else SIZES):
-        reps = args.reps or reps_for(nbytes, args.quick)
-        stats = run_size(nbytes, reps, torch)
-        if rank != 0:
-            continue
-        results[nbytes] = stats
+    torch = not args.no_torch and _torch_rpc.available(comm)
+    sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
+    runs = {nbytes: args.reps or reps_for(nbytes, args.quick) for nbytes in sizes}
+    results = {nbytes: run_size(nbytes, reps) for nbytes, reps in runs.items()}
+    theirs = torch_one_hop(runs) if torch else {}
+    if rank != 0:
+        return
+    report = _common.Report(args, comm, torch=torch)
+    table = _common.Table(
+        "bytes:9 raw:9.1f fresh:9.1f manual:9.1f local_1:9.1f local_2:9.1f x:5.2f "
+        "faults:6.0f floor_2:9.1f 1hop_fwd:9.1f x:5.2f 1hop_bwd:9.1f x:5.2f 2hop_fwd:9.1f "
+        "x:5.2f 2hop_bwd:9.1f x:5.2f torch:9.1f /1hop:6.1f",
+        note="median us, slowest rank; x: ratio to the baseline (local 2: floor 2; hops x "
+        "raw one-way, + local n for a backward); faults: minor page faults of a local 2 "
+        "call; torch: its one-hop backward (rounds of its own), /1hop: over mpigrad's",
+    )
+    for nbytes, stats in results.items():
+        if nbytes in theirs:
+            compare_with_torch(stats, theirs[nbytes])
         for key, s in stats.items():
-            report.record(case="p2p", subject=key, bytes=nbytes, reps=reps, unit="us", **s)
+            report.record(case="p2p", subject=key, bytes=nbytes, reps=runs[nbytes], unit="us", **s)
         local = stats["local 2"]
         local = local["median"], local["ratio"], local["faults"], stats["floor 2"]["median"]
         hops = [stats[key][field] for key in HOPS for field in ("median", "ratio")]
-        theirs = [stats["one-hop backward"].get(k) for k in ("torch_median", "faster_than_torch")]
-        table.row(nbytes, *(stats[key]["median"] for key in ALONE), *local, *hops, *theirs)
-    if torch:
-        _torch_rpc.stop()
-    if rank != 0:
-        return
+        torch_row = [
+            stats["one-hop backward"].get(k) for k in ("torch_median", "faster_than_torch")
+        ]
+        table.row(nbytes, *(stats[key]["median"] for key in ALONE), *local, *hops, *torch_row)
     if 64 * MI in results:
         s = results[64 * MI]["one-hop backward"]
         name = "one-hop backward at 64 MiB / (raw one-way + local 1)"

@@ -53,22 +53,30 @@ class LogSumExp(Function):
 
     @staticmethod
     def forward(ctx, x, axes, keepdims):
-        ctx.axes, ctx.shape = axes, data(x).shape
+        ctx.axes = axes
         ctx.save_for_backward(x)
-        out = _stable_logsumexp(data(x), axes)
+        out = ctx.logsumexp = _stable_logsumexp(data(x), axes)
         return out if keepdims else out.reshape(_squeezed(out.shape, axes))
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        grad = grad.reshape(keepdims_shape(ctx.shape, ctx.axes))
-        return grad * Softmax.apply(x, ctx.axes), None, None
+        grad = grad.reshape(ctx.logsumexp.shape)
+        return grad * _softmax(ctx, x, ctx.axes), None, None
 
     @staticmethod
     def jvp(ctx, t, *_):
         x, _, keepdims = ctx.inputs
         out = _sum_kept(t * Softmax.apply(x, ctx.axes), ctx.axes)
         return out if keepdims else Reshape.apply(out, _squeezed(out.shape, ctx.axes))
+
+
+def _softmax(ctx, x, axes):
+    """softmax(x) over ``axes``: in array mode exp(x - logsumexp) from the ``ctx.logsumexp`` that
+    forward kept (two numpy calls), else the differentiable ``Softmax``."""
+    if type(x) is np.ndarray:
+        return np.exp(np.subtract(x, ctx.logsumexp))
+    return Softmax.apply(x, axes)
 
 
 def _squeezed(shape, axes):
@@ -153,11 +161,10 @@ class CrossEntropy(Function):
     @staticmethod
     def _residual(ctx, x):
         """softmax(x) - onehot(targets)."""
-        if type(x) is np.ndarray:  # array mode: softmax from forward's logsumexp, in a new array
-            p = np.exp(np.subtract(x, ctx.logsumexp))
+        p = _softmax(ctx, x, (1,))
+        if type(p) is np.ndarray:  # array mode: a new array of this rule's, written in place
             p[ctx.rows, ctx.targets] -= 1
             return p
-        p = Softmax.apply(x, (1,))
         onehot = np.zeros(p.shape, p.dtype)
         onehot[ctx.rows, ctx.targets] = 1
         return p - constant(onehot)

@@ -96,6 +96,10 @@ class BackwardNode(FunctionCtx, Node):
         to_save = self._saved
         if not to_save:
             return
+        if len(to_save) == 1 and to_save[0] is outputs[0]:  # an op that saves its one output
+            self._saved = (_SavedOutput(outputs[0], 0),)
+            self._saved_outputs = True
+            return
         packed = list(to_save)
         for i, t in enumerate(to_save):
             for nr, o in enumerate(outputs):
@@ -110,6 +114,9 @@ class BackwardNode(FunctionCtx, Node):
         if self.released:
             raise RuntimeError(f"{self.name()}: {RETAIN_GRAPH_HINT}")
         if _State.array_mode:
+            if len(self._saved) == 1:
+                s = self._saved[0]
+                return (s.data if type(s) is Tensor or type(s) is _SavedOutput else s,)
             return tuple(
                 [s.data if type(s) is Tensor or type(s) is _SavedOutput else s for s in self._saved]
             )
@@ -348,10 +355,13 @@ def _made_array(raw, *args):
     0-d result (a numpy scalar) as an array, or the data of a Tensor it made, its only output
     (saved for backward, say); None for anything else (several outputs, an input returned),
     which the general path wraps."""
+    if type(raw) is Tensor:
+        for a in args:
+            if raw is a:
+                return None
+        return raw.data if type(raw.data) is np.ndarray else None
     if isinstance(raw, np.generic):
         return np.asarray(raw)
-    if type(raw) is Tensor and type(raw.data) is np.ndarray and not any(raw is a for a in args):
-        return raw.data
     return None
 
 

@@ -265,7 +265,7 @@ class Sigmoid(Function):
 
     @staticmethod
     def forward(ctx, x):
-        out = Tensor._make(np.asarray(np.exp(-np.logaddexp(0, -data(x)))))
+        out = Tensor._make(np.asarray(np.exp(np.negative(np.logaddexp(0, np.negative(data(x)))))))
         ctx.save_for_backward(out)
         return out
 
@@ -286,15 +286,16 @@ class Relu(Function):
 
     @staticmethod
     def derivative(ctx, g, x):
-        return g * constant(data(x) > 0)
+        return g * constant(np.greater(data(x), 0.0))
 
 
 def _selection_weights(x, y, larger):
-    """Where x wins 1, where y wins 0, ties 0.5 (the gradient of a tie is split, as in torch)."""
+    """Where x wins 1, where y wins 0, ties 0.5 (the gradient of a tie is split, as in torch):
+    half of (x wins) + (x wins or ties), which is 0 where either side is NaN."""
     xd, yd = data(x), data(y)
-    wins = np.greater(xd, yd) if larger else np.less(xd, yd)
-    dtype = np.result_type(xd, yd)
-    return constant(np.where(wins, 1.0, np.where(np.equal(xd, yd), 0.5, 0.0)).astype(dtype))
+    wins, holds = (np.greater, np.greater_equal) if larger else (np.less, np.less_equal)
+    w = np.add(wins(xd, yd), holds(xd, yd), dtype=np.result_type(xd, yd))
+    return constant(np.multiply(w, 0.5))
 
 
 class _Select(Function):
@@ -310,8 +311,9 @@ class _Select(Function):
     @classmethod
     def backward(cls, ctx, grad):
         x, y = ctx.saved_tensors
+        need_x, need_y = ctx.needs_input_grad
         w = _selection_weights(x, y, cls.larger)
-        return grad * w, grad * (1 - w)
+        return (grad * w if need_x else None), (grad * (1 - w) if need_y else None)
 
     @classmethod
     def jvp(cls, ctx, tx, ty):
@@ -365,11 +367,13 @@ class Clamp(Function):
     @staticmethod
     def derivative(ctx, g, x):
         lo, hi = ctx.bounds
-        inside = np.ones(x.shape, bool)
-        if lo is not None:
-            inside &= data(x) >= lo
-        if hi is not None:
-            inside &= data(x) <= hi
+        xd = data(x)
+        if hi is None:
+            inside = np.greater_equal(xd, lo)
+        elif lo is None:
+            inside = np.less_equal(xd, hi)
+        else:
+            inside = np.logical_and(np.greater_equal(xd, lo), np.less_equal(xd, hi))
         return g * constant(inside)
 
 
@@ -385,6 +389,8 @@ class Cast(Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if type(grad) is np.ndarray:  # array mode: no op call
+            return grad.astype(ctx.source), None
         return cast(grad, ctx.source), None
 
 

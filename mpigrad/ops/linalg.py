@@ -11,6 +11,9 @@ __all__ = ["matmul", "linear"]
 
 
 def _mT(x):
+    """``x`` with its last two axes swapped: a view of an ndarray (array mode), else ``Permute``."""
+    if type(x) is np.ndarray:
+        return x.swapaxes(-1, -2)
     axes = list(range(x.ndim))
     axes[-1], axes[-2] = axes[-2], axes[-1]
     return Permute.apply(x, tuple(axes))
@@ -32,8 +35,8 @@ class MatMul(Function):
         need_x, need_y = ctx.needs_input_grad
         if x.ndim == 2 and y.ndim == 2:
             return (
-                grad @ Permute.apply(y, (1, 0)) if need_x else None,
-                Permute.apply(x, (1, 0)) @ grad if need_y else None,
+                grad @ _mT(y) if need_x else None,
+                _mT(x) @ grad if need_y else None,
             )
         # Lift 1-D operands to matrices so one formula covers every case; the engine sums
         # broadcast batch axes back (see Note [broadcasting is undone at the edge]).
@@ -72,13 +75,12 @@ def matmul(x, y):
     return MatMul.apply(x, y)
 
 
+@binary_op
 @multilinear()
 class Linear(Function):
     """out = x @ w^T over the last axis of x (w: (out, in)); grad_x = grad @ w;
     grad_w = grad^T @ x over every leading axis, computed as one product so that it comes out
     in w's own (row-major) layout, as a transposed view of x^T @ grad would not"""
-
-    takes_arrays = True
 
     @staticmethod
     def forward(ctx, x, w):
@@ -92,7 +94,7 @@ class Linear(Function):
         grad_w = None
         if need_w:
             rows = grad.reshape(-1, w.shape[0])
-            grad_w = Permute.apply(rows, (1, 0)) @ x.reshape(-1, w.shape[1])
+            grad_w = _mT(rows) @ x.reshape(-1, w.shape[1])
         return grad @ w if need_x else None, grad_w
 
 

@@ -186,9 +186,8 @@ class Stack(Function):
     @staticmethod
     def forward(ctx, axis, *xs):
         ctx.axis = axis
-        shape = list(data(xs[0]).shape)
-        shape.insert(axis, 1)
-        return np.concatenate([data(x).reshape(shape) for x in xs], axis=axis)
+        new_axis = (slice(None),) * axis + (None,)
+        return np.concatenate([data(x)[new_axis] for x in xs], axis)
 
     @staticmethod
     def backward(ctx, grad):
@@ -220,12 +219,16 @@ class Pad(Function):
 
 
 def _is_basic(index):
+    if type(index) is slice or type(index) is int:  # the common cases, without a loop
+        return True
     items = index if isinstance(index, tuple) else (index,)
     return all(isinstance(i, (slice, int, np.integer)) or i is None or i is Ellipsis for i in items)
 
 
 def _normalize_index(index):
     """Tensors and lists inside an index become ndarrays; bool masks become integer arrays."""
+    if type(index) is slice or type(index) is int:  # the common cases, without a loop
+        return index
     items = index if isinstance(index, tuple) else (index,)
     out = []
     for item in items:
@@ -292,22 +295,23 @@ def broadcast_to(x, shape):
 def squeeze(x, axis=None):
     """Drop axes of size 1 (all, or the given ones; an axis of another size is kept, as in
     torch)."""
+    shape = x.data.shape
     if axis is None:
-        keep = tuple([n for n in x.shape if n != 1])
+        keep = tuple([n for n in shape if n != 1])
     else:
-        axes = normalize_axis(axis, x.ndim, "squeeze")
-        keep = tuple([n for i, n in enumerate(x.shape) if not (i in axes and n == 1)])
-    return x if keep == x.shape else Reshape.apply(x, keep)
+        axes = normalize_axis(axis, len(shape), "squeeze")
+        keep = tuple([n for i, n in enumerate(shape) if n != 1 or i not in axes])
+    return x if keep == shape else Reshape.apply(x, keep)
 
 
 def unsqueeze(x, axis):
     """Insert an axis of size 1 at position ``axis`` (negative counts from the new end)."""
-    ndim = x.ndim + 1
+    shape = x.data.shape
+    ndim = len(shape) + 1
     if not -ndim <= axis < ndim:
         raise ValueError(f"unsqueeze: axis {axis} is out of range for {ndim} dimensions")
-    shape = list(x.shape)
-    shape.insert(axis % ndim, 1)
-    return Reshape.apply(x, tuple(shape))
+    axis %= ndim
+    return Reshape.apply(x, shape[:axis] + (1,) + shape[axis:])
 
 
 def getitem(x, index):

@@ -53,22 +53,30 @@ class LogSumExp(Function):
 
     @staticmethod
     def forward(ctx, x, axes, keepdims):
-        ctx.axes, ctx.shape = axes, data(x).shape
+        ctx.axes = axes
         ctx.save_for_backward(x)
-        out = _stable_logsumexp(data(x), axes)
+        out = ctx.logsumexp = _stable_logsumexp(data(x), axes)
         return out if keepdims else out.reshape(_squeezed(out.shape, axes))
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        grad = grad.reshape(keepdims_shape(ctx.shape, ctx.axes))
-        return grad * Softmax.apply(x, ctx.axes), None, None
+        grad = grad.reshape(ctx.logsumexp.shape)
+        return grad * _softmax(ctx, x, ctx.axes), None, None
 
     @staticmethod
     def jvp(ctx, t, *_):
         x, _, keepdims = ctx.inputs
         out = _sum_kept(t * Softmax.apply(x, ctx.axes), ctx.axes)
         return out if keepdims else Reshape.apply(out, _squeezed(out.shape, ctx.axes))
+
+
+def _softmax(ctx, x, axes):
+    """softmax(x) over ``axes``: in array mode exp(x - logsumexp) from the ``ctx.logsumexp`` that
+    forward kept (two numpy calls), else the differentiable ``Softmax``."""
+    if type(x) is np.ndarray:
+        return np.exp(np.subtract(x, ctx.logsumexp))
+    return Softmax.apply(x, axes)
 
 
 def _squeezed(shape, axes):
@@ -115,14 +123,22 @@ class LogSoftmax(Function):
     @staticmethod
     def forward(ctx, x, axis):
         ctx.axis = axis
-        out = Tensor._make(data(x) - _stable_logsumexp(data(x), axis))
+        x = data(x)
+        shift = np.maximum.reduce(x, axis=axis, keepdims=True) if x.size else None
+        if shift is not None and _all_finite(shift):
+            shifted = np.subtract(x, shift)
+            log_total = np.log(np.add.reduce(np.exp(shifted), axis=axis, keepdims=True))
+            out = Tensor._make(np.asarray(np.subtract(shifted, log_total)))
+        else:
+            out = Tensor._make(x - _stable_logsumexp(x, axis))
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
-        return grad - exp(out) * _sum_kept(grad, ctx.axis), None
+        probs = np.exp(out) if type(out) is np.ndarray else exp(out)  # no op call in array mode
+        return grad - probs * _sum_kept(grad, ctx.axis), None
 
     @staticmethod
     def jvp(ctx, t, _):
@@ -138,13 +154,14 @@ class CrossEntropy(Function):
         ctx.save_for_backward(x)
         ctx.targets, ctx.rows = targets, np.arange(len(targets))
         x = data(x)
-        losses = _stable_logsumexp(x, (1,))[:, 0] - x[ctx.rows, targets]
+        ctx.logsumexp = _stable_logsumexp(x, (1,))
+        losses = ctx.logsumexp[:, 0] - x[ctx.rows, targets]
         return np.add.reduce(losses) / len(targets)
 
     @staticmethod
     def _residual(ctx, x):
         """softmax(x) - onehot(targets)."""
-        p = Softmax.apply(x, (1,))
+        p = _softmax(ctx, x, (1,))
         if type(p) is np.ndarray:  # array mode: a new array of this rule's, written in place
             p[ctx.rows, ctx.targets] -= 1
             return p
@@ -217,7 +234,10 @@ def cross_entropy(logits, targets):
             raise ValueError(
                 f"cross_entropy: class-index targets must have shape ({n},), got {targets.shape}"
             )
-        if n and (np.minimum.reduce(targets) < 0 or np.maximum.reduce(targets) >= c):
+        # Read as unsigned, a negative target is larger than any class: one reduction checks both.
+        kind = targets.dtype.str
+        as_unsigned = targets.view(kind.replace("i", "u")) if "i" in kind else targets
+        if n and np.maximum.reduce(as_unsigned) >= c:
             bad = (targets < 0) | (targets >= c)
             raise IndexError(
                 f"cross_entropy: target {targets[bad][0]} is out of range for {c} classes"

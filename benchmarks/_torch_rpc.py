@@ -2,13 +2,14 @@
 
 Not a benchmark: ``bench_p2p.py`` imports it.  ``available`` says whether torch is there;
 ``start`` brings up torch's RPC (TensorPipe over TCP on 127.0.0.1, the port chosen by rank 0 and
-broadcast over MPI) on every rank; ``OneHop``'s call is one sample: rank 1 fetches rank 0's leaf ``x`` by ``rpc_sync`` inside a distributed
-autograd context (which records a send on rank 0 and a recv on rank 1, as ``dist.send`` and
-``dist.recv`` do) and computes ``(y * w).sum()``; rank 1's ``dist_autograd.backward`` is timed:
-it sends the gradient to rank 0 and returns once rank 0 has accumulated it, torch's FAST mode.
-torch's backward is driven by the rank that holds the root, so rank 0 makes no call: its RPC
-threads do its part while it waits idle in an ``Ibarrier`` (a rank spinning in MPI would take
-the core its RPC threads need).  ``stop`` shuts RPC down on every rank.
+broadcast over MPI) on every rank.  ``OneHop``'s call is one sample: rank 1 fetches rank 0's leaf
+``x`` by ``rpc_sync`` inside a distributed autograd context (which records a send on rank 0 and
+a recv on rank 1, as ``dist.send`` and ``dist.recv`` do) and computes ``(y * w).sum()``; rank
+1's ``dist_autograd.backward`` is timed: it sends the gradient to rank 0 and returns once rank 0
+has accumulated it, torch's FAST mode.  torch's backward is driven by the rank that holds the
+root, so rank 0 makes no call: its RPC threads do its part while it waits idle in an
+``Ibarrier`` (a rank spinning in MPI would take the core its RPC threads need).  ``stop`` shuts
+RPC down on every rank.
 """
 
 import importlib.util

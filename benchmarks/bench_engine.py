@@ -619,6 +619,7 @@ def step_peak(name, dtype):
     """MiB that ``PEAK_STEPS`` steps of the mlp subject ``name`` add to the resident memory of a
     fresh process that has built it (its peak, from /proc/self/status): run in a child."""
     command = [sys.executable, __file__, "--peak-of", name, dtype, "--threads", str(ARGS.threads)]
+    command += [] if name == "torch" else ["--no-torch"]  # the child prints the MiB alone
     return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
 
 

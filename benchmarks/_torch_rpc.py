@@ -60,8 +60,8 @@ def stop():
 
 
 class OneHop:
-    """One-hop backward samples on ``n`` float64 elements between ranks 0 and 1; ``w`` is the
-    same array as bench_p2p's."""
+    """One-hop backward samples on ``len(w)`` float64 elements between ranks 0 and 1; ``w`` is
+    the same array as bench_p2p's.  Collective."""
 
     def __init__(self, comm, w):
         import torch
@@ -69,6 +69,7 @@ class OneHop:
         self.torch, self.comm, self.rank = torch, comm, comm.rank
         self.w = torch.from_numpy(w)
         _LEAF["x"] = torch.ones(len(w), dtype=torch.float64, requires_grad=True)
+        comm.Barrier()  # rank 0's leaf is there before rank 1 fetches it
 
     def __call__(self, check=False):
         """Rank 1: the backward's seconds; 0.0 elsewhere (collective)."""

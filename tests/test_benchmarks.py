@@ -120,13 +120,13 @@ def test_a_target_is_missed_only_beyond_its_noise(
 @needs_mpiexec
 @pytest.mark.parametrize("torch", sorted({False, HAS_TORCH}))
 def test_bench_p2p_quick_with_and_without_torch(torch, tmp_path):
-    options = ["--sizes", "8"] + ([] if torch else ["--no-torch"])
+    options = ["--sizes", "8", "64"] + ([] if torch else ["--no-torch"])  # a leaf per size
     returncode, output, records = run_benchmark("bench_p2p.py", 2, tmp_path, *options)
     assert returncode == 0, output
     measured = {r["subject"] for r in records if "subject" in r}
     assert {"raw", "local 1", "one-hop backward", "two-hop backward"} <= measured, output
     assert ("torch" in measured) == torch, output
-    (one_hop,) = [r for r in records if r.get("subject") == "one-hop backward"]
+    (one_hop,) = [r for r in records if r.get("subject") == "one-hop backward" and r["bytes"] == 8]
     assert one_hop["ratio"] > 0 and one_hop["noise"] >= 0, one_hop
     assert ("faster_than_torch" in one_hop) == torch, one_hop
     targets = {r["target"]: r for r in records if "target" in r}

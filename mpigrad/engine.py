@@ -35,10 +35,10 @@ writable gradient (``sum_with_slices``) and hands it over (as a leaf's ``.grad``
 it over.  Ownership is this stated rule, never a reference count (CPython's counts are not
 stable across versions).  Who keeps it:
 
-- seeds: ``unit_seed`` is read-only; ``autograd.backward`` and ``grad`` copy the caller's seeds
-  (or take a read-only view of a differentiable one); a caller of ``GraphTask`` hands over
-  writable arrays it will not touch again (a received buffer) and passes anything else
-  read-only, in ``grads`` and in ``supply``;
+- seeds: ``unit_seed`` is read-only; ``autograd.backward`` and ``grad`` take a read-only view
+  of the caller's seed array (or own the array they convert it to: another dtype, a list); a
+  caller of ``GraphTask`` hands over writable arrays it will not touch again (a received buffer)
+  and passes anything else read-only, in ``grads`` and in ``supply``;
 - built-in rules, and every node with ``takes_arrays``, return fresh arrays, views of their
   incoming gradient or that gradient itself, each to one input; a rule that returns one array
   for two inputs makes it read-only first (``Add``);

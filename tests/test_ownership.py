@@ -211,6 +211,35 @@ def test_a_differentiable_seed_is_not_aliased_by_the_grad():
     assert_own(x.grad.data, apart_from=[seed.data])
 
 
+@pytest.mark.parametrize("through", ["leaf", "reshape", "mul", "grad"])
+def test_a_callers_seed_array_is_read_and_never_handed_out(through):
+    """The caller's seed enters the pass read-only, uncopied: a rule computes from it, and where
+    it reaches the user unchanged (a leaf's .grad, a captured gradient) the user gets a copy."""
+    x = leaf([1.0, 2.0])
+    seed = np.array([10.0, 20.0])
+    if through == "grad":
+        (g,) = grad(x, [x], [seed])
+    else:
+        y = {"leaf": x, "reshape": x.reshape(2), "mul": x * 2.0}[through]
+        y.backward(seed)
+        g = x.grad
+    assert seed.flags.writeable
+    np.testing.assert_array_equal(seed, [10.0, 20.0])
+    np.testing.assert_array_equal(g.data, [20.0, 40.0] if through == "mul" else [10.0, 20.0])
+    assert_own(g.data, apart_from=[seed])
+    g.data[...] = 0.0
+    np.testing.assert_array_equal(seed, [10.0, 20.0])
+
+
+def test_a_seed_of_another_dtype_is_converted():
+    x = mg.tensor(np.array([1.0, 2.0], np.float32), requires_grad=True)
+    seed = np.array([3.0, 4.0])
+    (x * 2.0).backward(seed)
+    assert x.grad.dtype == np.float32
+    np.testing.assert_array_equal(x.grad.data, [6.0, 8.0])
+    np.testing.assert_array_equal(seed, [3.0, 4.0])
+
+
 def test_the_leaf_sink_keeps_a_writable_gradient_and_copies_a_read_only_one():
     mine = mg.Tensor(np.ones(3))
     assert added(None, mine) is mine

@@ -167,8 +167,11 @@ def _seed_grads(tensors, given, what, create_graph):
             finally:
                 _State.grad_enabled = prev
         else:
-            # A copy in the output's dtype, which the pass may hand to a leaf as its .grad.
-            g = Tensor._make(np.array(g.data if isinstance(g, Tensor) else g, t.dtype))
+            given_array = g.data if isinstance(g, Tensor) else g
+            array = np.asarray(given_array, t.dtype)
+            # The caller's own array enters read-only (a copy is made only where the pass hands
+            # it over); one converted here is the pass's to keep.
+            g = Tensor._make(read_only(array) if array is given_array else array)
         if g.shape != t.shape:
             raise RuntimeError(
                 f"Mismatch in shape: {what}[{i}] has shape {g.shape} but output {i} has "

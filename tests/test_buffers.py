@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from spawn import child_env
 
-from mpigrad.distributed import buffers
+from mpigrad import memory
 from mpigrad.distributed.buffers import POOL_MIN_BYTES, BufferPool, Lease
 
 MIB = 1 << 20
@@ -112,12 +112,34 @@ def test_release_drops_idle_buffers_and_forgets_those_handed_out():
 
 
 def test_the_process_pool_and_release():
-    a = buffers.receive_buffer((MIB,), np.uint16)
-    assert type(a.base) is Lease
-    del a
-    assert buffers.pool().idle_bytes >= 2 * MIB
-    buffers.release()
-    assert buffers.pool().idle_bytes == 0
+    done = _child(
+        None,
+        (
+            "from mpigrad.distributed.buffers import Lease\n"
+            "a = buffers.receive_buffer((1 << 20,), np.uint16)\n"
+            "assert type(a.base) is Lease, a.base\n"
+            "del a\n"
+            "assert buffers.pool().idle_bytes >= 2 << 20\n"
+            "buffers.release()\n"
+            "assert buffers.pool().idle_bytes == 0\n"
+        ),
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.skipif(not memory.kept(), reason="mpigrad keeps freed memory on glibc only")
+def test_where_freed_memory_is_kept_payloads_get_fresh_arrays():
+    # The allocator reuses freed pages already (Note [received buffers]).
+    done = _child(
+        None,
+        (
+            "print(buffers.pool().limit_bytes)\n"
+            "print(buffers.receive_buffer((4 << 20,), np.uint8).base is None)\n"
+        ),
+        keep_freed_memory=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "True"]
 
 
 def test_a_buffer_given_back_while_the_pool_is_busy_is_not_lost():
@@ -156,9 +178,12 @@ def test_resident_memory_stays_flat_over_many_sizes():
     assert peak - start < limit + 16 * MIB + slack, f"grew by {(peak - start) / MIB:.0f} MiB"
 
 
-def _child(value, script):
+def _child(value, script, keep_freed_memory=False):
+    """Run ``script`` in a new process with ``MPIGRAD_POOL_BYTES`` set to ``value`` (None:
+    unset), where mpigrad keeps no freed memory unless ``keep_freed_memory``."""
     env = child_env()
     env.pop("MPIGRAD_POOL_BYTES", None)
+    env["MPIGRAD_KEEP_FREED_MEMORY"] = "1" if keep_freed_memory else "0"
     if value is not None:
         env["MPIGRAD_POOL_BYTES"] = value
     return subprocess.run(

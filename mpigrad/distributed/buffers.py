@@ -1,7 +1,8 @@
 """Arrays to receive large payloads into, reused between transfers.
 
-Note [received buffers]: a fresh array pays for a page fault on every page its payload is received
-into (64 MiB took 46 ms where a reused array took 4 ms, on a 2-core VM), so payloads of
+Note [received buffers]: where the C allocator hands freed memory back to the kernel, a fresh array
+pays for a page fault on every page its payload is received into (64 MiB took 46 ms where a
+reused array took 4 ms, on a 2-core VM), so payloads of
 ``POOL_MIN_BYTES`` or more (forward tensors and gradients alike) are received into buffers kept
 between transfers.  Who holds a buffer is explicit, never read from a reference count (CPython's
 counts are not stable across versions, and a miscount would overwrite a live tensor):
@@ -12,6 +13,12 @@ counts are not stable across versions, and a miscount would overwrite a live ten
   the tensor or gradient the payload became owns the buffer while any array over it lives;
 - when the last of them dies the lease dies, and a weak reference's callback gives the buffer
   back: it becomes idle, and the next payload of the same size is received into it.
+
+The process's pool is used only where mpigrad does not have the C allocator keep freed memory
+(``mpigrad.memory.kept()`` False: ``MPIGRAD_KEEP_FREED_MEMORY=0``, glibc's own variables set, or
+not glibc).  Where it does, a fresh array reuses the pages a freed one left, without a fault, and
+the pool would only add its bookkeeping (measured on a 2-core VM, 2 ranks: a 1 MiB receive 108 us
+into a fresh array, 169 us into a pooled one; 8 MiB: 821 against 929 us; 64 MiB: equal).
 
 Idle buffers are bounded in total bytes, the least recently given back dropped first:
 ``MPIGRAD_POOL_BYTES`` (default 256 MiB; read once, when the pool is first used; 0 turns pooling
@@ -25,6 +32,7 @@ from collections import deque
 
 import numpy as np
 
+from .. import memory
 from . import settings
 
 __all__ = [
@@ -144,11 +152,12 @@ _pool = None
 
 def pool():
     """This process's pool, made at the first call with the limit ``MPIGRAD_POOL_BYTES`` gives
-    (read then, once).  Raises ValueError naming the variable for a value that is not a whole
-    number of bytes, 0 or more."""
+    (read then, once), or 0 where ``mpigrad.memory.kept()`` (Note [received buffers]).  Raises
+    ValueError naming the variable for a value that is not a whole number of bytes, 0 or more."""
     global _pool
     if _pool is None:
-        _pool = BufferPool(settings.pool_bytes())
+        limit = settings.pool_bytes()
+        _pool = BufferPool(0 if memory.kept() else limit)
     return _pool
 
 

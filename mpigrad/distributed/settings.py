@@ -6,7 +6,8 @@ when it is first needed.
 - ``MPIGRAD_STALL_WARNING``: seconds a call waits before it says on stderr what it waits for
   (default 60; 0: never).  See waiting.py.
 - ``MPIGRAD_POOL_BYTES``: the most bytes of received buffers kept idle for reuse (default 256 MiB;
-  0: none).  See buffers.py.
+  0: none), where mpigrad does not keep freed memory (``MPIGRAD_KEEP_FREED_MEMORY=0``).  See
+  buffers.py.
 - ``MPIGRAD_ABORT_ON_EXCEPTION``: ``0`` keeps Python's handling of an uncaught exception, which
   otherwise aborts the whole job.  See shutdown.py.
 

@@ -17,7 +17,8 @@ its caller computes the same with NumPy.
 Each returns a new array (``cross_entropy``: a NumPy scalar of ``x``'s dtype and an array).
 ``axes`` is a sorted tuple of non-negative axes, or None for all, as ``mpigrad.ops`` normalizes
 them. The loops take ``x`` (``out`` in a backward) where it is a plain, C-contiguous, non-empty
-ndarray of float64, or of float32 up to ``FLOAT32_MAX_SIZE`` elements, and ``axes`` are its last
+ndarray of float64 or float32 (the softmax family's float32 up to ``FLOAT32_MAX_SIZE``
+elements), and ``axes`` are its last
 axis or all of its axes, so that the reduction runs over rows of consecutive elements; a ``grad``
 must be a plain C-contiguous ndarray of ``out``'s shape and dtype (the 0-d ``grad`` of
 ``cross_entropy_backward`` may be any ndarray), ``targets`` an integer ndarray of ``rows`` class
@@ -26,6 +27,7 @@ Non-finite rows give what NumPy gives: see Note [row semantics] in ``rows_cpu.py
 """
 
 import functools
+import math
 
 import numpy as np
 
@@ -45,30 +47,47 @@ __all__ = [
 ]
 
 FLOAT32_MAX_SIZE = 1 << 12
-"""Largest float32 array (elements) the loops take: beyond it NumPy's vectorized float32
-``exp`` is faster than a serial loop."""
+"""Largest float32 array (elements) whose rows the loops take: beyond it NumPy's vectorized
+float32 ``exp`` makes its several passes faster than one serial loop. The sigmoid's loop takes
+float32 arrays of any size (it replaces four passes, two of them transcendental)."""
 
 _FLOAT64, _FLOAT32 = np.dtype(np.float64), np.dtype(np.float32)
 
 
 def softmax(x, axes):
     n = _row_length(x, axes)
-    return _loops().softmax(x, n) if n else None
+    if not n:
+        return None
+    out = np.empty_like(x)
+    _loops().softmax(x, n, out)
+    return out
 
 
 def softmax_backward(out, grad, axes):
     n = _row_length(out, axes)
-    return _loops().softmax_backward(out, grad, n) if n and _same(out, grad) else None
+    if not n or not _same(out, grad):
+        return None
+    grad_x = np.empty_like(out)
+    _loops().softmax_backward(out, grad, n, grad_x)
+    return grad_x
 
 
 def log_softmax(x, axes):
     n = _row_length(x, axes)
-    return _loops().log_softmax(x, n) if n else None
+    if not n:
+        return None
+    out = np.empty_like(x)
+    _loops().log_softmax(x, n, out)
+    return out
 
 
 def log_softmax_backward(out, grad, axes):
     n = _row_length(out, axes)
-    return _loops().log_softmax_backward(out, grad, n) if n and _same(out, grad) else None
+    if not n or not _same(out, grad):
+        return None
+    grad_x = np.empty_like(out)
+    _loops().log_softmax_backward(out, grad, n, grad_x)
+    return grad_x
 
 
 def logsumexp(x, axes):
@@ -83,31 +102,43 @@ def logsumexp(x, axes):
 def cross_entropy(x, targets):
     if not _row_length(x, (1,)):
         return None
-    loss, lse = _loops().cross_entropy(x, targets)
-    return x.dtype.type(loss), lse
+    lse = np.empty((x.shape[0], 1), x.dtype)
+    return x.dtype.type(_loops().cross_entropy(x, targets, lse)), lse
 
 
 def cross_entropy_backward(x, lse, targets, grad):
     if not _row_length(x, (1,)) or type(grad) is not np.ndarray:
         return None
-    return _loops().cross_entropy_backward(x, lse, targets, grad.item() / x.shape[0])
+    grad_x = np.empty_like(x)
+    _loops().cross_entropy_backward(x, lse, targets, grad.item() / x.shape[0], grad_x)
+    return grad_x
 
 
 def sigmoid(x):
-    return _loops().sigmoid(x) if _row_length(x, None) else None
+    if not _row_length(x, None, math.inf):
+        return None
+    out = np.empty_like(x)
+    _loops().sigmoid(x, out)
+    return out
 
 
 def sigmoid_backward(out, grad):
-    takes = _row_length(out, None) and _same(out, grad)
-    return _loops().sigmoid_backward(out, grad) if takes else None
+    if not _row_length(out, None, math.inf) or not _same(out, grad):
+        return None
+    grad_x = np.empty_like(out)
+    _loops().sigmoid_backward(out, grad, grad_x)
+    return grad_x
 
 
-def _row_length(x, axes):
-    """The length of the rows that ``axes`` reduce where the loops take ``x``, else 0."""
+def _row_length(x, axes, float32_max=None):
+    """The length of the rows that ``axes`` reduce where the loops take ``x`` (float32 up to
+    ``float32_max`` elements, else ``FLOAT32_MAX_SIZE``), else 0."""
     if type(x) is not np.ndarray or not x.flags.c_contiguous:
         return 0
     dtype, size = x.dtype, x.size
-    if dtype != _FLOAT64 and (dtype != _FLOAT32 or size > FLOAT32_MAX_SIZE):
+    if dtype != _FLOAT64 and (
+        dtype != _FLOAT32 or size > (FLOAT32_MAX_SIZE if float32_max is None else float32_max)
+    ):
         return 0
     if size == 0 or dispatch.numba_kernels() is None:
         return 0

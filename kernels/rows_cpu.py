@@ -1,8 +1,10 @@
 """Numba CPU loops for ``rows.py``: the softmax family over rows, cross-entropy and the sigmoid.
 
-Each loop is serial (results depend on the arrays alone, never on a thread count) and takes
-C-contiguous arrays, read flat: a row is ``n`` consecutive elements. ``rows.py`` checks the
-arrays and sends everything else to NumPy.
+Each loop is serial (results depend on the arrays alone, never on a thread count), takes
+C-contiguous arrays, read flat (a row is ``n`` consecutive elements), and writes its result into
+``out``, a new array of the input's shape and dtype that ``rows.py`` allocates (a Numba call that
+returns a new array costs more than the allocation and a call that returns nothing). ``rows.py``
+checks the arrays and sends everything else to NumPy.
 
 Note [row semantics]
 The loops compute what ``mpigrad/ops/nn.py``'s NumPy code computes, in the same order of
@@ -56,9 +58,8 @@ def _row_logsumexp(xs):
 
 
 @njit(cache=True)
-def softmax(x, n):
-    """``exp(x - m) / sum(exp(x - m))`` over each row of ``n``, in a new array."""
-    out = np.empty_like(x)
+def softmax(x, n, out):
+    """``out = exp(x - m) / sum(exp(x - m))`` over each row of ``n``."""
     flat_x, flat_out = x.reshape(x.size), out.reshape(out.size)
     for lo in range(0, flat_x.size, n):
         xs, os = flat_x[lo : lo + n], flat_out[lo : lo + n]
@@ -76,13 +77,11 @@ def softmax(x, n):
             lse = _row_logsumexp(xs)
             for i in range(n):
                 os[i] = np.exp(xs[i] - lse)
-    return out
 
 
 @njit(cache=True)
-def softmax_backward(out, grad, n):
-    """``out * (grad - sum(grad * out))`` over each row of ``n``, in a new array."""
-    grad_x = np.empty_like(out)
+def softmax_backward(out, grad, n, grad_x):
+    """``grad_x = out * (grad - sum(grad * out))`` over each row of ``n``."""
     flat_out, flat_grad, flat_gx = (
         out.reshape(out.size),
         grad.reshape(grad.size),
@@ -96,13 +95,11 @@ def softmax_backward(out, grad, n):
         dot = out.dtype.type(total)
         for i in range(n):
             gxs[i] = os[i] * (gs[i] - dot)
-    return grad_x
 
 
 @njit(cache=True)
-def log_softmax(x, n):
-    """``(x - m) - log(sum(exp(x - m)))`` over each row of ``n``, in a new array."""
-    out = np.empty_like(x)
+def log_softmax(x, n, out):
+    """``out = (x - m) - log(sum(exp(x - m)))`` over each row of ``n``."""
     flat_x, flat_out = x.reshape(x.size), out.reshape(out.size)
     for lo in range(0, flat_x.size, n):
         xs, os = flat_x[lo : lo + n], flat_out[lo : lo + n]
@@ -120,13 +117,11 @@ def log_softmax(x, n):
             lse = _row_logsumexp(xs)
             for i in range(n):
                 os[i] = xs[i] - lse
-    return out
 
 
 @njit(cache=True)
-def log_softmax_backward(out, grad, n):
-    """``grad - exp(out) * sum(grad)`` over each row of ``n``, in a new array."""
-    grad_x = np.empty_like(out)
+def log_softmax_backward(out, grad, n, grad_x):
+    """``grad_x = grad - exp(out) * sum(grad)`` over each row of ``n``."""
     flat_out, flat_grad, flat_gx = (
         out.reshape(out.size),
         grad.reshape(grad.size),
@@ -140,12 +135,11 @@ def log_softmax_backward(out, grad, n):
         row_sum = out.dtype.type(total)
         for i in range(n):
             gxs[i] = gs[i] - np.exp(os[i]) * row_sum
-    return grad_x
 
 
 @njit(cache=True)
 def logsumexp(x, out):
-    """``out[r] = log(sum(exp(row r)))`` for the ``out.size`` rows of ``x``, written in place."""
+    """``out[r] = log(sum(exp(row r)))`` for the ``out.size`` rows of ``x``."""
     n = x.size // out.size
     flat_x, flat_out = x.reshape(x.size), out.reshape(out.size)
     for r in range(flat_out.size):
@@ -153,22 +147,20 @@ def logsumexp(x, out):
 
 
 @njit(cache=True)
-def cross_entropy(x, targets):
-    """The mean over the rows of the 2-D ``x`` of ``logsumexp(x[r]) - x[r, targets[r]]``, and
-    the log-sum-exps, shape ``(rows, 1)``. Every target is in range."""
+def cross_entropy(x, targets, lse):
+    """``lse[r, 0] = logsumexp(x[r])`` for the rows of the 2-D ``x``; returns the mean over the
+    rows of ``lse[r, 0] - x[r, targets[r]]``. Every target is in range."""
     rows = x.shape[0]
-    lse = np.empty((rows, 1), x.dtype)
     total = 0.0
     for r in range(rows):
         lse[r, 0] = _row_logsumexp(x[r])
         total += lse[r, 0] - x[r, targets[r]]
-    return x.dtype.type(total / rows), lse
+    return total / rows
 
 
 @njit(cache=True)
-def cross_entropy_backward(x, lse, targets, scale):
-    """``(exp(x - lse) - onehot(targets)) * scale`` for the 2-D ``x``, in a new array."""
-    grad_x = np.empty_like(x)
+def cross_entropy_backward(x, lse, targets, scale, grad_x):
+    """``grad_x = (exp(x - lse) - onehot(targets)) * scale`` for the 2-D ``x``."""
     factor, one = x.dtype.type(scale), x.dtype.type(1)
     for r in range(x.shape[0]):
         for c in range(x.shape[1]):
@@ -176,13 +168,11 @@ def cross_entropy_backward(x, lse, targets, scale):
             if c == targets[r]:
                 p -= one
             grad_x[r, c] = p * factor
-    return grad_x
 
 
 @njit(cache=True)
-def sigmoid(x):
-    """``1 / (1 + exp(-x))``, by ``exp(x) / (1 + exp(x))`` where x < 0, in a new array."""
-    out = np.empty_like(x)
+def sigmoid(x, out):
+    """``out = 1 / (1 + exp(-x))``, by ``exp(x) / (1 + exp(x))`` where x < 0."""
     flat_x, flat_out = x.reshape(x.size), out.reshape(out.size)
     one = x.dtype.type(1)
     for i in range(flat_x.size):
@@ -192,13 +182,11 @@ def sigmoid(x):
         else:
             e = np.exp(v)
             flat_out[i] = e / (one + e)
-    return out
 
 
 @njit(cache=True)
-def sigmoid_backward(out, grad):
-    """``grad * out * (1 - out)``, in a new array."""
-    grad_x = np.empty_like(out)
+def sigmoid_backward(out, grad, grad_x):
+    """``grad_x = grad * out * (1 - out)``."""
     flat_out, flat_grad, flat_gx = (
         out.reshape(out.size),
         grad.reshape(grad.size),
@@ -208,4 +196,3 @@ def sigmoid_backward(out, grad):
     for i in range(flat_out.size):
         o = flat_out[i]
         flat_gx[i] = flat_grad[i] * o * (one - o)
-    return grad_x

@@ -1,4 +1,5 @@
-"""Array kernels: gradient sums in place, and the stencil of ``mpigrad.stencil`` with its adjoint.
+"""Array kernels: gradient sums in place, the stencil of ``mpigrad.stencil`` with its adjoint,
+and the softmax family, cross-entropy and the sigmoid of ``mpigrad.ops`` with their gradients.
 
     accumulate(dst, src)          dst += src
     sum_into(dst, srcs)           for s in srcs: dst += s    # element: ((dst + s0) + s1) + ...
@@ -13,7 +14,10 @@ device arrays (numba.cuda kernels, synchronized before returning); ``backend`` n
 call takes, and ``dispatch.py`` how it is chosen.
 
 ``correlate`` and ``correlate_transposed`` (``stencil.py``) take NumPy arrays and return a new
-one. ``get_num_threads``/``set_num_threads`` set the CPU kernels' threads (``threads.py``).
+one. ``softmax``, ``log_softmax``, ``logsumexp``, ``cross_entropy``, ``sigmoid`` and their
+``*_backward`` (``rows.py``) return a new array where their serial loops take the arrays, else
+None, for the caller to compute with NumPy. ``get_num_threads``/``set_num_threads`` set the CPU
+kernels' threads (``threads.py``).
 
 Environment, read on first use: ``MPIGRAD_KERNELS`` is ``auto`` (default) or ``numpy`` (host
 arrays always take NumPy); ``MPIGRAD_NUM_THREADS`` sets the CPU thread count. Numba is required;
@@ -22,6 +26,17 @@ first use (cached on disk). This package imports nothing from mpigrad.
 """
 
 from .dispatch import BACKENDS, accumulate, backend, scatter_add, sum_into
+from .rows import (
+    cross_entropy,
+    cross_entropy_backward,
+    log_softmax,
+    log_softmax_backward,
+    logsumexp,
+    sigmoid,
+    sigmoid_backward,
+    softmax,
+    softmax_backward,
+)
 from .stencil import correlate, correlate_transposed
 from .threads import get_num_threads, set_num_threads
 
@@ -31,8 +46,17 @@ __all__ = [
     "backend",
     "correlate",
     "correlate_transposed",
+    "cross_entropy",
+    "cross_entropy_backward",
     "get_num_threads",
+    "log_softmax",
+    "log_softmax_backward",
+    "logsumexp",
     "scatter_add",
     "set_num_threads",
+    "sigmoid",
+    "sigmoid_backward",
+    "softmax",
+    "softmax_backward",
     "sum_into",
 ]

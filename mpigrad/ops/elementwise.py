@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from .. import kernels
 from ..function import Function, binary_op, elementwise, linear, multilinear, unary_op, variadic_op
 from ..tensor import Tensor
 from ._util import constant, data, plus
@@ -265,13 +266,18 @@ class Sigmoid(Function):
 
     @staticmethod
     def forward(ctx, x):
-        out = Tensor._make(np.asarray(np.exp(np.negative(np.logaddexp(0, np.negative(data(x)))))))
+        x = data(x)
+        out = kernels.sigmoid(x)
+        if out is None:
+            out = np.asarray(np.exp(np.negative(np.logaddexp(0, np.negative(x)))))
+        out = Tensor._make(out)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def derivative(ctx, g, out):
-        return g * out * (1.0 - out)
+        grad_x = kernels.sigmoid_backward(out, g)  # None for Tensors
+        return g * out * (1.0 - out) if grad_x is None else grad_x
 
 
 @unary_op

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 
+from .. import kernels
 from ..function import Function, binary_op, unary_op
 from ..tensor import Tensor
 from ._util import constant, data, keepdims_shape, normalize_axis
@@ -55,7 +56,11 @@ class LogSumExp(Function):
     def forward(ctx, x, axes, keepdims):
         ctx.axes = axes
         ctx.save_for_backward(x)
-        out = ctx.logsumexp = _stable_logsumexp(data(x), axes)
+        x = data(x)
+        out = kernels.logsumexp(x, axes)
+        if out is None:
+            out = _stable_logsumexp(x, axes)
+        ctx.logsumexp = out
         return out if keepdims else out.reshape(_squeezed(out.shape, axes))
 
     @staticmethod
@@ -92,9 +97,10 @@ class Softmax(Function):
     def forward(ctx, x, axis):
         ctx.axis = axis
         x = data(x)
-        if x.size == 0:
+        out = kernels.softmax(x, axis)
+        if out is None and x.size == 0:
             out = np.exp(x)
-        else:
+        elif out is None:
             shift = np.maximum.reduce(x, axis=axis, keepdims=True)
             if _all_finite(shift):
                 out = _exp_shifted(x, shift)
@@ -108,7 +114,10 @@ class Softmax(Function):
     @staticmethod
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
-        return out * (grad - _sum_kept(grad * out, ctx.axis)), None
+        grad_x = kernels.softmax_backward(out, grad, ctx.axis)  # None for Tensors
+        if grad_x is None:
+            grad_x = out * (grad - _sum_kept(grad * out, ctx.axis))
+        return grad_x, None
 
     @staticmethod
     def jvp(ctx, t, _):
@@ -124,21 +133,27 @@ class LogSoftmax(Function):
     def forward(ctx, x, axis):
         ctx.axis = axis
         x = data(x)
-        shift = np.maximum.reduce(x, axis=axis, keepdims=True) if x.size else None
-        if shift is not None and _all_finite(shift):
-            shifted = np.subtract(x, shift)
-            log_total = np.log(np.add.reduce(np.exp(shifted), axis=axis, keepdims=True))
-            out = Tensor._make(np.asarray(np.subtract(shifted, log_total)))
-        else:
-            out = Tensor._make(x - _stable_logsumexp(x, axis))
+        out = kernels.log_softmax(x, axis)
+        if out is None:
+            shift = np.maximum.reduce(x, axis=axis, keepdims=True) if x.size else None
+            if shift is not None and _all_finite(shift):
+                shifted = np.subtract(x, shift)
+                log_total = np.log(np.add.reduce(np.exp(shifted), axis=axis, keepdims=True))
+                out = np.asarray(np.subtract(shifted, log_total))
+            else:
+                out = x - _stable_logsumexp(x, axis)
+        out = Tensor._make(out)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
-        probs = np.exp(out) if type(out) is np.ndarray else exp(out)  # no op call in array mode
-        return grad - probs * _sum_kept(grad, ctx.axis), None
+        grad_x = kernels.log_softmax_backward(out, grad, ctx.axis)  # None for Tensors
+        if grad_x is None:
+            probs = np.exp(out) if type(out) is np.ndarray else exp(out)  # no op in array mode
+            grad_x = grad - probs * _sum_kept(grad, ctx.axis)
+        return grad_x, None
 
     @staticmethod
     def jvp(ctx, t, _):
@@ -152,27 +167,34 @@ class CrossEntropy(Function):
     @staticmethod
     def forward(ctx, x, targets):
         ctx.save_for_backward(x)
-        ctx.targets, ctx.rows = targets, np.arange(len(targets))
+        ctx.targets = targets
         x = data(x)
+        taken = kernels.cross_entropy(x, targets)
+        if taken is not None:
+            loss, ctx.logsumexp = taken
+            return loss
         ctx.logsumexp = _stable_logsumexp(x, (1,))
-        losses = ctx.logsumexp[:, 0] - x[ctx.rows, targets]
+        losses = ctx.logsumexp[:, 0] - x[np.arange(len(targets)), targets]
         return np.add.reduce(losses) / len(targets)
 
     @staticmethod
     def _residual(ctx, x):
         """softmax(x) - onehot(targets)."""
-        p = _softmax(ctx, x, (1,))
+        p, rows = _softmax(ctx, x, (1,)), np.arange(len(ctx.targets))
         if type(p) is np.ndarray:  # array mode: a new array of this rule's, written in place
-            p[ctx.rows, ctx.targets] -= 1
+            p[rows, ctx.targets] -= 1
             return p
         onehot = np.zeros(p.shape, p.dtype)
-        onehot[ctx.rows, ctx.targets] = 1
+        onehot[rows, ctx.targets] = 1
         return p - constant(onehot)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return CrossEntropy._residual(ctx, x) * (grad / x.shape[0]), None
+        grad_x = kernels.cross_entropy_backward(x, ctx.logsumexp, ctx.targets, grad)
+        if grad_x is None:  # Tensors, or arrays the kernel does not take
+            grad_x = CrossEntropy._residual(ctx, x) * (grad / x.shape[0])
+        return grad_x, None
 
     @staticmethod
     def jvp(ctx, t, _):

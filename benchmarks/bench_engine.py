@@ -24,7 +24,10 @@ Cases (a sample is one forward and one backward pass; the gradients are set to N
   more), and torch.  Target: mpigrad / numpy <= 1.10 in each dtype (``make bench`` runs it at 1
   and 2 threads).  ``peak MiB``: what one step adds to the resident memory of a fresh process
   that has built the subject's network and batch (its peak during the first 5 steps, less its
-  resident memory before them), measured in a child process per subject.
+  resident memory before them), measured in a child process per subject.  The child first runs
+  one step of the same network at a tiny size, which loads what a process loads once (Numba and
+  the kernels the step runs, for mpigrad: about 120 MiB; torch's lazily made state), then hands
+  the free pages back to the kernel (``mpigrad.memory.release``).
 
 Every subject's output and gradients are checked against a reference before timing.  torch is
 optional (``make torch``): without it the torch rows are skipped, and the chain cases report
@@ -137,12 +140,12 @@ def chain_subject(case, n, lib):
 class MLP:
     """Subjects of the mlp case, all on the same weights and batch."""
 
-    def __init__(self, dtype, seed=0):
+    def __init__(self, dtype, seed=0, sizes=SIZES, batch=BATCH):
         rng = np.random.default_rng(seed)
-        self.x = rng.standard_normal((BATCH, SIZES[0])).astype(dtype)
-        self.targets = rng.integers(0, SIZES[-1], BATCH)
+        self.x = rng.standard_normal((batch, sizes[0])).astype(dtype)
+        self.targets = rng.integers(0, sizes[-1], batch)
         self.params = []  # W1, b1, W2, b2, W3, b3 (He init)
-        for fan_in, fan_out in zip(SIZES[:-1], SIZES[1:]):
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
             weight = rng.standard_normal((fan_in, fan_out)) * math.sqrt(2.0 / fan_in)
             self.params += [
                 weight.astype(dtype),
@@ -630,11 +633,15 @@ def _resident_kib(field):
 
 def peak_of(name, dtype, torch):
     """The child of ``step_peak``: prints the MiB."""
-    bench = MLP(dtype)
-    if name == "numpy":
-        sample = bench.numpy_subject()
-    else:
-        sample = bench.autograd_subject({"mpigrad": mg, "torch": torch}[name])
+
+    def subject(bench):
+        if name == "numpy":
+            return bench.numpy_subject()
+        return bench.autograd_subject({"mpigrad": mg, "torch": torch}[name])
+
+    subject(MLP(dtype, sizes=(4, 3, 3, 2), batch=2))()  # loads what a process loads once
+    sample = subject(MLP(dtype))
+    mg.memory.release()  # the free pages that loading left would hide what a step takes
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # the peak (VmHWM) starts again from the resident memory now
     before = _resident_kib("VmRSS")

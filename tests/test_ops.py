@@ -785,6 +785,9 @@ def test_axes_given_as_numpy_ints_are_normalized():
         assert out.grad_fn.axes == (1, 0) and all(type(a) is int for a in out.grad_fn.axes)
     assert mg.transpose(x, np.int64(0), -1).shape == (3, 2)
     assert mg.squeeze(Tensor(np.zeros((1, 3))), np.int64(0)).shape == (3,)
+    for shape in [(3, 2), (np.int64(3), 2), [3, np.int64(2)], (np.array(3), 2)]:
+        out = mg.reshape(x, shape)
+        assert out.shape == (3, 2) and all(type(n) is int for n in out.shape)
 
 
 # --- 4. bad inputs --------------------------------------------------------------------------

@@ -283,10 +283,31 @@ def reshape(x, *shape):
     """``x`` with a new shape (one entry may be -1); ``reshape(x, 2, 3)`` or ``(x, (2, 3))``."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = shape[0]
-    shape = tuple(map(int, shape))
+    shape = _int_tuple(shape)
     if shape == x.shape:
         return x
     return Reshape.apply(x, shape)
+
+
+# Tuples of Python ints that reshape has seen, each keyed by itself: a lookup gives an equal
+# tuple's converted form (entries equal to ints, np.int64(3) or 3.0, are those ints) without
+# converting entry by entry.  Bounded; it holds only the ints, nothing of the caller's.
+_INT_TUPLES = {}
+
+
+def _int_tuple(shape):
+    """``shape`` (a sequence of integers) as a tuple of Python ints."""
+    if type(shape) is tuple:
+        try:
+            known = _INT_TUPLES.get(shape)
+        except TypeError:  # an unhashable entry (a 0-d array)
+            known = None
+        if known is not None:
+            return known
+    shape = tuple(map(int, shape))
+    if len(_INT_TUPLES) < 1024:
+        _INT_TUPLES[shape] = shape
+    return shape
 
 
 def permute(x, *axes):

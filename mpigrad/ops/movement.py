@@ -181,15 +181,18 @@ class Cat(Function):
 
     @staticmethod
     def forward(ctx, axis, *xs):
-        arrays = [data(x) for x in xs]
         ctx.axis = axis
+        if len(xs) == 1:  # np.concatenate's copy, without its fixed cost
+            ctx.sizes = None
+            return data(xs[0]).copy(order="K")
+        arrays = [data(x) for x in xs]
         ctx.sizes = [a.shape[axis] for a in arrays]
-        if len(arrays) == 1:  # np.concatenate's copy, without its fixed cost
-            return arrays[0].copy(order="K")
         return np.concatenate(arrays, axis=axis)
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.sizes is None:  # one input: all of grad
+            return None, grad
         lead, pieces, start = (slice(None),) * ctx.axis, [None], 0
         for size in ctx.sizes:
             pieces.append(grad[lead + (slice(start, start + size),)])
@@ -419,9 +422,10 @@ def cat(tensors, axis=0):
 def stack(tensors, axis=0):
     """Stack equal-shaped tensors along a new axis."""
     tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
-    shapes = {t.data.shape for t in tensors}
-    if len(shapes) != 1:
-        raise ValueError(f"stack: all tensors must have the same shape, got {sorted(shapes)}")
+    if len(tensors) != 1:  # one tensor has one shape
+        shapes = {t.data.shape for t in tensors}
+        if len(shapes) != 1:
+            raise ValueError(f"stack: all tensors must have the same shape, got {sorted(shapes)}")
     ndim = tensors[0].data.ndim + 1
     if not -ndim <= axis < ndim:
         raise ValueError(f"stack: axis {axis} is out of range for {ndim} dimensions")

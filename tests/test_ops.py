@@ -753,6 +753,9 @@ def test_pad_of_nothing_cat_and_stack_of_one_tensor_copy_it():
         out.data[...] = -1.0
         np.testing.assert_array_equal(x.data, data)
     assert mg.stack([x], 1).shape == (3, 1)
+    leaf = Tensor(data.copy(), requires_grad=True)
+    for fn in (lambda x: mg.cat([x]) ** 2, lambda x: mg.stack([x], 1) ** 2):
+        check_grads(fn, [leaf], order=2)
 
 
 @pytest.mark.parametrize("index", [[1], [2, 0, 2, 2], list(range(30)) * 3])

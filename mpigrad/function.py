@@ -544,14 +544,16 @@ def _edge(tensor, out=None):
 def _record_inputs(ctx, args, needs, out=None):
     """Set the node's edges to its inputs' gradients and its ``input_meta`` (see ``_edge``; None
     for the whole when no entry is set)."""
-    edges, metas, any_meta = [], [], False
-    for a, need in zip(args, needs):
-        edge, meta = _edge(a, out) if need else _NO_INPUT
-        edges.append(edge)
-        metas.append(meta)
-        any_meta = any_meta or meta is not None
+    edges, metas = [_NO_EDGE] * len(args), None
+    for i, need in enumerate(needs):
+        if need:
+            edges[i], meta = _edge(args[i], out)
+            if meta is not None:
+                if metas is None:
+                    metas = [None] * len(args)
+                metas[i] = meta
     ctx.next_functions = tuple(edges)
-    ctx.input_meta = tuple(metas) if any_meta else None
+    ctx.input_meta = None if metas is None else tuple(metas)
 
 
 def _record(ctx, args, outputs):

@@ -726,6 +726,73 @@ def test_sum_to_sums_broadcast_axes():
     assert mg.sum_to(x, (2, 3, 4)) is x
 
 
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: mg.sum(x, 1),
+        lambda x: mg.mean(x, 1, keepdims=True),
+        lambda x: mg.broadcast_to(x, (1, 3, 1)),
+        lambda x: mg.sum_to(mg.reshape(x, (1, 3, 1)), (3, 1)),
+        lambda x: mg.pad(x, 0),
+    ],
+    ids=["sum", "mean", "broadcast_to", "sum_to", "pad"],
+)
+def test_ops_that_move_no_element_have_reshaped_gradients(fn):
+    # A sum over axes of length 1, a broadcast that adds only such axes, a pad of nothing: each
+    # gradient is its incoming one reshaped, plain (array mode) and recorded (create_graph).
+    x = Tensor(np.arange(1.0, 4.0).reshape(3, 1), requires_grad=True)
+    check_grads(fn, [x], order=2)
+    (g,) = autograd_grad(fn(x), [x], Tensor(np.arange(3.0).reshape(fn(x).shape)))
+    np.testing.assert_array_equal(g.data, np.arange(3.0).reshape(3, 1))
+
+
+def test_pad_of_nothing_cat_and_stack_of_one_tensor_copy_it():
+    data = np.arange(3.0)
+    x = Tensor(data.copy())
+    for out in (mg.pad(x, 0), mg.cat([x]), mg.stack([x], 1)):
+        out.data[...] = -1.0
+        np.testing.assert_array_equal(x.data, data)
+    assert mg.stack([x], 1).shape == (3, 1)
+    leaf = Tensor(data.copy(), requires_grad=True)
+    for fn in (lambda x: mg.cat([x]) ** 2, lambda x: mg.stack([x], 1) ** 2):
+        check_grads(fn, [leaf], order=2)
+
+
+@pytest.mark.parametrize("index", [[1], [2, 0, 2, 2], list(range(30)) * 3])
+def test_index_select_gradient_accumulates_repeats(index):
+    # One index, a few with repeats, more than kernels' small-scatter row takes.
+    x = Tensor(np.arange(60.0).reshape(30, 2), requires_grad=True)
+    out = mg.index_select(x, 0, np.array(index))
+    w = np.arange(out.data.size, dtype=float).reshape(out.shape)
+    want = np.zeros((30, 2))
+    np.add.at(want, np.array(index), w)
+    (g,) = autograd_grad(out, [x], Tensor(w))
+    np.testing.assert_array_equal(g.data, want)
+    check_grads(lambda x: mg.index_select(x, 0, np.array(index)) ** 2, [x], order=2)
+
+
+def test_where_gradient_keeps_float32():
+    x = Tensor(np.array([1.0, -2.0], np.float32), requires_grad=True)
+    y = Tensor(np.array([3.0, 4.0], np.float32), requires_grad=True)
+    gx, gy = autograd_grad(mg.where(np.array([True, False]), x, y).sum(), [x, y])
+    assert gx.dtype == gy.dtype == np.float32
+    np.testing.assert_array_equal(gx.data, [1.0, 0.0])
+    np.testing.assert_array_equal(gy.data, [0.0, 1.0])
+
+
+def test_axes_given_as_numpy_ints_are_normalized():
+    x = Tensor(np.zeros((2, 3)), requires_grad=True)
+    for axes in [(np.int64(1), np.int64(0)), (np.int64(-1), 0)]:
+        out = mg.permute(x, axes)
+        assert out.shape == (3, 2)
+        assert out.grad_fn.axes == (1, 0) and all(type(a) is int for a in out.grad_fn.axes)
+    assert mg.transpose(x, np.int64(0), -1).shape == (3, 2)
+    assert mg.squeeze(Tensor(np.zeros((1, 3))), np.int64(0)).shape == (3,)
+    for shape in [(3, 2), (np.int64(3), 2), [3, np.int64(2)], (np.array(3), 2)]:
+        out = mg.reshape(x, shape)
+        assert out.shape == (3, 2) and all(type(n) is int for n in out.shape)
+
+
 # --- 4. bad inputs --------------------------------------------------------------------------
 
 

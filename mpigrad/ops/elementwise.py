@@ -345,12 +345,21 @@ class Where(Function):
 
     @staticmethod
     def forward(ctx, cond, x, y):
-        ctx.cond = np.asarray(data(cond), dtype=bool)
-        return np.where(ctx.cond, data(x), data(y))
+        cond = data(cond)
+        if type(cond) is not np.ndarray or cond.dtype != bool:
+            cond = np.asarray(cond, dtype=bool)
+        ctx.cond = cond
+        return np.where(cond, data(x), data(y))
 
     @staticmethod
     def backward(ctx, grad):
         _, need_x, need_y = ctx.needs_input_grad
+        if type(grad) is np.ndarray:  # array mode: no op to record
+            return (
+                None,
+                np.where(ctx.cond, grad, 0.0) if need_x else None,
+                np.where(ctx.cond, 0.0, grad) if need_y else None,
+            )
         zero = np.zeros((), grad.dtype)
         return (
             None,

@@ -1,10 +1,13 @@
 """Ops that move or select elements: reshape, permute, broadcast, indexing, cat, split, pad."""
 
+import functools
+import itertools
+
 import numpy as np
 
 from .. import kernels
 from ..function import Function, linear, unary_op, variadic_op
-from ..grad_mode import _State
+from ..kernels.dispatch import SCATTER_NUMPY_MAX_SIZE
 from ..slice_grad import SliceGrad
 from ..tensor import Tensor
 from ._util import data, normalize_axis
@@ -47,8 +50,9 @@ class Reshape(Function):
 
     @staticmethod
     def forward(ctx, x, shape):
-        ctx.shape = data(x).shape
-        return data(x).reshape(shape)
+        x = data(x)
+        ctx.shape = x.shape
+        return x.reshape(shape)
 
     @staticmethod
     def backward(ctx, grad):
@@ -105,11 +109,14 @@ class BroadcastTo(Function):
 
     @staticmethod
     def forward(ctx, x, shape):
-        ctx.shape = data(x).shape
-        return broadcast_view(data(x), shape)
+        x = data(x)
+        ctx.shape, ctx.size = x.shape, x.size
+        return broadcast_view(x, shape)
 
     @staticmethod
     def backward(ctx, grad):
+        if grad.size == ctx.size:  # no element was repeated: a reshape
+            return grad.reshape(ctx.shape), None
         from .reduce import sum_to
 
         return sum_to(grad, ctx.shape), None
@@ -122,13 +129,16 @@ class GetItem(Function):
 
     @staticmethod
     def forward(ctx, x, index):
-        ctx.shape, ctx.dtype, ctx.index = data(x).shape, data(x).dtype, index
-        return data(x)[index]
+        x = data(x)
+        ctx.shape, ctx.dtype, ctx.index = x.shape, x.dtype, index
+        return x[index]
 
     @staticmethod
     def backward(ctx, grad):
-        if _State.array_mode and _is_basic(ctx.index):  # see Note [slice gradients]
-            return SliceGrad(ctx.shape, ctx.dtype, ctx.index, grad), None
+        if type(grad) is np.ndarray:  # array mode: no op to record
+            if _is_basic(ctx.index):  # see Note [slice gradients]
+                return SliceGrad(ctx.shape, ctx.dtype, ctx.index, grad), None
+            return _index_add(grad, ctx.shape, ctx.index), None
         return IndexAdd.apply(grad, ctx.shape, ctx.index), None
 
 
@@ -140,21 +150,28 @@ class IndexAdd(Function):
     @staticmethod
     def forward(ctx, src, shape, index):
         ctx.index = index
-        out = np.zeros(shape, data(src).dtype)
-        if _is_basic(index):
-            out[index] = data(src)  # basic indexing selects each element at most once
-        elif isinstance(index, np.ndarray) and index.ndim == 1 and out.ndim >= 1:
-            rows = data(src)
-            if rows.shape != (len(index), *shape[1:]):
-                rows = broadcast_view(rows, (len(index), *shape[1:]))
-            kernels.scatter_add(out, index, np.ascontiguousarray(rows))
-        else:
-            np.add.at(out, index, data(src))
-        return out
+        return _index_add(data(src), shape, index)
 
     @staticmethod
     def backward(ctx, grad):
         return GetItem.apply(grad, ctx.index), None, None
+
+
+def _index_add(src, shape, index):
+    """zeros(shape) with the array ``src`` added at ``index``, a valid index of that shape
+    (repeated entries accumulate)."""
+    out = np.zeros(shape, src.dtype)
+    if _is_basic(index) or type(index) is np.ndarray and index.size == 1:
+        out[index] = src  # an index that selects each element at most once
+    elif type(index) is np.ndarray and src.size <= SCATTER_NUMPY_MAX_SIZE:
+        np.add.at(out, index, src)  # kernels' small-scatter path, without its checks
+    elif isinstance(index, np.ndarray) and index.ndim == 1 and out.ndim >= 1:
+        if src.shape != (len(index), *shape[1:]):
+            src = broadcast_view(src, (len(index), *shape[1:]))
+        kernels.scatter_add(out, index, np.ascontiguousarray(src))
+    else:
+        np.add.at(out, index, src)
+    return out
 
 
 @variadic_op
@@ -164,13 +181,18 @@ class Cat(Function):
 
     @staticmethod
     def forward(ctx, axis, *xs):
-        arrays = [data(x) for x in xs]
         ctx.axis = axis
+        if len(xs) == 1:  # np.concatenate's copy, without its fixed cost
+            ctx.sizes = None
+            return data(xs[0]).copy(order="K")
+        arrays = [data(x) for x in xs]
         ctx.sizes = [a.shape[axis] for a in arrays]
         return np.concatenate(arrays, axis=axis)
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.sizes is None:  # one input: all of grad
+            return None, grad
         lead, pieces, start = (slice(None),) * ctx.axis, [None], 0
         for size in ctx.sizes:
             pieces.append(grad[lead + (slice(start, start + size),)])
@@ -187,6 +209,8 @@ class Stack(Function):
     def forward(ctx, axis, *xs):
         ctx.axis = axis
         new_axis = (slice(None),) * axis + (None,)
+        if len(xs) == 1:  # np.concatenate's copy, without its fixed cost
+            return data(xs[0])[new_axis].copy(order="K")
         return np.concatenate([data(x)[new_axis] for x in xs], axis)
 
     @staticmethod
@@ -207,20 +231,29 @@ class Pad(Function):
     @staticmethod
     def forward(ctx, x, pairs, value):
         x = np.asarray(data(x))
-        ctx.inner = tuple(slice(before, before + n) for (before, _), n in zip(pairs, x.shape))
-        shape = tuple(before + n + after for (before, after), n in zip(pairs, x.shape))
+        inner, shape = [], []
+        for (before, after), n in zip(pairs, x.shape):
+            inner.append(slice(before, before + n))
+            shape.append(before + n + after)
+        ctx.inner = tuple(inner)
+        if tuple(shape) == x.shape:  # no side to fill: a copy
+            return x.copy()
         out = np.full(shape, data(value), x.dtype)
         out[ctx.inner] = x
         return out
 
     @staticmethod
     def backward(ctx, grad):
+        if type(grad) is np.ndarray:  # array mode: no op to record
+            return grad[ctx.inner], None, None
         return GetItem.apply(grad, ctx.inner), None, None
 
 
 def _is_basic(index):
     if type(index) is slice or type(index) is int:  # the common cases, without a loop
         return True
+    if type(index) is np.ndarray:
+        return False
     items = index if isinstance(index, tuple) else (index,)
     return all(isinstance(i, (slice, int, np.integer)) or i is None or i is Ellipsis for i in items)
 
@@ -253,10 +286,31 @@ def reshape(x, *shape):
     """``x`` with a new shape (one entry may be -1); ``reshape(x, 2, 3)`` or ``(x, (2, 3))``."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = shape[0]
-    shape = tuple(map(int, shape))
+    shape = _int_tuple(shape)
     if shape == x.shape:
         return x
     return Reshape.apply(x, shape)
+
+
+# Tuples of Python ints that reshape has seen, each keyed by itself: a lookup gives an equal
+# tuple's converted form (entries equal to ints, np.int64(3) or 3.0, are those ints) without
+# converting entry by entry.  Bounded; it holds only the ints, nothing of the caller's.
+_INT_TUPLES = {}
+
+
+def _int_tuple(shape):
+    """``shape`` (a sequence of integers) as a tuple of Python ints."""
+    if type(shape) is tuple:
+        try:
+            known = _INT_TUPLES.get(shape)
+        except TypeError:  # an unhashable entry (a 0-d array)
+            known = None
+        if known is not None:
+            return known
+    shape = tuple(map(int, shape))
+    if len(_INT_TUPLES) < 1024:
+        _INT_TUPLES[shape] = shape
+    return shape
 
 
 def permute(x, *axes):
@@ -264,8 +318,12 @@ def permute(x, *axes):
     if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
         axes = axes[0]
     ndim = x.data.ndim
-    if type(axes) is tuple and all(type(a) is int for a in axes) and sorted(axes) == [*range(ndim)]:
-        return Permute.apply(x, axes)  # the common case: already non-negative Python ints
+    try:
+        known = _PERMUTATIONS.get(axes)
+    except TypeError:  # an unhashable entry: normalized below
+        known = None
+    if known is not None and len(known) == ndim:
+        return Permute.apply(x, known)
     # An axis out of range becomes ndim, which no permutation holds.
     normalized = tuple([a % ndim if -ndim <= a < ndim else ndim for a in map(int, axes)])
     if sorted(normalized) != list(range(ndim)):
@@ -273,15 +331,31 @@ def permute(x, *axes):
     return Permute.apply(x, normalized)
 
 
+# Each permutation of up to four axes, keyed by itself: one lookup validates the common forms of
+# permute's argument, and gives Python ints for entries equal to them (np.int64(1), True), as the
+# normalization in permute does.
+_PERMUTATIONS = {p: p for n in range(5) for p in itertools.permutations(range(n))}
+
+
 def transpose(x, axis0, axis1):
     """Swap two axes (torch's ``transpose``)."""
     ndim = x.data.ndim
+    if type(axis0) is int and type(axis1) is int:
+        return Permute.apply(x, _swapped_cached(axis0, axis1, ndim))
+    return Permute.apply(x, _swapped(axis0, axis1, ndim))
+
+
+def _swapped(axis0, axis1, ndim):
+    """The axes of an ``ndim``-dimensional tensor, ``axis0`` and ``axis1`` swapped."""
     (axis0,) = normalize_axis(axis0, ndim, "transpose")
     (axis1,) = normalize_axis(axis1, ndim, "transpose")
     axes = [*range(ndim)]
     if axes:  # a 0-d tensor has only axis 0 (or -1), as in torch
         axes[axis0], axes[axis1] = axes[axis1], axes[axis0]
-    return Permute.apply(x, tuple(axes))
+    return tuple(axes)
+
+
+_swapped_cached = functools.lru_cache(maxsize=256)(_swapped)  # for Python ints: errors not cached
 
 
 def broadcast_to(x, shape):
@@ -296,6 +370,11 @@ def squeeze(x, axis=None):
     """Drop axes of size 1 (all, or the given ones; an axis of another size is kept, as in
     torch)."""
     shape = x.data.shape
+    if type(axis) is int and -len(shape) <= axis < len(shape):  # one axis, without a loop
+        if shape[axis] != 1:
+            return x
+        axis %= len(shape)
+        return Reshape.apply(x, shape[:axis] + shape[axis + 1 :])
     if axis is None:
         keep = tuple([n for n in shape if n != 1])
     else:
@@ -321,7 +400,8 @@ def getitem(x, index):
 
 def index_select(x, axis, index):
     """The entries of ``x`` at the 1-D integer ``index`` along ``axis`` (torch's order)."""
-    index = np.asarray(data(index))
+    if type(index) is not np.ndarray:
+        index = np.asarray(data(index))
     if index.ndim != 1 or index.dtype.kind not in "iu":
         raise ValueError(
             f"index_select: index must be a 1-D integer array, got shape {index.shape} "
@@ -336,16 +416,17 @@ def cat(tensors, axis=0):
     tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
     if not tensors:
         raise ValueError("cat: expected a non-empty list of tensors")
-    return Cat.apply(axis % tensors[0].ndim, *tensors)
+    return Cat.apply(axis % tensors[0].data.ndim, *tensors)
 
 
 def stack(tensors, axis=0):
     """Stack equal-shaped tensors along a new axis."""
     tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
-    shapes = {t.shape for t in tensors}
-    if len(shapes) != 1:
-        raise ValueError(f"stack: all tensors must have the same shape, got {sorted(shapes)}")
-    ndim = tensors[0].ndim + 1
+    if len(tensors) != 1:  # one tensor has one shape
+        shapes = {t.data.shape for t in tensors}
+        if len(shapes) != 1:
+            raise ValueError(f"stack: all tensors must have the same shape, got {sorted(shapes)}")
+    ndim = tensors[0].data.ndim + 1
     if not -ndim <= axis < ndim:
         raise ValueError(f"stack: axis {axis} is out of range for {ndim} dimensions")
     return Stack.apply(axis % ndim, *tensors)
@@ -386,9 +467,11 @@ def pad(x, pad_width, value=0.0):
         raise TypeError(
             "pad: value is a constant and gets no gradient; got a Tensor that requires grad"
         )
-    if np.ndim(data(value)) != 0:
-        raise ValueError(f"pad: value must be a scalar, got shape {np.shape(data(value))}")
-    return Pad.apply(x, _pad_pairs(pad_width, np.ndim(data(x))), data(value))
+    value = data(value)
+    if type(value) is not float and type(value) is not int and np.ndim(value) != 0:
+        raise ValueError(f"pad: value must be a scalar, got shape {np.shape(value)}")
+    ndim = x.data.ndim if isinstance(x, Tensor) else np.ndim(x)
+    return Pad.apply(x, _pad_pairs(pad_width, ndim), value)
 
 
 def _pad_pairs(pad_width, ndim):

@@ -19,13 +19,13 @@ class Sum(Function):
 
     @staticmethod
     def forward(ctx, x, axes, keepdims):
-        ctx.shape, ctx.axes = data(x).shape, axes
-        return np.add.reduce(data(x), axis=axes, keepdims=keepdims)
+        x = data(x)
+        ctx.shape, ctx.size, ctx.axes = x.shape, x.size, axes
+        return np.add.reduce(x, axis=axes, keepdims=keepdims)
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.reshape(keepdims_shape(ctx.shape, ctx.axes))
-        return _spread(grad, ctx.shape), None, None
+        return _unreduced(grad, ctx), None, None
 
 
 @unary_op
@@ -37,14 +37,13 @@ class Mean(Function):
     @staticmethod
     def forward(ctx, x, axes, keepdims):
         x = data(x)
-        ctx.shape, ctx.axes = x.shape, axes
+        ctx.shape, ctx.size, ctx.axes = x.shape, x.size, axes
         ctx.count = x.size if axes is None else math.prod([x.shape[a] for a in axes])
         return np.add.reduce(x, axis=axes, keepdims=keepdims) / ctx.count
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.reshape(keepdims_shape(ctx.shape, ctx.axes)) / ctx.count
-        return _spread(grad, ctx.shape), None, None
+        return _unreduced(grad / ctx.count, ctx), None, None
 
 
 class _Extreme(Function):
@@ -91,28 +90,41 @@ class SumTo(Function):
 
     @staticmethod
     def forward(ctx, x, shape):
-        ctx.shape = data(x).shape
-        lead = data(x).ndim - len(shape)
+        x = data(x)
+        ctx.shape, ctx.size = x.shape, x.size
+        lead = x.ndim - len(shape)
         if lead < 0:
-            raise ValueError(f"cannot sum shape {data(x).shape} to shape {shape}")
+            raise ValueError(f"cannot sum shape {x.shape} to shape {shape}")
         axes = list(range(lead))
         for i, n in enumerate(shape):
-            m = data(x).shape[lead + i]
+            m = x.shape[lead + i]
             if n == 1 and m != 1:
                 axes.append(lead + i)
             elif n != m:
-                raise ValueError(f"cannot sum shape {data(x).shape} to shape {shape}")
-        out = np.add.reduce(data(x), axis=tuple(axes), keepdims=True) if axes else data(x)
+                raise ValueError(f"cannot sum shape {x.shape} to shape {shape}")
+        out = np.add.reduce(x, axis=tuple(axes), keepdims=True) if axes else x
         return out.reshape(shape)
 
     @staticmethod
     def backward(ctx, grad):
-        return _spread(grad, ctx.shape), None
+        return _spread(grad, ctx.shape, ctx.size), None
 
 
-def _spread(grad, shape):
-    """``broadcast_to(grad, shape)``; an array (array mode) is viewed directly, as there is no
-    op to record."""
+def _unreduced(grad, ctx):
+    """The gradient of a sum over ``ctx.axes`` (None: all) of an input of ``ctx.shape`` and
+    ``ctx.size``: ``grad`` with the summed axes restored (length 1), broadcast back to the
+    input's shape."""
+    if grad.ndim != len(ctx.shape) and grad.size != ctx.size:
+        grad = grad.reshape(keepdims_shape(ctx.shape, ctx.axes))
+    return _spread(grad, ctx.shape, ctx.size)
+
+
+def _spread(grad, shape, size):
+    """``broadcast_to(grad, shape)``, where ``size`` is the size of ``shape``: a view of
+    ``grad`` (a writable one where no element repeats); an array (array mode) is viewed
+    directly, as there is no op to record."""
+    if grad.size == size:  # nothing to repeat: a reshape
+        return grad if grad.shape == shape else grad.reshape(shape)
     return broadcast_view(grad, shape) if type(grad) is np.ndarray else broadcast_to(grad, shape)
 
 

@@ -3,7 +3,7 @@ convolution), computed in one compiled pass (``kernels.correlate``)."""
 
 import numpy as np
 
-from ..function import Function, multilinear
+from ..function import Function, multilinear, variadic_op
 from ..kernels import correlate, correlate_transposed
 from ..tensor import Tensor
 from ._util import data, normalize_axis
@@ -12,6 +12,7 @@ from .movement import stack
 __all__ = ["stencil"]
 
 
+@variadic_op
 @multilinear(fixed=(2,))
 class Stencil(Function):
     """out[..., i, ...] = sum_k w[k] a[..., i + k, ...] along ``axis`` (n - K + 1 outputs);
@@ -21,7 +22,6 @@ class Stencil(Function):
     (``transposed``), and one formula gives both gradients in ``w`` (``_weight_grad``).
     """
 
-    takes_arrays = True
     kernel = staticmethod(correlate)
     transposed = None  # StencilTransposed, set below
 
@@ -43,11 +43,11 @@ class Stencil(Function):
         )
 
 
+@variadic_op
 class StencilTransposed(Stencil):
     """out[..., j, ...] = sum_k w[k] a[..., j - k, ...] over 0 <= j - k < m (m + K - 1 outputs):
     Stencil's adjoint in a, whose own adjoint is Stencil; grad_w[k] = sum a * grad[k:k + m]"""
 
-    takes_arrays = True
     kernel = staticmethod(correlate_transposed)
     transposed = Stencil
 

@@ -45,8 +45,10 @@ def correlate_transposed(g, w, axis):
 
 def _along_axis(a, w, axis, length, numba_rows, numpy_rows):
     """Run a row loop over the lines of ``a`` along ``axis``, into ``length`` outputs each."""
-    dtype = np.result_type(a.dtype, w.dtype)
-    a = np.moveaxis(a, axis, -1)
+    dtype = a.dtype if a.dtype == w.dtype else np.result_type(a.dtype, w.dtype)
+    last = axis in (-1, a.ndim - 1)
+    if not last:  # the lines are independent: their order among the others does not matter
+        a = a.swapaxes(axis, -1)
     lead = a.shape[:-1]
     rows = a.reshape(-1, a.shape[-1]).astype(dtype, copy=False)
     out = np.empty((rows.shape[0], length), dtype)
@@ -55,7 +57,8 @@ def _along_axis(a, w, axis, length, numba_rows, numpy_rows):
     else:
         row_loop = numpy_rows
     row_loop(rows, np.ascontiguousarray(w, dtype), out)
-    return np.moveaxis(out.reshape(lead + (length,)), -1, axis)
+    out = out.reshape(lead + (length,))
+    return out if last else out.swapaxes(-1, axis)
 
 
 @functools.cache

@@ -35,11 +35,13 @@ mpigrad's time per op alone (the ops case, whose reference is torch, then checks
 every result is finite).
 
 ``--threads`` (default 1) sets the threads of BLAS, OpenMP, torch and mpigrad's kernels alike;
-more than one gives stable numbers only on a quiet machine.  The garbage collector stays on, as
-in user code (``--no-gc`` turns it off while timing); the allocator is as mpigrad sets it on
-import (``MPIGRAD_KEEP_FREED_MEMORY=0`` keeps glibc's defaults).  ``--profile CASE`` runs
-mpigrad's side of CASE under cProfile instead of timing.  The engine is rank-local: under
-mpiexec, rank 0 measures and the other ranks exit at once, without initializing MPI.
+more than one gives stable numbers only on a quiet machine, and times torch's mlp in rounds of
+its own (its idle OpenMP workers spin on the cores the next subject needs).  The garbage
+collector stays on, as in user code (``--no-gc`` turns it off while timing); the allocator is as
+mpigrad sets it on import (``MPIGRAD_KEEP_FREED_MEMORY=0`` keeps glibc's defaults).
+``--profile CASE`` runs mpigrad's side of CASE under cProfile instead of timing.  The engine is
+rank-local: under mpiexec, rank 0 measures and the other ranks exit at once, without
+initializing MPI.
 
     python benchmarks/bench_engine.py [--quick] [--threads N] [--cases chain fanin ops mlp]
         [--reps N] [--ops N] [--op NAME ...] [--dtypes float64 float32] [--no-torch] [--no-gc]
@@ -668,8 +670,17 @@ def measure(case, torch, report, table, dtype="float64"):
     gc.collect()
     if ARGS.no_gc:
         gc.disable()
+    # Note [torch's own rounds]: on more than one thread, torch's OpenMP workers spin a while
+    # after each op, on the cores the next subject in the round computes on; the mlp case times
+    # torch in rounds of its own then (with it in the rounds, the mpigrad step that followed it
+    # took 2.0x numpy's at 2 threads; without, 1.05-1.15x).
+    apart = {"torch"} & set(subjects) if case == "mlp" and ARGS.threads > 1 else set()
+    warmup = 2 if ARGS.quick else 10
     try:
-        samples = _common.interleave(subjects, reps, warmup=2 if ARGS.quick else 10)
+        together = {name: sample for name, sample in subjects.items() if name not in apart}
+        samples = _common.interleave(together, reps, warmup=warmup)
+        for name in apart:
+            samples.update(_common.interleave({name: subjects[name]}, reps, warmup=warmup))
     finally:
         gc.enable()
     base = _common.summary(samples[baseline]["time"], scale) if baseline in samples else None

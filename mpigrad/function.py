@@ -270,9 +270,7 @@ def unary_op(cls):
             ctx.sequence_nr = next_sequence_nr()
             ctx.needs_input_grad = _FIRST_ONLY[len(constants)]
             raw, made = forward(ctx, x, *constants), None
-            if type(raw) is Tensor and raw is not x and type(raw.data) is np.ndarray:
-                made, raw = raw, raw.data  # an output forward made, and saved as a rule may
-            elif type(raw) is not np.ndarray:
+            if type(raw) is not np.ndarray:
                 array = _made_array(raw, x)
                 if array is None:
                     return _outputs(cls, ctx, (x, *constants), raw, True, None)
@@ -500,21 +498,13 @@ def _recorded(ctx, raw, floating=False, made=None):
     else a new one.  ``floating``: the caller knows that ``raw`` is floating-point, as it has
     the dtype of an input that requires grad (reading ``raw.dtype.kind`` is a visible share of
     the short record path's cost)."""
-    if made is None:
-        out = _new(Tensor)
-        out.data = raw
-    else:
-        out = made
+    out = _new(Tensor) if made is None else made
+    out.data = raw
     if (floating or raw.dtype.kind == "f") and not ctx.non_differentiable:
         out.grad_fn = ctx
         out._requires_grad = True
     if made is not None:
-        saved = ctx._saved
-        if len(saved) == 1 and saved[0] is out:  # BackwardNode._pack's commonest case, inline
-            ctx._saved = (_SavedOutput(out, 0),)
-            ctx._saved_outputs = True
-        elif saved:
-            ctx._pack((out,))
+        ctx._pack((out,))
     return out
 
 

@@ -55,38 +55,38 @@ _FLOAT64, _FLOAT32 = np.dtype(np.float64), np.dtype(np.float32)
 
 
 def softmax(x, axes):
-    n = _row_length(x, axes)
-    if not n:
-        return None
-    out = np.empty_like(x)
-    _loops().softmax(x, n, out)
-    return out
+    return _over_rows("softmax", x, axes)
 
 
 def softmax_backward(out, grad, axes):
-    n = _row_length(out, axes)
-    if not n or not _same(out, grad):
-        return None
-    grad_x = np.empty_like(out)
-    _loops().softmax_backward(out, grad, n, grad_x)
-    return grad_x
+    return _over_rows_backward("softmax_backward", out, grad, axes)
 
 
 def log_softmax(x, axes):
+    return _over_rows("log_softmax", x, axes)
+
+
+def log_softmax_backward(out, grad, axes):
+    return _over_rows_backward("log_softmax_backward", out, grad, axes)
+
+
+def _over_rows(loop, x, axes):
+    """What the loop named ``loop`` writes over the rows of ``x``, or None."""
     n = _row_length(x, axes)
     if not n:
         return None
     out = np.empty_like(x)
-    _loops().log_softmax(x, n, out)
+    getattr(_loops(), loop)(x, n, out)
     return out
 
 
-def log_softmax_backward(out, grad, axes):
+def _over_rows_backward(loop, out, grad, axes):
+    """The gradient the loop named ``loop`` makes from ``out`` and ``grad``, or None."""
     n = _row_length(out, axes)
     if not n or not _same(out, grad):
         return None
     grad_x = np.empty_like(out)
-    _loops().log_softmax_backward(out, grad, n, grad_x)
+    getattr(_loops(), loop)(out, grad, n, grad_x)
     return grad_x
 
 

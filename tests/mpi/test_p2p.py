@@ -54,6 +54,42 @@ def test_init_again_with_the_same_comm_is_a_no_op_and_another_raises(comm):
         dist.init(MPI.COMM_WORLD)
 
 
+def test_destroy_drops_what_was_never_received_and_init_takes_up_the_same_communicators(comm):
+    # See Note [reusing communicators]: the drained communicators come back, empty.
+    rank, size = comm.rank, comm.size
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    kept = dist_comm.get().duplicates()
+    sent = [dist.isend(np.full(n, -1.0), dest, tag=3) for n in (2, 4096)]  # inline, payload
+    pending = dist.irecv(source, tag=4)
+    comm.Barrier()
+    dist.destroy()
+    with pytest.raises(RuntimeError, match=r"\(tag 4\) was cancelled: .*destroy\(\) ran"):
+        pending.wait()
+    dist.init(comm)
+    assert all(a is b for a, b in zip(dist_comm.get().duplicates(), kept))
+    for request in sent:  # destroy received them
+        request.wait(timeout=5)
+    request = dist.isend(np.full(3, float(rank)), dest, tag=3)
+    _check(dist.recv(source, tag=3), np.full(3, float(source)))
+    request.wait()
+
+
+@pytest.mark.min_ranks(2)
+def test_ranks_that_kept_different_communicators_all_make_new_ones(comm):
+    # Rank 0 last destroyed a set of its own (over COMM_SELF), the others the set of ``comm``:
+    # init must agree to duplicate anew on every rank, not take up mismatched sets (a hang).
+    rank, size = comm.rank, comm.size
+    dist.destroy()
+    if rank == 0:
+        dist.init(MPI.COMM_SELF)
+        dist.destroy()
+    kept = dist_comm._spare.duplicates()
+    dist.init(comm)
+    assert not any(a is b for a, b in zip(dist_comm.get().duplicates(), kept))
+    dest, source = (rank + 1) % size, (rank - 1) % size
+    _check(dist.sendrecv(np.full(2, float(rank)), dest, source), np.full(2, float(source)))
+
+
 @pytest.mark.min_ranks(2)  # blocking send to oneself may wait forever, as MPI_Send may
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_ring_send_recv(comm, dtype):

@@ -260,43 +260,54 @@ def init(comm: MPI.Intracomm | None = None) -> None:
 
 # Note [reusing communicators]
 # ~~~~~~~~~~~~~~~~~~~~~~~~~~~~
-# destroy() does not free the duplicates it has drained: it keeps them, and the next init() on a
-# communicator of the same group (the same ranks in the same order: COMM_WORLD, or any duplicate
-# of it) takes them up again instead of duplicating anew.  Under Open MPI's ob1 transport at 3
-# ranks, about one destroy in 25 of the tests' init/destroy cycles hung in its first collective
-# on a freshly duplicated control communicator, every rank inside it and point-to-point messages
-# on it still flowing, once earlier cycles had freed theirs (MPI hands freed communicators'
-# identities to new ones); with the duplicates kept, none did in 90 runs.  It also saves seven
-# duplications and frees per cycle.  Whether to reuse is agreed in one allreduce over the new
-# communicator: every rank must hold the same kept set (``token``: a number that the ranks agreed
-# when they made the set, larger than any this rank has seen), else every rank makes new ones and
-# frees what it kept.  A set with a collective that never completed is freed, never kept.
-_spare = None  # the Communicators destroy() kept
+# destroy() does not free the duplicates it has drained: it keeps them, one set per group of
+# ranks, and the next init() on a communicator of that group (the same ranks in the same order:
+# COMM_WORLD, or any duplicate of it) takes them up again instead of duplicating anew.  Under
+# Open MPI's ob1 transport at 3 ranks, about one destroy in 25 of the tests' init/destroy cycles
+# hung in its first collective on a freshly duplicated control communicator, every rank inside
+# it and point-to-point messages on it still flowing, once earlier cycles had freed theirs (MPI
+# hands freed communicators' identities to new ones); with the duplicates kept, none did in 90
+# runs.  It also saves seven duplications and frees per cycle.  Whether to reuse is agreed in one
+# allreduce over the new communicator: every rank must hold the same set (``token``: a number
+# the ranks agreed when they made it, larger than any this rank had seen), else every rank makes
+# new ones.  A kept set is never freed (freeing is collective, and the ranks that hold it need
+# not be together when another set replaces it): a program keeps one set per group of ranks it
+# initializes on.  A set with a collective that never completed is freed, never kept.
+_spares = []  # the Communicators destroy() kept, one per group
 _tokens = 0  # tokens of sets this rank has made: the next is at least this
+
+
+def _kept_for(group):
+    """The kept set of ``group``'s ranks, or None."""
+    return next((s for s in _spares if MPI.Group.Compare(s.group, group) == MPI.IDENT), None)
 
 
 def _communicators(comm):
     """The ``Communicators`` of ``comm``: the kept set if every rank of ``comm`` holds it, else
     new duplicates (collective over ``comm``; see Note [reusing communicators])."""
-    global _spare, _tokens
-    spare, _spare = _spare, None
-    kept = -1
-    if spare is not None:
-        group = comm.Get_group()
-        if MPI.Group.Compare(spare.group, group) == MPI.IDENT:
-            kept = spare.token
-        group.Free()
+    global _tokens
+    group = comm.Get_group()
+    spare = _kept_for(group)
+    group.Free()
+    kept = -1 if spare is None else spare.token
     words = np.array([kept, -kept, _tokens], np.int64)
     agreed = np.empty_like(words)
     comm.Allreduce(words, agreed, op=MPI.MAX)
     if kept >= 0 and agreed[0] == kept == -agreed[1]:
+        _spares.remove(spare)
         spare.group.Free()
         return Communicators(comm, kept, spare.duplicates())
     _tokens = int(agreed[2]) + 1
-    made = Communicators(comm, _tokens - 1)
-    if spare is not None:  # after the duplications, so that none is given a freed identity
-        spare.free()
-    return made
+    return Communicators(comm, _tokens - 1)
+
+
+def _keep(comms):
+    """Keep ``comms``, drained, for the next init over its ranks; it replaces a set that some
+    of them did not hold (see Note [reusing communicators])."""
+    replaced = _kept_for(comms.group)
+    if replaced is not None:
+        _spares.remove(replaced)
+    _spares.append(comms)
 
 
 def destroy(timeout: float | None = None) -> None:
@@ -310,7 +321,7 @@ def destroy(timeout: float | None = None) -> None:
     ``timeout`` seconds (default ``MPIGRAD_TIMEOUT``; a rank that never calls destroy), it raises
     ``DistTimeoutError`` and leaves the communicators allocated: a later ``init`` makes new ones.
     """
-    global _comms, _spare
+    global _comms
     if _comms is None:
         return
     from . import buffers, context, transport
@@ -329,7 +340,7 @@ def destroy(timeout: float | None = None) -> None:
     if comms.abandoned:
         comms.free()
     else:
-        _spare = comms
+        _keep(comms)
 
 
 def is_initialized() -> bool:

@@ -74,16 +74,30 @@ def test_destroy_drops_what_was_never_received_and_init_takes_up_the_same_commun
     request.wait()
 
 
+def test_communicators_kept_over_other_ranks_meanwhile_do_not_stop_the_reuse(comm):
+    # Rank 0 initializes over COMM_SELF in between: each set is kept for its own ranks.
+    kept, alone = dist_comm.get().duplicates(), None
+    for _ in range(2):
+        dist.destroy()
+        if comm.rank == 0:
+            dist.init(MPI.COMM_SELF)
+            mine = dist_comm.get().duplicates()
+            assert alone is None or all(a is b for a, b in zip(mine, alone))
+            alone = mine
+            dist.destroy()
+        dist.init(comm)
+        assert all(a is b for a, b in zip(dist_comm.get().duplicates(), kept))
+
+
 @pytest.mark.min_ranks(2)
-def test_ranks_that_kept_different_communicators_all_make_new_ones(comm):
-    # Rank 0 last destroyed a set of its own (over COMM_SELF), the others the set of ``comm``:
-    # init must agree to duplicate anew on every rank, not take up mismatched sets (a hang).
+def test_ranks_that_do_not_all_hold_the_kept_communicators_make_new_ones(comm):
+    # As after a destroy that timed out on rank 0 alone: init must agree to duplicate anew on
+    # every rank, not take up a set that rank 0 lacks (a hang).
     rank, size = comm.rank, comm.size
+    kept = dist_comm.get().duplicates()
     dist.destroy()
     if rank == 0:
-        dist.init(MPI.COMM_SELF)
-        dist.destroy()
-    kept = dist_comm._spare.duplicates()
+        dist_comm._spares.clear()
     dist.init(comm)
     assert not any(a is b for a, b in zip(dist_comm.get().duplicates(), kept))
     dest, source = (rank + 1) % size, (rank - 1) % size

@@ -75,18 +75,20 @@ def test_destroy_drops_what_was_never_received_and_init_takes_up_the_same_commun
 
 
 def test_communicators_kept_over_other_ranks_meanwhile_do_not_stop_the_reuse(comm):
-    # Rank 0 initializes over COMM_SELF in between: each set is kept for its own ranks.
-    kept, alone = dist_comm.get().duplicates(), None
+    # In between, rank 0 initializes alone and the others together, over their own
+    # communicator: each set is kept for its own ranks.
+    half = comm.Split(int(comm.rank > 0), comm.rank)
+    kept, inside = dist_comm.get().duplicates(), None
     for _ in range(2):
         dist.destroy()
-        if comm.rank == 0:
-            dist.init(MPI.COMM_SELF)
-            mine = dist_comm.get().duplicates()
-            assert alone is None or all(a is b for a, b in zip(mine, alone))
-            alone = mine
-            dist.destroy()
+        dist.init(half)
+        mine = dist_comm.get().duplicates()
+        assert inside is None or all(a is b for a, b in zip(mine, inside))
+        inside = mine
+        dist.destroy()
         dist.init(comm)
         assert all(a is b for a, b in zip(dist_comm.get().duplicates(), kept))
+    half.Free()
 
 
 @pytest.mark.min_ranks(2)

@@ -48,13 +48,13 @@ __all__ = [
 
 
 class Communicators:
-    """The user's communicator and mpigrad's duplicates of it: new ones, or ``dups`` (those a
-    ``destroy`` kept, in the order of ``_NAMES``), which the ranks made together under ``token``
-    (see Note [reusing communicators])."""
+    """The user's communicator, its ``group`` (which this object frees), and mpigrad's
+    duplicates of it: new ones, or ``dups`` (those a ``destroy`` kept, in the order of
+    ``_NAMES``), which the ranks made together under ``token`` (see Note [reusing
+    communicators])."""
 
-    def __init__(self, comm, token, dups=None):
-        self.user, self.token = comm, token
-        self.group = comm.Get_group()
+    def __init__(self, comm, group, token, dups=None):
+        self.user, self.group, self.token = comm, group, token
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         if dups is None:
@@ -288,7 +288,6 @@ def _communicators(comm):
     global _tokens
     group = comm.Get_group()
     spare = _kept_for(group)
-    group.Free()
     kept = -1 if spare is None else spare.token
     words = np.array([kept, -kept, _tokens], np.int64)
     agreed = np.empty_like(words)
@@ -296,9 +295,9 @@ def _communicators(comm):
     if kept >= 0 and agreed[0] == kept == -agreed[1]:
         _spares.remove(spare)
         spare.group.Free()
-        return Communicators(comm, kept, spare.duplicates())
+        return Communicators(comm, group, kept, spare.duplicates())
     _tokens = int(agreed[2]) + 1
-    return Communicators(comm, _tokens - 1)
+    return Communicators(comm, group, _tokens - 1)
 
 
 def _keep(comms):

@@ -49,10 +49,17 @@ class FunctionCtx:
     materialize_grads = True
     non_differentiable = ()
     _saved = ()
+    _saved_outputs = False  # whether _saved holds outputs: see BackwardNode._pack
 
     def save_for_backward(self, *tensors):
         """Keep tensors (inputs or outputs of forward) for ``backward``."""
         self._saved = tensors
+
+    def _save_output(self, out):
+        """Keep ``out``, the one ndarray forward returns, for ``backward``, where it is the output
+        Tensor (the built-in ops' way: no Tensor made in forward only to be packed)."""
+        self._saved = (out,)
+        self._saved_outputs = True
 
     @property
     def saved_tensors(self):
@@ -87,23 +94,25 @@ class BackwardNode(FunctionCtx, Node):
 
     _forward_cls = None
     takes_arrays = False  # the op's Function.takes_arrays, copied here for the engine
-    _saved_outputs = False  # whether _saved holds _SavedOutput entries to rebuild
     released = False
 
     def _pack(self, outputs):
         # Outputs are stored without the Tensor (which points back here) to avoid a cycle;
-        # saved_tensors rebuilds them with this node as grad_fn and the output's tangents.
+        # saved_tensors rebuilds them with this node as grad_fn and the output's tangents.  An
+        # output is saved as its Tensor or, by ``_save_output``, as its array.  Once packed,
+        # ``_saved_outputs`` says whether there are _SavedOutput entries to rebuild.
         to_save = self._saved
         if not to_save:
             return
-        if len(to_save) == 1 and to_save[0] is outputs[0]:  # an op that saves its one output
-            self._saved = (_SavedOutput(outputs[0], 0),)
+        first = outputs[0]
+        if len(to_save) == 1 and (to_save[0] is first or to_save[0] is first.data):
+            self._saved = (_SavedOutput(first, 0),)
             self._saved_outputs = True
             return
         packed = list(to_save)
         for i, t in enumerate(to_save):
             for nr, o in enumerate(outputs):
-                if o is t:
+                if o is t or o.data is t:
                     packed[i] = _SavedOutput(t, nr)
                     self._saved_outputs = True
                     break
@@ -505,6 +514,8 @@ def _recorded(ctx, raw, floating=False, made=None):
         out._requires_grad = True
     if made is not None:
         ctx._pack((out,))
+    elif ctx._saved_outputs:  # forward saved its output array (_save_output)
+        ctx._saved = (_SavedOutput(out, 0),)
     return out
 
 

@@ -158,8 +158,8 @@ class Exp(Function):
 
     @staticmethod
     def forward(ctx, x):
-        out = Tensor._make(np.asarray(np.exp(data(x))))
-        ctx.save_for_backward(out)
+        out = np.asarray(np.exp(data(x)))
+        ctx._save_output(out)
         return out
 
     @staticmethod
@@ -189,8 +189,8 @@ class Sqrt(Function):
 
     @staticmethod
     def forward(ctx, x):
-        out = Tensor._make(np.asarray(np.sqrt(data(x))))
-        ctx.save_for_backward(out)
+        out = np.asarray(np.sqrt(data(x)))
+        ctx._save_output(out)
         return out
 
     @staticmethod
@@ -250,8 +250,8 @@ class Tanh(Function):
 
     @staticmethod
     def forward(ctx, x):
-        out = Tensor._make(np.asarray(np.tanh(data(x))))
-        ctx.save_for_backward(out)
+        out = np.asarray(np.tanh(data(x)))
+        ctx._save_output(out)
         return out
 
     @staticmethod
@@ -270,8 +270,7 @@ class Sigmoid(Function):
         out = kernels.sigmoid(x)
         if out is None:
             out = np.asarray(np.exp(np.negative(np.logaddexp(0, np.negative(x)))))
-        out = Tensor._make(out)
-        ctx.save_for_backward(out)
+        ctx._save_output(out)
         return out
 
     @staticmethod

@@ -107,8 +107,7 @@ class Softmax(Function):
                 np.divide(out, np.add.reduce(out, axis=axis, keepdims=True), out=out)
             else:
                 out = np.exp(x - _stable_logsumexp(x, axis))
-        out = Tensor._make(out)
-        ctx.save_for_backward(out)
+        ctx._save_output(out)
         return out
 
     @staticmethod
@@ -142,8 +141,7 @@ class LogSoftmax(Function):
                 out = np.asarray(np.subtract(shifted, log_total))
             else:
                 out = x - _stable_logsumexp(x, axis)
-        out = Tensor._make(out)
-        ctx.save_for_backward(out)
+        ctx._save_output(out)
         return out
 
     @staticmethod

@@ -99,20 +99,20 @@ class BackwardNode(FunctionCtx, Node):
     def _pack(self, outputs):
         # Outputs are stored without the Tensor (which points back here) to avoid a cycle;
         # saved_tensors rebuilds them with this node as grad_fn and the output's tangents.  An
-        # output is saved as its Tensor or, by ``_save_output``, as its array.  Once packed,
-        # ``_saved_outputs`` says whether there are _SavedOutput entries to rebuild.
+        # output is saved as its Tensor, or as its array by ``_save_output`` (which sets
+        # ``_saved_outputs``; once packed, it says whether there are entries to rebuild).
         to_save = self._saved
         if not to_save:
             return
         first = outputs[0]
-        if len(to_save) == 1 and (to_save[0] is first or to_save[0] is first.data):
+        if self._saved_outputs or (len(to_save) == 1 and to_save[0] is first):
             self._saved = (_SavedOutput(first, 0),)
             self._saved_outputs = True
             return
         packed = list(to_save)
         for i, t in enumerate(to_save):
             for nr, o in enumerate(outputs):
-                if o is t or o.data is t:
+                if o is t:
                     packed[i] = _SavedOutput(t, nr)
                     self._saved_outputs = True
                     break

@@ -33,11 +33,11 @@ rank = dist.get_rank()
 """
 
 
-def run(source, n=2, tmp_path=None, **env):
-    """Run PRELUDE + source on n ranks (n = 0: plain python, no launcher); return (returncode,
+def run(source, n=2, tmp_path=None, prelude=PRELUDE, **env):
+    """Run prelude + source on n ranks (n = 0: plain python, no launcher); return (returncode,
     output, seconds)."""
     script = tmp_path / "program.py"
-    script.write_text(PRELUDE + textwrap.dedent(source))
+    script.write_text(prelude + textwrap.dedent(source))
     command = [sys.executable, str(script)]
     if n:
         command = [MPIEXEC, "-n", str(n), *command]
@@ -125,6 +125,46 @@ def test_the_default_timeout_comes_from_the_environment(tmp_path):
     assert message.startswith(
         "rank 0: recv timed out after 0.5 s still waiting for: a tensor "
         "from rank 0 with tag 0 (outside any context); no other rank"
+    ), output
+
+
+@needs_mpiexec
+def test_init_that_a_rank_never_calls_warns_then_times_out(tmp_path):
+    # Rank 1 never touches mpigrad.distributed (the prelude would initialize it); rank 0 waits
+    # in init, warns at 0.5 s, times out at 1.5 s, and its uncaught error aborts the job.
+    returncode, output, seconds = run(
+        """
+        from pathlib import Path
+        from mpi4py import MPI
+        if MPI.COMM_WORLD.Get_rank() == 1:
+            time.sleep(60)
+        start = time.monotonic()
+        try:
+            dist.init()
+        except dist.DistTimeoutError as exc:
+            Path("raised.txt").write_text(f"{time.monotonic() - start:.2f} {exc}")
+            raise
+        """,
+        tmp_path=tmp_path,
+        prelude="import sys, time\nimport mpigrad.distributed as dist\n",
+        MPIGRAD_TIMEOUT="1.5",
+        MPIGRAD_STALL_WARNING="0.5",
+    )
+    assert returncode != 0, output
+    assert seconds < 30, f"took {seconds:.1f} s:\n{output}"
+    waited, message = (tmp_path / "raised.txt").read_text().split(" ", 1)
+    assert 1.5 <= float(waited) < 5, message
+    what = (
+        "the other ranks of its communicator ('MPI_COMM_WORLD', 2 ranks) to call "
+        "mpigrad.distributed.init(), which is collective (the first call of any "
+        "mpigrad.distributed function initializes on COMM_WORLD, so then every rank must make one)"
+    )
+    assert message == (
+        f"rank 0: init timed out after 1.5 s still waiting for {what}; the communicator now "
+        "holds a collective that never completed"
+    ), message
+    assert re.search(
+        rf"^mpigrad: rank 0 has waited 0\.\d s in init for {re.escape(what)}$", output, re.MULTILINE
     ), output
 
 

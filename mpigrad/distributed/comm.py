@@ -29,12 +29,16 @@ from __future__ import annotations
 
 import operator
 import os
+import sys
+import time
 import weakref
 
 import numpy as np
 from mpi4py import MPI
 
 from ..kernels import threads
+from . import settings
+from .errors import DistTimeoutError
 
 __all__ = [
     "init",
@@ -233,14 +237,21 @@ def next_payload_tag():
     return tag
 
 
-def init(comm: MPI.Intracomm | None = None) -> None:
+def init(comm: MPI.Intracomm | None = None, timeout: float | None = None) -> None:
     """Initialize on comm (COMM_WORLD if None): collective over it. Returns nothing.
 
     Calling it again with the same communicator does nothing; with another one it raises
     (call ``destroy()`` first).  ``destroy()`` then ``init()`` also brings ranks whose contexts
     went out of step (a failed program) back into step: see Note [context ids] in context.py.
+    A rank of ``comm`` that never calls it (nor any ``mpigrad.distributed`` function, for
+    COMM_WORLD) leaves the others waiting: they say so on stderr after
+    ``MPIGRAD_STALL_WARNING`` seconds and raise ``DistTimeoutError`` after ``timeout`` seconds
+    (default ``MPIGRAD_TIMEOUT``), and ``comm`` then holds a collective that never completed.
     """
     global _comms
+    from . import context, shutdown, waiting
+
+    seconds = waiting.resolve_timeout(timeout, "init")
     comm = MPI.COMM_WORLD if comm is None else comm
     if _comms is not None:
         if comm == _comms.user:
@@ -251,11 +262,9 @@ def init(comm: MPI.Intracomm | None = None) -> None:
             f"{comm.Get_name()!r} (size {comm.Get_size()}) without destroy() first. Note that "
             "any mpigrad.distributed call initializes on COMM_WORLD if init was not called."
         )
-    from . import context, shutdown
-
-    _comms = _communicators(comm)
+    shutdown.install()  # first: an error of init's own ends the job too
+    _comms = _communicators(comm, seconds)
     context.align_ids(_comms.control)
-    shutdown.install()
 
 
 # Note [reusing communicators]
@@ -273,6 +282,7 @@ def init(comm: MPI.Intracomm | None = None) -> None:
 # new ones.  A kept set is never freed (freeing is collective, and the ranks that hold it need
 # not be together when another set replaces it): a program keeps one set per group of ranks it
 # initializes on.  A set with a collective that never completed is freed, never kept.
+_INIT_SPIN_SECONDS = 10e-3  # how long init polls without sleeping for the other ranks
 _spares = []  # the Communicators destroy() kept, one per group
 _tokens = 0  # tokens of sets this rank has made: the next is at least this
 
@@ -282,22 +292,64 @@ def _kept_for(group):
     return next((s for s in _spares if MPI.Group.Compare(s.group, group) == MPI.IDENT), None)
 
 
-def _communicators(comm):
+def _communicators(comm, timeout):
     """The ``Communicators`` of ``comm``: the kept set if every rank of ``comm`` holds it, else
-    new duplicates (collective over ``comm``; see Note [reusing communicators])."""
+    new duplicates (collective over ``comm``; see Note [reusing communicators]).  Its first
+    collective waits at most ``timeout`` seconds (None: no limit) for every rank to call it."""
     global _tokens
     group = comm.Get_group()
     spare = _kept_for(group)
     kept = -1 if spare is None else spare.token
     words = np.array([kept, -kept, _tokens], np.int64)
     agreed = np.empty_like(words)
-    comm.Allreduce(words, agreed, op=MPI.MAX)
+    request = comm.Iallreduce(words, agreed, op=MPI.MAX)
+    try:
+        _await_every_rank(comm, request, timeout)
+    except BaseException:
+        _abandoned.append((request, (words, agreed)))  # MPI may complete it later, into them
+        group.Free()
+        raise
     if kept >= 0 and agreed[0] == kept == -agreed[1]:
         _spares.remove(spare)
         spare.group.Free()
         return Communicators(comm, group, kept, spare.duplicates())
     _tokens = int(agreed[2]) + 1
     return Communicators(comm, group, _tokens - 1)
+
+
+def _await_every_rank(comm, request, timeout):
+    """Wait for ``request``, ``init``'s first collective over ``comm``, which completes once every
+    rank has called ``init``.  No Waiter (it needs mpigrad's communicators, not made yet): it
+    polls, yielding the core, for ``_INIT_SPIN_SECONDS``, then every millisecond; it says on stderr
+    what it waits for every ``MPIGRAD_STALL_WARNING`` seconds, and raises DistTimeoutError after
+    ``timeout`` seconds (None: never)."""
+    start = time.monotonic()
+    stall = settings.stall_warning()
+    warn_at = None if stall is None else start + stall
+    what = (
+        f"the other ranks of its communicator ({comm.Get_name()!r}, {comm.Get_size()} ranks) to "
+        "call mpigrad.distributed.init(), which is collective (the first call of any "
+        "mpigrad.distributed function initializes on COMM_WORLD, so then every rank must make one)"
+    )
+    while not request.Test():
+        now = time.monotonic()
+        if timeout is not None and now - start > timeout:
+            raise DistTimeoutError(
+                f"rank {comm.Get_rank()}: init timed out after {timeout:g} s still waiting for "
+                f"{what}; the communicator now holds a collective that never completed"
+            )
+        if warn_at is not None and now > warn_at:
+            warn_at = now + stall
+            print(
+                f"mpigrad: rank {comm.Get_rank()} has waited {now - start:.1f} s in init for "
+                f"{what}",
+                file=sys.stderr,
+                flush=True,
+            )
+        if now - start < _INIT_SPIN_SECONDS:
+            os.sched_yield()
+        else:
+            time.sleep(1e-3)
 
 
 def _keep(comms):

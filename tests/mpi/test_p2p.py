@@ -54,6 +54,15 @@ def test_init_again_with_the_same_comm_is_a_no_op_and_another_raises(comm):
         dist.init(MPI.COMM_WORLD)
 
 
+@pytest.mark.parametrize("timeout", [0, -1.0, "soon", float("nan")])
+def test_init_refuses_a_timeout_that_is_not_seconds(comm, timeout):
+    # Checked before anything else, initialized or not: nothing is left half done.
+    initialized = dist.is_initialized()
+    with pytest.raises(ValueError, match=r"^init: timeout must be a positive number of seconds"):
+        dist.init(comm, timeout=timeout)
+    assert dist.is_initialized() == initialized
+
+
 def test_destroy_drops_what_was_never_received_and_init_takes_up_the_same_communicators(comm):
     # See Note [reusing communicators]: the drained communicators come back, empty.
     rank, size = comm.rank, comm.size

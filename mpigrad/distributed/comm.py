@@ -282,7 +282,6 @@ def init(comm: MPI.Intracomm | None = None, timeout: float | None = None) -> Non
 # new ones.  A kept set is never freed (freeing is collective, and the ranks that hold it need
 # not be together when another set replaces it): a program keeps one set per group of ranks it
 # initializes on.  A set with a collective that never completed is freed, never kept.
-_INIT_SPIN_SECONDS = 10e-3  # how long init polls without sleeping for the other ranks
 _spares = []  # the Communicators destroy() kept, one per group
 _tokens = 0  # tokens of sets this rank has made: the next is at least this
 
@@ -315,6 +314,9 @@ def _communicators(comm, timeout):
         return Communicators(comm, group, kept, spare.duplicates())
     _tokens = int(agreed[2]) + 1
     return Communicators(comm, group, _tokens - 1)
+
+
+_INIT_SPIN_SECONDS = 10e-3  # how long init polls without sleeping for the other ranks
 
 
 def _await_every_rank(comm, request, timeout):

@@ -176,11 +176,13 @@ def test_init_that_a_rank_never_calls_warns_then_times_out(tmp_path):
         "mpigrad.distributed function initializes on COMM_WORLD, so then every rank must make one)"
     )
     assert message == (
-        f"rank 0: init timed out after 1.5 s still waiting for {what}; the communicator now "
+        f"rank 0: init timed out after 1.5 s still waiting for: {what}; the communicator now "
         "holds a collective that never completed"
     ), message
     assert re.search(
-        rf"^mpigrad: rank 0 has waited 0\.\d s in init for {re.escape(what)}$", output, re.MULTILINE
+        rf"^mpigrad: rank 0 has waited 0\.\d s in init for: {re.escape(what)}$",
+        output,
+        re.MULTILINE,
     ), output
 
 

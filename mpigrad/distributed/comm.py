@@ -337,13 +337,13 @@ def _await_every_rank(comm, request, timeout):
         now = time.monotonic()
         if timeout is not None and now - start > timeout:
             raise DistTimeoutError(
-                f"rank {comm.Get_rank()}: init timed out after {timeout:g} s still waiting for "
+                f"rank {comm.Get_rank()}: init timed out after {timeout:g} s still waiting for: "
                 f"{what}; the communicator now holds a collective that never completed"
             )
         if warn_at is not None and now > warn_at:
             warn_at = now + stall
             print(
-                f"mpigrad: rank {comm.Get_rank()} has waited {now - start:.1f} s in init for "
+                f"mpigrad: rank {comm.Get_rank()} has waited {now - start:.1f} s in init for: "
                 f"{what}",
                 file=sys.stderr,
                 flush=True,
